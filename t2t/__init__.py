@@ -1,0 +1,2 @@
+"""The ``t2t`` command line (``python -m t2t``). Kept apart from the libraries so that
+``t2t --help`` imports nothing heavy: each subcommand imports what it needs when it runs."""

@@ -1,0 +1,34 @@
+"""T2T-ViT for the edge: the Tokens-to-Token ViT family, faithful to the official weights.
+
+``import t2tvit`` registers every variant with timm (``timm.create_model("t2t_vit_7")``).
+The public API used by the rest of the toolkit::
+
+    model = t2tvit.create_model("t2t_vit_7", checkpoint="71.7_T2T_ViT_7.pth.tar")
+    t2tvit.load_checkpoint(model, "run/best.pth", use_ema=True, strict=True)
+"""
+
+from importlib.metadata import PackageNotFoundError as _NotFound
+from importlib.metadata import version as _version
+
+from .checkpoint import LoadReport, create_model, load_checkpoint
+from .errors import CheckpointError, ConfigError, T2TError
+from .models import VARIANTS, DistilledT2TViT, T2TViT, list_variants
+
+try:
+    __version__ = _version("t2tvit-edge")
+except _NotFound:  # a source tree that is not installed
+    __version__ = "0.0.0+local"
+
+__all__ = [
+    "VARIANTS",
+    "CheckpointError",
+    "ConfigError",
+    "DistilledT2TViT",
+    "LoadReport",
+    "T2TError",
+    "T2TViT",
+    "__version__",
+    "create_model",
+    "list_variants",
+    "load_checkpoint",
+]
