@@ -24,7 +24,7 @@ import argparse
 import contextlib
 import datetime
 import json
-import math
+import os
 import platform
 import shlex
 import statistics
@@ -58,18 +58,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--models", nargs="+", default=["t2t_vit_7", "t2t_vit_14"], help="timm model names")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda syncs around timed blocks")
-    p.add_argument("--amp-dtype", default="none", choices=list(AMP),
-                   help="torch.autocast dtype around forward+loss (fp16 training uses GradScaler)")
+    p.add_argument(
+        "--amp-dtype",
+        default="none",
+        choices=list(AMP),
+        help="torch.autocast dtype around forward+loss (fp16 training uses GradScaler)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--batch", type=int, nargs="+", help="forward batch sizes [default: cpu 1, cuda 1 64]")
     p.add_argument("--train-batch", type=int, help="training batch size [default: cpu 16, cuda 64]")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds for forward timing")
-    p.add_argument("--train-rounds", type=int, default=5, help="interleaved rounds for training timing")
-    p.add_argument("--fwd-block-s", type=float, default=1.0, help="target seconds per timed forward block")
-    p.add_argument("--train-block-s", type=float, default=5.0, help="target seconds per timed training block")
+    p.add_argument("--rounds", type=int, default=15, help="interleaved rounds for forward timing")
+    p.add_argument("--train-rounds", type=int, default=7, help="interleaved rounds for training timing")
+    p.add_argument("--fwd-block-s", type=float, default=0.4, help="target seconds per timed forward block")
+    p.add_argument(
+        "--train-block-s", type=float, default=2.5, help="target seconds per timed training block (at least one step)"
+    )
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
-    p.add_argument("--out", type=Path, help="output path stem (.md and .json written) "
-                   "[default: benchmarks/results/bench_model_<device>[_<amp>]]")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output path stem (.md and .json written) [default: benchmarks/results/bench_model_<device>[_<amp>]]",
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     cuda = a.device == "cuda"
@@ -98,8 +107,12 @@ class Progress:
         with contextlib.suppress(ImportError):
             import rich.progress as rp
 
-            cols = (rp.TextColumn("{task.description}"), rp.BarColumn(), rp.MofNCompleteColumn(),
-                    rp.TimeElapsedColumn())
+            cols = (
+                rp.TextColumn("{task.description}"),
+                rp.BarColumn(),
+                rp.MofNCompleteColumn(),
+                rp.TimeElapsedColumn(),
+            )
             self.bar = rp.Progress(*cols)
             self.task = self.bar.add_task("", total=total)
 
@@ -132,8 +145,15 @@ def timed(step: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def interleave(steps: dict[str, Callable[[], Any]], sync: Callable[[], None], rounds: int, warmup: int,
-               block_s: float, prog: Progress, label: str) -> tuple[int, dict[str, list[float]]]:
+def interleave(
+    steps: dict[str, Callable[[], Any]],
+    sync: Callable[[], None],
+    rounds: int,
+    warmup: int,
+    block_s: float,
+    prog: Progress,
+    label: str,
+) -> tuple[int, dict[str, list[float]]]:
     """Warm up each step, calibrate N, then time N-iteration blocks per round, alternating the order.
 
     Returns N and, per name, the per-iteration seconds of each round.
@@ -151,28 +171,68 @@ def interleave(steps: dict[str, Callable[[], Any]], sync: Callable[[], None], ro
     return n, times
 
 
-def summarize(kind: str, model: str, batch: int, n: int, rounds: int, times: dict[str, list[float]],
-              parity: float, notes: list[str]) -> dict[str, Any]:
+def summarize(
+    kind: str,
+    model: str,
+    batch: int,
+    n: int,
+    rounds: int,
+    times: dict[str, list[float]],
+    parity: float,
+    notes: list[str],
+) -> dict[str, Any]:
     t_ours, t_ref = statistics.median(times["ours"]), statistics.median(times["ref"])
     ratios = [o / r for o, r in zip(times["ours"], times["ref"], strict=True)]
     if kind == "train":  # throughput ratio: (batch / t_ours) / (batch / t_ref)
         ratios = [1 / x for x in ratios]
     ratio = statistics.median(ratios)
+    best = min(times["ours"]) / min(times["ref"])
+    best = best if kind == "forward" else 1 / best
     met = ratio <= FWD_TARGET if kind == "forward" else ratio >= TRAIN_TARGET
-    return {"model": model, "kind": kind, "batch": batch, "iters_per_block": n, "rounds": rounds,
-            "ours_s_per_iter": t_ours, "ref_s_per_iter": t_ref, "ratios": ratios, "ratio": ratio,
-            "target": f"<= {FWD_TARGET}" if kind == "forward" else f">= {TRAIN_TARGET}", "met": met,
-            "parity_max_abs_diff": parity, "parity_ok": parity <= PARITY_TOL, "notes": "; ".join(notes)}
+    return {
+        "model": model,
+        "kind": kind,
+        "batch": batch,
+        "iters_per_block": n,
+        "rounds": rounds,
+        "ours_s_per_iter": t_ours,
+        "ref_s_per_iter": t_ref,
+        "ratios": ratios,
+        "ratio": ratio,
+        "ratio_best": best,
+        "target": f"<= {FWD_TARGET}" if kind == "forward" else f">= {TRAIN_TARGET}",
+        "met": met,
+        "parity_max_abs_diff": parity,
+        "parity_ok": parity <= PARITY_TOL,
+        "notes": "; ".join(notes),
+    }
 
 
-def fwd_step(m: nn.Module, k: str, x: torch.Tensor, amp: torch.dtype | None, nonfinite: set[str],
-             ) -> Callable[[], None]:
-    """One inference forward; records ``k`` in ``nonfinite`` if an autocast output overflows."""
+def flag_nonfinite(bad: dict[str, torch.Tensor], k: str, t: torch.Tensor) -> None:
+    """Accumulate "``t`` had a non-finite value" on the device: no host sync inside the timed blocks."""
+    flag = ~torch.isfinite(t.detach()).all()
+    bad[k] = bad[k] | flag if k in bad else flag
+
+
+def nonfinite_notes(bad: dict[str, torch.Tensor], what: str) -> list[str]:
+    return [f"{k} non-finite {what}" for k, v in sorted(bad.items()) if v.item()]
+
+
+def fwd_step(
+    m: nn.Module,
+    k: str,
+    x: torch.Tensor,
+    amp: torch.dtype | None,
+    bad: dict[str, torch.Tensor],
+) -> Callable[[], None]:
+    """One inference forward (autocast when ``amp``; overflowing outputs are flagged in ``bad``)."""
+
     def step() -> None:
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
             out = m(x)
-        if amp is not None and k not in nonfinite and not torch.isfinite(out).all():
-            nonfinite.add(k)
+            if amp is not None:
+                flag_nonfinite(bad, k, out)
+
     return step
 
 
@@ -200,16 +260,15 @@ def bench_model(name: str, a: argparse.Namespace, device: torch.device, prog: Pr
     warm_f = 10 if cuda else 3
     for bs in a.batch:
         x = torch.randn(bs, 3, 224, 224, device=device)
-        nonfinite: set[str] = set()
-        steps = {k: fwd_step(m, k, x, amp, nonfinite) for k, m in models.items()}
+        bad: dict[str, torch.Tensor] = {}
+        steps = {k: fwd_step(m, k, x, amp, bad) for k, m in models.items()}
         n, times = interleave(steps, sync, a.rounds, warm_f, a.fwd_block_s, prog, f"{name} fwd b{bs}")
-        notes = [f"{k} non-finite" for k in sorted(nonfinite)]
-        rows.append(summarize("forward", name, bs, n, a.rounds, times, diff, notes))
+        rows.append(summarize("forward", name, bs, n, a.rounds, times, diff, nonfinite_notes(bad, "output")))
     if a.no_train:
         return rows
     x = torch.randn(a.train_batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (a.train_batch,), device=device)
-    nonfinite = set()
+    bad = {}
 
     def train(k: str) -> Callable[[], None]:
         m = models[k].train()
@@ -219,18 +278,25 @@ def bench_model(name: str, a: argparse.Namespace, device: torch.device, prog: Pr
         def step() -> None:
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = F.cross_entropy(m(x), y)
-            if amp is not None and k not in nonfinite and not torch.isfinite(loss):
-                nonfinite.add(k)
+            if amp is not None:
+                flag_nonfinite(bad, k, loss)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
+
         return step
 
-    n, times = interleave({k: train(k) for k in models}, sync, a.train_rounds, 3 if cuda else 2,
-                          a.train_block_s, prog, f"{name} train b{a.train_batch}")
-    rows.append(summarize("train", name, a.train_batch, n, a.train_rounds, times, diff,
-                          [f"{k} non-finite loss" for k in sorted(nonfinite)]))
+    n, times = interleave(
+        {k: train(k) for k in models},
+        sync,
+        a.train_rounds,
+        3 if cuda else 2,
+        a.train_block_s,
+        prog,
+        f"{name} train b{a.train_batch}",
+    )
+    rows.append(summarize("train", name, a.train_batch, n, a.train_rounds, times, diff, nonfinite_notes(bad, "loss")))
     return rows
 
 
@@ -241,13 +307,38 @@ def table_rows(rows: list[dict[str, Any]]) -> Iterator[list[str]]:
         else:
             ours, ref = (f"{r['batch'] / r[k]:.1f} img/s" for k in ("ours_s_per_iter", "ref_s_per_iter"))
         spread = f"{min(r['ratios']):.3f}-{max(r['ratios']):.3f}"
-        yield [r["model"], r["kind"], str(r["batch"]), f"{r['rounds']}x{r['iters_per_block']}", ours, ref,
-               f"{r['ratio']:.3f}", spread, r["target"], "yes" if r["met"] else "NO",
-               f"{r['parity_max_abs_diff']:.1e} {'ok' if r['parity_ok'] else 'FAIL'}", r["notes"]]
+        yield [
+            r["model"],
+            r["kind"],
+            str(r["batch"]),
+            f"{r['rounds']}x{r['iters_per_block']}",
+            ours,
+            ref,
+            f"{r['ratio']:.3f}",
+            spread,
+            f"{r['ratio_best']:.3f}",
+            r["target"],
+            "yes" if r["met"] else "NO",
+            f"{r['parity_max_abs_diff']:.1e} {'ok' if r['parity_ok'] else 'FAIL'}",
+            r["notes"],
+        ]
 
 
-HEADER = ["model", "measure", "batch", "rounds x N", "ours", "ref", "ratio (median)", "ratio range", "target",
-          "met", "parity (max abs diff)", "notes"]
+HEADER = [
+    "model",
+    "measure",
+    "batch",
+    "rounds x N",
+    "ours",
+    "ref",
+    "ratio (median)",
+    "ratio range",
+    "best/best",
+    "target",
+    "met",
+    "parity (max abs diff)",
+    "notes",
+]
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
@@ -273,17 +364,24 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     steps = len(a.models) * (len(a.batch) * a.rounds + (0 if a.no_train else a.train_rounds))
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     rows: list[dict[str, Any]] = []
     with Progress(steps) as prog:
         for name in a.models:
             rows += bench_model(name, a, device, prog)
     elapsed = time.perf_counter() - start
     meta = {
-        "command": shlex.join(sys.orig_argv), "torch": torch.__version__, "device": a.device,
-        "device_name": device_name(device), "threads": torch.get_num_threads(), "amp_dtype": a.amp_dtype,
+        "command": shlex.join(sys.orig_argv),
+        "torch": torch.__version__,
+        "device": a.device,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "amp_dtype": a.amp_dtype,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "elapsed_s": round(elapsed, 1),
+        "python": platform.python_version(),
+        "elapsed_s": round(elapsed, 1),
+        "load_start": load_start,
+        "load_end": round(os.getloadavg()[0], 2),
     }
     title = f"{meta['device_name']} ({a.device}, {meta['threads']} threads, amp {a.amp_dtype})"
     print_table(rows, title)
@@ -291,23 +389,29 @@ def main(argv: list[str] | None = None) -> int:
     md, js = a.out.with_suffix(".md"), a.out.with_suffix(".json")
     js.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     lines = [
-        "# Whole-model benchmark: ours vs reference formulation", "",
-        f"- command: `{meta['command']}`", f"- torch {meta['torch']}, python {meta['python']}",
+        "# Whole-model benchmark: ours vs reference formulation",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- torch {meta['torch']}, python {meta['python']}",
         f"- device: {meta['device_name']} (`{a.device}`), threads: {meta['threads']}, amp: {a.amp_dtype}",
-        f"- date: {meta['date']}, total runtime {elapsed:.0f} s", "",
-        "Interleaved timing: per round, one block of N iterations of ours and one of the reference, alternating "
-        "which goes first; N calibrated from warm-up to about "
-        f"{a.fwd_block_s:g} s (forward) / {a.train_block_s:g} s (training) per block. Ratio = median over "
-        "rounds of the per-round ratio; absolute numbers are medians over rounds. Forward: eval mode, "
-        "`torch.inference_mode()`, ratio = ours/ref time. Training: train mode, forward + cross-entropy + "
-        "backward + AdamW on `requires_grad` params, ratio = ours/ref img/s.", "",
-        "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER),
-        *("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in table_rows(rows)), "",
+        f"- date: {meta['date']}, total runtime {elapsed:.0f} s",
+        f"- load average (1 min) at start / end: {meta['load_start']} / {meta['load_end']}",
+        "",
+        "Per round one block of N iterations of ours and one of the reference, alternating which goes first; N is "
+        f"calibrated from warm-up to ~{a.fwd_block_s:g} s (forward) / {a.train_block_s:g} s (training) per block. "
+        "Forward: eval, `torch.inference_mode()`, ratio = ours/ref time. Training: train mode, forward + "
+        "cross-entropy + backward + AdamW on `requires_grad` params, ratio = ours/ref img/s. `ratio (median)` = "
+        "median of per-round ratios (decides `met`); ours/ref = medians over rounds; `best/best` = the ratio of "
+        "each model's fastest round (noise only adds time: a second robust view).",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+        *("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in table_rows(rows)),
+        "",
     ]
     md.write_text("\n".join(lines))
     print(f"wrote {md} and {js} ({elapsed:.0f} s)")
-    parity_ok = all(r["parity_ok"] for r in rows)
-    return 0 if parity_ok and all(math.isfinite(r["ratio"]) for r in rows) else 1
+    return 0 if all(r["parity_ok"] for r in rows) else 1  # targets are reported, only parity fails the run
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from t2tvit.summary import summarize
 
     console = Console()
+    if not console.is_terminal:  # piped output: do not squeeze tables into 80 columns
+        console = Console(width=160)
     if args.list:
         import timm
 
@@ -63,7 +65,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                     "embed_dim": v.embed_dim,
                     "depth": v.depth,
                     "heads": v.num_heads,
-                    "official_top1": None if name.endswith("_distilled") or not v.official_file else v.paper_top1,
+                    "official_top1": None if name.endswith("_distilled") else v.paper_top1,
                     "official_file": None if name.endswith("_distilled") else v.official_file or None,
                 }
             )
@@ -71,8 +73,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
             return 0
         table = Table(title=f"T2T-ViT variants at {args.img_size}x{args.img_size}")
-        for col in ("model", "params", "MACs", "T2T", "dim", "depth", "heads", "official top-1", "official file"):
-            table.add_column(col, justify="left" if col in ("model", "T2T", "official file") else "right")
+        for col in ("model", "params", "MACs", "T2T", "dim", "depth", "heads", "top-1", "official file"):
+            table.add_column(col, justify="left" if col in ("model", "T2T", "official file") else "right", no_wrap=True)
         for r in rows:
             table.add_row(
                 r["model"],

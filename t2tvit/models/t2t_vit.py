@@ -49,8 +49,8 @@ class Variant:
     depth: int
     num_heads: int
     mlp_ratio: float
-    paper_top1: float  # ImageNet top-1 of the official weights, for reference
-    official_file: str  # file name of the official release
+    paper_top1: float | None  # ImageNet top-1 of the official released weights, for reference
+    official_file: str  # file name of the official release ("" where none was released)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -63,8 +63,8 @@ VARIANTS: dict[str, Variant] = {
     "t2t_vit_t_14": Variant("transformer", 384, 14, 6, 3.0, 81.7, "81.7_T2T_ViTt_14.pth.tar"),
     "t2t_vit_t_19": Variant("transformer", 448, 19, 7, 3.0, 82.4, "82.4_T2T_ViTt_19.pth.tar"),
     "t2t_vit_t_24": Variant("transformer", 512, 24, 8, 3.0, 82.6, "82.6_T2T_ViTt_24.pth.tar"),
-    "t2t_vit_14_resnext": Variant("performer", 384, 14, 32, 3.0, 81.5, ""),
-    "t2t_vit_14_wide": Variant("performer", 768, 4, 12, 3.0, 81.5, ""),
+    "t2t_vit_14_resnext": Variant("performer", 384, 14, 32, 3.0, None, ""),
+    "t2t_vit_14_wide": Variant("performer", 768, 4, 12, 3.0, None, ""),
 }
 
 DISTILLED_SUFFIX = "_distilled"

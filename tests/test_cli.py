@@ -1,0 +1,66 @@
+"""The ``t2t`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+def t2t(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "t2t", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_help_lists_subcommands_without_importing_torch() -> None:
+    code = "import sys; from t2t.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    res = t2t("--help")
+    assert res.returncode == 0 and "info" in res.stdout
+
+
+def test_info_prints_params_macs_tokens_and_input_size() -> None:
+    res = t2t("info", "--model", "t2t_vit_7")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "4,310,222" in out and "1.147 G" in out
+    assert "3 x 224 x 224" in out
+    for stage in ("soft split 0", "3136", "784", "backbone (7 blocks, +1 prefix)", "197"):
+        assert stage in out
+
+
+def test_info_json_at_another_size() -> None:
+    res = t2t("info", "--model", "t2t_vit_14", "--img-size", "384", "--num-classes", "10", "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["input_size"] == [3, 384, 384] and info["num_classes"] == 10
+    assert info["stages"][-1]["tokens"] == 24 * 24 + 1
+    assert info["frozen_params"] == 577 * 384 + 2 * 32 * 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "t2t_vit_8"], "unknown model 't2t_vit_8'"),
+        (["--img-size", "230"], "img_size 230 is not a positive multiple of 16"),
+        (["--checkpoint", "/nonexistent/ck.pth"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message) -> None:
+    res = t2t("info", *args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_console_script_is_installed() -> None:
+    exe = shutil.which("t2t") or os.path.join(os.path.dirname(sys.executable), "t2t")
+    if not os.path.exists(exe):
+        pytest.skip("the t2t console script is not installed (run pip install -e .)")
+    res = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("t2t ")
