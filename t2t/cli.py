@@ -41,6 +41,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import t2tvit
@@ -107,7 +108,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     head.add_row("parameters", f"{s.params:,} ({s.trainable_params:,} trainable, {s.frozen_params:,} frozen)")
     head.add_row("MACs", f"{s.macs / 1e9:.3f} G per image")
     if report is not None:
-        head.add_row("checkpoint", str(report))
+        head.add_row("checkpoint", escape(str(report)))
     console.print(head)
     stages = Table(title="tokens per stage")
     for col in ("stage", "tokens", "dim", "grid"):

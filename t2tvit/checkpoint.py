@@ -13,6 +13,7 @@ scalars as older timm savers store metrics): no pickled code is ever executed.
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,7 @@ def read_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here is a bad or unsafe file
-        if isinstance(e, __import__("pickle").UnpicklingError):
+        if isinstance(e, pickle.UnpicklingError):
             try:
                 unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
             except Exception:  # noqa: BLE001
@@ -212,10 +213,11 @@ def _apply_state_dict(
             "classes; pass num_classes to get a new head (create_model(..., num_classes=N) or reset_head=True)"
         )
     if strict and (missing or unexpected or wrong):
-        guess = ck_model or guess_variant(sd)
         target = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         parts = [f"{path} does not fit {target}"]
-        parts.append(f"it looks like {guess}" if guess else "its architecture is not a known T2T-ViT variant")
+        if isinstance(model, T2TViT):
+            guess = ck_model or guess_variant(sd)
+            parts.append(f"it looks like {guess}" if guess else "its architecture is not a known T2T-ViT variant")
         if missing:
             parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
         if unexpected:

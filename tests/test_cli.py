@@ -43,6 +43,20 @@ def test_info_json_at_another_size() -> None:
     assert info["frozen_params"] == 577 * 384 + 2 * 32 * 64
 
 
+def test_info_reports_how_a_checkpoint_was_mapped(tmp_path) -> None:
+    import timm
+    import torch
+
+    import t2tvit  # noqa: F401
+
+    path = tmp_path / "ck.pth.tar"
+    torch.save({"state_dict_ema": timm.create_model("t2t_vit_7").state_dict()}, path)
+    res = t2t("info", "--model", "t2t_vit_7", "--checkpoint", str(path), "--num-classes", "10", "--img-size", "256")
+    assert res.returncode == 0, res.stderr
+    assert "[state_dict_ema]" in res.stdout and "new 10-class head" in res.stdout
+    assert "position table regenerated for 257 tokens" in res.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
