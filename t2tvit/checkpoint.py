@@ -160,14 +160,14 @@ def filter_state_dict(
             if f"head.{p}" in sd:
                 sd[f"head_dist.{p}"] = sd[f"head.{p}"].clone()
         notes.append("distillation token and head initialised from the class token and head")
-    heads = [h for h in ("head", "head_dist") if f"{h}.weight" in own]
     ck_classes = sd["head.weight"].shape[0] if "head.weight" in sd else None
     if reset_head and ck_classes is not None and ck_classes != model.num_classes:
-        for h in heads:
-            sd.pop(f"{h}.weight", None)
-            sd.pop(f"{h}.bias", None)
-            sd[f"{h}.weight"], sd[f"{h}.bias"] = own[f"{h}.weight"], own[f"{h}.bias"]
-        notes.append(f"new {model.num_classes}-class head (checkpoint had {ck_classes} classes)")
+        for key in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias"):
+            sd.pop(key, None)
+            if key in own:  # keep the model's fresh head (none at all when num_classes == 0)
+                sd[key] = own[key]
+        what = f"new {model.num_classes}-class head" if model.num_classes else "head removed"
+        notes.append(f"{what} (checkpoint had {ck_classes} classes)")
     return sd, notes
 
 

@@ -105,6 +105,16 @@ def test_new_class_count_replaces_the_head_only(trained, tmp_path) -> None:
     assert any("new 10-class head" in n for n in model.load_report.notes)
 
 
+def test_feature_extractor_without_a_head(trained, tmp_path) -> None:
+    path = _official_file(trained, tmp_path / "ck.pth.tar")
+    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=0).eval()
+    with torch.no_grad():
+        feats = model(_x())
+    assert feats.shape == (2, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.head(feats), trained(_x()))
+
+
 def test_wrong_class_count_without_reset_is_a_clear_error(trained, tmp_path) -> None:
     path = _official_file(trained, tmp_path / "ck.pth.tar")
     with pytest.raises(t2tvit.CheckpointError, match=r"1000-class head but the model has 10 classes; pass num_classes"):
