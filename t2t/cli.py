@@ -8,6 +8,7 @@ checkpoint) end in one sentence on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -55,7 +57,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
         rows = []
         for name in t2tvit.list_variants():
-            s = summarize(timm.create_model(name, img_size=args.img_size))
+            with torch.device("meta"):  # shapes are all that is counted: no memory, no init
+                model = timm.create_model(name, img_size=args.img_size)
+            s = summarize(model)
             v = t2tvit.VARIANTS[name.removesuffix("_distilled")]
             rows.append(
                 {
@@ -91,9 +95,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         console.print(table)
         return 0
 
-    model = t2tvit.create_model(
-        args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=args.img_size
-    )
+    # Without a checkpoint only shapes matter: build on the meta device (instant even for t2t_vit_24).
+    with torch.device("meta") if args.checkpoint is None else contextlib.nullcontext():
+        model = t2tvit.create_model(
+            args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=args.img_size
+        )
     s = summarize(model, args.model)
     report = getattr(model, "load_report", None)
     if args.json:

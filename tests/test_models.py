@@ -219,6 +219,14 @@ def test_no_weight_decay_and_frozen_tensors() -> None:
     assert frozen == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
 
 
+def test_builds_on_the_meta_device() -> None:
+    with torch.device("meta"):
+        model = timm.create_model("t2t_vit_24_distilled", img_size=384)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    extra = (24 * 24 + 2 - 197) * 512 + 512 + 512 * 1000 + 1000  # 384 positions, dist token, dist head
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS["t2t_vit_24"] + extra
+
+
 def test_reset_classifier() -> None:
     model = timm.create_model("t2t_vit_7_distilled")
     model.reset_classifier(7)

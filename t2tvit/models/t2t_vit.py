@@ -166,11 +166,11 @@ class T2TViT(nn.Module):
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self._init_prefix_tokens()
-        self.pos_embed = nn.Parameter(
-            sinusoid_table(num_patches + self.num_prefix_tokens, embed_dim), requires_grad=False
-        )
+        table = sinusoid_table(num_patches + self.num_prefix_tokens, embed_dim)
+        self.pos_embed = nn.Parameter(table.to(self.cls_token.device), requires_grad=False)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]
+        # Stochastic depth grows linearly over depth (plain floats: also builds under torch.device("meta")).
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], norm_layer)
             for i in range(depth)
