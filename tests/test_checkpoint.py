@@ -61,6 +61,24 @@ def test_official_pth_tar_loads_and_answers_identically(trained, tmp_path) -> No
     assert model.load_report.checkpoint_model == "T2t_vit_7"
 
 
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_loaded_model_is_real_trainable_and_fp32(trained, tmp_path, num_classes) -> None:
+    """create_model builds on the meta device and adopts the checkpoint's tensors: nothing may
+    stay on meta, frozen tensors stay frozen, and a half-precision file still gives fp32."""
+    path = tmp_path / "half.pth"
+    torch.save({"state_dict": {k: v.half() for k, v in trained.state_dict().items()}}, path)
+    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=num_classes)
+    params = dict(model.named_parameters())
+    assert not any(p.is_meta for p in params.values())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    frozen = {n for n, p in params.items() if not p.requires_grad}
+    assert frozen == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    assert torch.equal(params["norm.weight"], trained.norm.weight.half().float())
+    assert model.head.weight.shape[0] == (num_classes or 1000)
+    model(_x()).sum().backward()  # trains
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+
+
 def test_use_ema_chooses_between_ema_and_raw_weights(trained, tmp_path) -> None:
     path = _official_file(trained, tmp_path / "ck.pth.tar", ema_delta=0.5)
     fresh = timm.create_model("t2t_vit_7")
