@@ -1,6 +1,6 @@
 """The T2T-ViT model family; importing this registers every variant with timm."""
 
-from .layers import Attention, Block, TokenPerformer, TokenTransformer, sinusoid_table
+from .layers import Attention, Block, SoftSplit, TokenPerformer, TokenTransformer, sinusoid_table
 from .t2t_vit import (
     DISTILLED_SUFFIX,
     VARIANTS,
@@ -19,6 +19,7 @@ __all__ = [
     "Block",
     "DistilledT2TViT",
     "T2TModule",
+    "SoftSplit",
     "T2TViT",
     "TokenPerformer",
     "TokenTransformer",
