@@ -276,7 +276,8 @@ def create_model(
         kwargs["num_classes"] = sd["head.weight"].shape[0]
     # A strict load replaces every tensor, so build on the meta device and let the checkpoint's
     # tensors become the parameters: no random init of weights that are thrown away (t2t_vit_24:
-    # ~4 s -> well under 1 s). A non-strict load keeps some initialised tensors: build normally.
+    # 0.54 s -> 0.20 s in benchmarks/bench_parts.py). A non-strict load keeps some initialised
+    # tensors: build normally.
     with torch.device("meta") if strict else contextlib.nullcontext():
         model = timm.create_model(name, **kwargs)
     reset = num_classes is not None
