@@ -50,6 +50,14 @@ def _fwd_bwd(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Cal
     return step
 
 
+def _infer(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
+    def step() -> Any:
+        with torch.inference_mode():
+            return fn(x)
+
+    return step
+
+
 def soft_split_tokens() -> dict[str, Callable[[], Any]]:
     from t2tvit.models import SoftSplit
 
@@ -73,14 +81,8 @@ def soft_split_images() -> dict[str, Callable[[], Any]]:
     x = torch.randn(16, 3, 224, 224)
     ours, ln = SoftSplit(7, 4, 2, channels_last=False), torch.nn.LayerNorm(147)
 
-    def run(split: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-        def step() -> Any:
-            with torch.inference_mode():
-                return ln(split(x))
-
-        return step
-
-    return {"ours": run(ours), "ref": run(lambda t: F.unfold(t, 7, padding=2, stride=4).transpose(1, 2))}
+    official = lambda t: F.unfold(t, 7, padding=2, stride=4).transpose(1, 2)  # noqa: E731
+    return {"ours": _infer(lambda t: ln(ours(t)), x), "ref": _infer(lambda t: ln(official(t)), x)}
 
 
 def _performers() -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -96,15 +98,7 @@ def _performers() -> tuple[torch.nn.Module, torch.nn.Module]:
 def performer_forward() -> dict[str, Callable[[], Any]]:
     ours, ref = (m.eval() for m in _performers())
     u = torch.randn(1, 3136, 147)
-
-    def run(m: torch.nn.Module) -> Callable[[], Any]:
-        def step() -> Any:
-            with torch.inference_mode():
-                return m(u)
-
-        return step
-
-    return {"ours": run(ours), "ref": run(ref)}
+    return {"ours": _infer(ours, u), "ref": _infer(ref, u)}
 
 
 def performer_train() -> dict[str, Callable[[], Any]]:
@@ -134,15 +128,7 @@ def frozen_torchscript() -> dict[str, Callable[[], Any]]:
         warnings.simplefilter("ignore")
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(model)))
         assert (frozen(x) - model(x)).abs().max() <= 1e-4
-
-    def run(m: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], Any]:
-        def step() -> Any:
-            with torch.inference_mode():
-                return m(x)
-
-        return step
-
-    return {"ours": run(frozen), "ref": run(model)}
+    return {"ours": _infer(frozen, x), "ref": _infer(model, x)}
 
 
 def dropout_upper_bound() -> dict[str, Callable[[], Any]]:
