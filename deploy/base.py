@@ -1,0 +1,249 @@
+"""The Predictor contract and the one table of deployment formats.
+
+Every runtime (PyTorch eager, TorchScript, the lite interpreter, ONNX Runtime, TensorRT,
+ExecuTorch) is wrapped by a :class:`Predictor`: built from a file, it takes a batch of NCHW
+float32 images and returns float32 logits as a numpy array, and it says what it is (format,
+precision, device, file size). The parity checks, ``t2t export``, the profiler and
+``t2t predict`` talk to this protocol only.
+
+:data:`FORMATS` is the table that the CLI (argument validation, ``--help``), the exporter,
+the tests and the profiler all read. Adding a format is adding one module under ``deploy/``
+with ``export(...)`` and ``load(...)`` and one row here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from t2tvit.errors import ConfigError
+
+__all__ = ["FORMATS", "FORMAT_GROUPS", "Format", "Predictor", "get_format", "resolve_formats"]
+
+
+class Predictor(ABC):
+    """A loaded artifact that maps images to logits.
+
+    Subclasses set the attributes below in ``__init__`` and implement :meth:`predict`.
+    """
+
+    format: str  # row name in FORMATS, e.g. "onnx-int8-static"
+    precision: str  # "fp32", "fp16" or "int8"
+    device: str  # "cpu" or "cuda"
+    path: Path  # the artifact file
+
+    @abstractmethod
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``images``: float32 ``(N, 3, H, W)`` normalised as in training; returns float32 ``(N, classes)``."""
+
+    def __call__(self, images: Any) -> np.ndarray:
+        if hasattr(images, "detach"):  # a torch tensor
+            images = images.detach().cpu().numpy()
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ConfigError(f"a Predictor takes (N, 3, H, W) float32 images, not shape {tuple(images.shape)}")
+        return np.asarray(self.predict(images), dtype=np.float32)
+
+    @property
+    def file_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    @property
+    def name(self) -> str:
+        return f"{self.format} ({self.precision}, {self.device})"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} {self.path}>"
+
+
+@dataclass(frozen=True)
+class Format:
+    """One row of the format table (the Ultralytics exporter's idea)."""
+
+    name: str  # CLI name, e.g. "ptl-int8"
+    module: str  # module under deploy/ with export() and load()
+    precision: str  # "fp32", "fp16" or "int8"
+    suffix: str  # artifact file suffix
+    cpu: bool  # runs on a CPU
+    gpu: bool  # runs on (or needs) a CUDA GPU
+    description: str
+    requires: tuple[str, ...] = ()  # importable modules it needs beyond the base install
+    install_hint: str = ""  # what to install when they are missing
+    needs_gpu: bool = False  # cannot be built or run without a CUDA GPU
+    options: dict[str, Any] = field(default_factory=dict)  # format-specific export() keywords
+
+    @property
+    def filename(self) -> str:
+        """Artifact file name inside the export folder."""
+        return f"model-{self.name}{self.suffix}"
+
+    def missing(self) -> str | None:
+        """Why this format cannot be built on this machine, or None if it can."""
+        absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if absent:
+            hint = f"; install with: {self.install_hint}" if self.install_hint else ""
+            return f"{', '.join(absent)} not installed{hint}"
+        if self.needs_gpu:
+            import torch
+
+            if not torch.cuda.is_available() and not _pycuda_gpu():
+                return "needs a CUDA GPU; none is visible on this machine"
+        return None
+
+    def impl(self) -> ModuleType:
+        """The module implementing ``export`` and ``load`` (imported on first use)."""
+        return importlib.import_module(self.module)
+
+
+def _pycuda_gpu() -> bool:
+    if importlib.util.find_spec("pycuda") is None:
+        return False
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return cuda.Device.count() > 0
+    except Exception:  # noqa: BLE001 - any driver failure means "no usable GPU"
+        return False
+
+
+_TRT_HINT = 'pip install "t2tvit-edge[tensorrt]" on a machine with a CUDA GPU and NVIDIA driver'
+_ET_HINT = 'pip install "t2tvit-edge[executorch]"'
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in [
+        Format("torch", "deploy.torch_eager", "fp32", ".pt", True, True, "PyTorch eager, fp32 (the reference)"),
+        Format(
+            "torch-int8",
+            "deploy.torch_eager",
+            "int8",
+            ".pt",
+            True,
+            False,
+            "PyTorch eager, dynamic int8 quantization of nn.Linear",
+        ),
+        Format("torchscript", "deploy.torchscript", "fp32", ".pt", True, True, "TorchScript, frozen, fp32"),
+        Format(
+            "torchscript-int8", "deploy.torchscript", "int8", ".pt", True, False, "TorchScript, frozen, dynamic int8"
+        ),
+        Format("ptl", "deploy.ptl", "fp32", ".ptl", True, False, "mobile lite-interpreter file, fp32"),
+        Format("ptl-int8", "deploy.ptl", "int8", ".ptl", True, False, "mobile lite-interpreter file, dynamic int8"),
+        Format("onnx", "deploy.onnx", "fp32", ".onnx", True, True, "ONNX, dynamic batch, fp32"),
+        Format(
+            "onnx-int8-dynamic",
+            "deploy.onnx",
+            "int8",
+            ".onnx",
+            True,
+            False,
+            "ONNX Runtime dynamic int8 quantization",
+            options={"quantization": "dynamic"},
+        ),
+        Format(
+            "onnx-int8-static",
+            "deploy.onnx",
+            "int8",
+            ".onnx",
+            True,
+            True,
+            "ONNX Runtime static int8 (QDQ, symmetric, per-channel weights, calibrated on real images)",
+            options={"quantization": "static"},
+        ),
+        Format(
+            "tensorrt",
+            "deploy.tensorrt",
+            "fp32",
+            ".engine",
+            False,
+            True,
+            "TensorRT engine, fp32",
+            ("tensorrt",),
+            _TRT_HINT,
+            needs_gpu=True,
+        ),
+        Format(
+            "tensorrt-fp16",
+            "deploy.tensorrt",
+            "fp16",
+            ".engine",
+            False,
+            True,
+            "TensorRT engine, fp16",
+            ("tensorrt",),
+            _TRT_HINT,
+            needs_gpu=True,
+        ),
+        Format(
+            "tensorrt-int8",
+            "deploy.tensorrt",
+            "int8",
+            ".engine",
+            False,
+            True,
+            "TensorRT engine, int8 from the QDQ ONNX",
+            ("tensorrt",),
+            _TRT_HINT,
+            needs_gpu=True,
+        ),
+        Format(
+            "executorch",
+            "deploy.executorch",
+            "fp32",
+            ".pte",
+            True,
+            False,
+            "ExecuTorch .pte, XNNPACK delegate, fp32",
+            ("executorch",),
+            _ET_HINT,
+        ),
+        Format(
+            "executorch-int8",
+            "deploy.executorch",
+            "int8",
+            ".pte",
+            True,
+            False,
+            "ExecuTorch .pte, XNNPACK delegate, int8",
+            ("executorch",),
+            _ET_HINT,
+        ),
+    ]
+}
+
+FORMAT_GROUPS: dict[str, list[str]] = {
+    "all": list(FORMATS),
+    "cpu": [n for n, f in FORMATS.items() if f.cpu],
+    "gpu": [n for n, f in FORMATS.items() if f.gpu],
+}
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        valid = ", ".join([*FORMATS, *FORMAT_GROUPS])
+        raise ConfigError(f"unknown format {name!r}; choose from: {valid}") from None
+
+
+def resolve_formats(spec: str | list[str]) -> list[Format]:
+    """``"all"``, ``"cpu"``, ``"gpu"`` or comma-separated names -> formats in table order, no repeats."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    chosen: list[str] = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        for n in FORMAT_GROUPS.get(name, [get_format(name).name]):
+            if n not in chosen:
+                chosen.append(n)
+    if not chosen:
+        raise ConfigError("no formats given; choose from: " + ", ".join([*FORMATS, *FORMAT_GROUPS]))
+    return [FORMATS[n] for n in FORMATS if n in chosen]

@@ -1,0 +1,322 @@
+"""Datasets, transforms and loaders for training, evaluation, calibration and benchmarks.
+
+* ImageNet-style folders (``ROOT/train/<class>/*.jpg``, ``ROOT/val/<class>/*.jpg``) through
+  :class:`SafeImageFolder`, which skips an unreadable image (and counts it) instead of
+  crashing mid-epoch;
+* a small *real* dataset that ships with the toolkit, so demos and tests run offline:
+  scikit-learn's 1,797 handwritten digits (8x8, 10 classes) written out once as an image
+  folder, upscaled to 64x64 (:func:`bundled_dataset_path`);
+* synthetic random images for speed benchmarks (:class:`SyntheticImages`);
+* timm's transforms (RandAugment, random erasing) and samplers for DDP (:func:`build_loader`).
+
+A batch from :func:`build_loader` is ``(images, targets, n_skipped)``: the third item counts
+the unreadable images dropped from that batch, so the trainer can report them per epoch
+even when the images are decoded in worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .errors import ConfigError
+
+__all__ = [
+    "BUNDLED_IMG_SIZE",
+    "IMAGE_EXTENSIONS",
+    "SafeImageFolder",
+    "ShardSampler",
+    "SyntheticImages",
+    "build_loader",
+    "build_transform",
+    "bundled_dataset_path",
+    "collate_skip",
+    "find_split",
+    "list_images",
+    "set_epoch",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+BUNDLED_IMG_SIZE = 64  # side of the written digit images; the trainer resizes to --img-size
+_BUNDLED_VERSION = "digits-v1"  # bump when the written layout changes, so old caches are rebuilt
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("T2TVIT_DATA")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "t2tvit"
+
+
+def bundled_dataset_path(root: str | Path | None = None) -> Path:
+    """Folder of the bundled digits dataset (``train/`` and ``val/``), created on first use.
+
+    The 1,797 images of scikit-learn's ``load_digits`` (shipped inside scikit-learn, so
+    nothing is downloaded) are split 80/20 per class with a fixed seed: 1,438 for
+    training and 359 for validation. Each 8x8 digit (grey levels 0..16) is upscaled to
+    48x48 with nearest-neighbour and centred on a 64x64 black RGB PNG, so that centre
+    crops at evaluation never cut into the digit.
+
+    The folder lives in ``$T2TVIT_DATA`` or ``~/.cache/t2tvit`` unless ``root`` is given.
+    It is written to a temporary folder and renamed into place, so concurrent first uses
+    (several DDP ranks, parallel tests) never see a half-written dataset.
+    """
+    root = Path(root) if root is not None else _cache_root()
+    target = root / _BUNDLED_VERSION
+    if (target / "train").is_dir() and (target / "val").is_dir():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".digits-", dir=root))
+    try:
+        _write_digits(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first; its copy is identical
+            if not (target / "val").is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_digits(out: Path) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
+    labels = digits.target
+    rng = np.random.default_rng(0)
+    scale, side = 6, BUNDLED_IMG_SIZE
+    pad = (side - 8 * scale) // 2
+    for cls in range(10):
+        idx = np.flatnonzero(labels == cls)
+        rng.shuffle(idx)
+        n_val = int(round(0.2 * len(idx)))
+        for split, chosen in (("val", idx[:n_val]), ("train", idx[n_val:])):
+            folder = out / split / str(cls)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen:
+                big = np.kron(images[i], np.ones((scale, scale), np.uint8))
+                canvas = np.zeros((side, side), np.uint8)
+                canvas[pad : pad + big.shape[0], pad : pad + big.shape[1]] = big
+                Image.fromarray(canvas, "L").convert("RGB").save(folder / f"{i:04d}.png")
+
+
+def find_split(root: str | Path, split: str) -> Path:
+    """``root/split`` of an ImageNet-style dataset, with a clear error when it is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"dataset folder {root} does not exist; pass a folder holding train/ and val/")
+    path = root / split
+    if not path.is_dir():
+        alt = {"val": ("validation", "valid"), "train": ("training",)}.get(split, ())
+        for name in alt:
+            if (root / name).is_dir():
+                return root / name
+        raise ConfigError(
+            f"dataset folder {root} has no {split}/ subfolder; lay it out as {root}/{split}/<class>/<image>"
+        )
+    return path
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image file under ``folder`` (recursively), sorted."""
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+class SafeImageFolder(Dataset):
+    """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad files.
+
+    An image that cannot be decoded yields ``None`` (dropped by :func:`collate_skip`, which
+    counts it) and one warning naming the file, instead of an exception that would kill the
+    epoch. Classes are the sorted sub-folder names; ``class_to_idx`` can force another order
+    (e.g. a validation split missing a class).
+    """
+
+    def __init__(self, root: str | Path, transform: Any = None, class_to_idx: dict[str, int] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise ConfigError(f"image folder {self.root} does not exist")
+        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise ConfigError(f"image folder {self.root} has no class sub-folders; lay it out as <class>/<image>")
+        self.class_to_idx = dict(class_to_idx) if class_to_idx else {c: i for i, c in enumerate(classes)}
+        self.classes = sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
+        self.samples: list[tuple[str, int]] = []
+        for c in classes:
+            if c not in self.class_to_idx:
+                raise ConfigError(f"{self.root}/{c} is a class the training split does not have")
+            self.samples += [(str(p), self.class_to_idx[c]) for p in list_images(self.root / c)]
+        if not self.samples:
+            raise ConfigError(f"image folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.transform = transform
+        self._warned: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+        from PIL import Image, UnidentifiedImageError
+
+        path, target = self.samples[index]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            if index not in self._warned:
+                self._warned.add(index)
+                warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=2)
+            return None
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+class SyntheticImages(Dataset):
+    """Random normalised images and labels, generated per index (reproducible), for speed benchmarks."""
+
+    def __init__(self, length: int, img_size: int = 224, num_classes: int = 1000, seed: int = 0):
+        self.length, self.img_size, self.num_classes, self.seed = length, img_size, num_classes, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        img = torch.randn(3, self.img_size, self.img_size, generator=g)
+        return img, int(torch.randint(self.num_classes, (1,), generator=g))
+
+
+def collate_skip(batch: Sequence[tuple[Any, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; the third item is how many were dropped as unreadable."""
+    good = [b for b in batch if b is not None]
+    skipped = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([b[0] for b in good])
+    targets = torch.as_tensor([b[1] for b in good], dtype=torch.long)
+    return images, targets, skipped
+
+
+def build_transform(
+    is_training: bool,
+    img_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float = 0.9,
+    interpolation: str = "bicubic",
+    auto_augment: str | None = None,
+    re_prob: float = 0.0,
+    hflip: float = 0.5,
+    scale: Sequence[float] = (0.08, 1.0),
+    color_jitter: float | None = None,
+) -> Any:
+    """timm's train (random-resized crop, flip, RandAugment, random erasing) or eval transform."""
+    from timm.data import create_transform
+
+    if is_training:
+        return create_transform(
+            img_size,
+            is_training=True,
+            scale=tuple(scale),
+            hflip=hflip,
+            auto_augment=None if auto_augment in (None, "", "none") else auto_augment,
+            color_jitter=color_jitter,
+            re_prob=re_prob,
+            re_mode="pixel",
+            interpolation=interpolation,
+            mean=tuple(mean),
+            std=tuple(std),
+        )
+    return create_transform(
+        img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean), std=tuple(std)
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker of each rank draws from its own stream, derived from torch's per-worker seed
+    # (itself derived from the loader's generator), so augmentations are reproducible.
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Rank ``r`` of ``w`` takes indices ``r, r+w, r+2w, ...`` in order: no padding, no repeats.
+
+    For evaluation under DDP, where ``DistributedSampler`` would pad the last shard with
+    repeated images and bias the accuracy; metrics are summed across ranks instead.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self):
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    training: bool,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+) -> DataLoader:
+    """A loader yielding ``(images, targets, n_skipped)``, sharded over ``world_size`` ranks.
+
+    Training shuffles with a ``DistributedSampler`` (also for one process) whose order
+    depends only on ``seed`` and the epoch, and drops the last incomplete batch. Call
+    :func:`set_epoch` before each epoch: it also reseeds the worker processes from
+    (seed, rank, epoch), which is what makes a resumed run repeat the uninterrupted one.
+    Evaluation visits every image exactly once across ranks.
+    """
+    if training:
+        sampler: Any = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_skip,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=training,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator(),
+        persistent_workers=False,
+    )
+    loader.seed, loader.rank = seed, rank  # read by set_epoch
+    set_epoch(loader, 0)
+    return loader
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Make the loader's shuffling and worker seeds a function of (seed, rank, epoch) only."""
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    seed, rank = getattr(loader, "seed", 0), getattr(loader, "rank", 0)
+    loader.generator.manual_seed((seed * 1_000_003 + rank * 10_007 + epoch) % 2**63)
