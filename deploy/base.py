@@ -25,7 +25,34 @@ import numpy as np
 
 from t2tvit.errors import ConfigError
 
-__all__ = ["FORMATS", "FORMAT_GROUPS", "Format", "Predictor", "get_format", "resolve_formats"]
+__all__ = ["FORMATS", "FORMAT_GROUPS", "ExportContext", "Format", "Predictor", "get_format", "resolve_formats"]
+
+
+@dataclass
+class ExportContext:
+    """What every format's ``export(model, path, fmt, ctx) -> dict`` may use.
+
+    ``model`` is the fp32 eval-mode PyTorch model (a distilled student already averages its two
+    heads in eval). ``export`` writes ``path`` and returns extra manifest fields (opset, the
+    reason an optional optimisation was unavailable, engine layer precisions, ...). Formats
+    built from another artifact (ONNX int8 and TensorRT from the fp32 ONNX) find it in
+    ``built``, filled in table order by the exporter.
+    """
+
+    img_size: tuple[int, int]  # (H, W)
+    batch: tuple[int, int, int] = (1, 1, 32)  # min, opt, max batch for dynamic shapes / TensorRT profiles
+    calib: np.ndarray | None = None  # (N, 3, H, W) float32 real images, normalised, for static int8
+    qengine: str = "qnnpack"  # PyTorch quantized engine for the int8 .ptl / TorchScript / eager formats
+    opset: int = 18
+    workspace_mib: int = 1024  # TensorRT builder workspace limit
+    timing_cache: Path | None = None  # TensorRT timing cache file, reused across builds
+    built: dict[str, Path] = field(default_factory=dict)  # format name -> artifact already written
+
+    def example(self, n: int = 1) -> Any:
+        """A fixed random batch of the model's input shape (for tracing and export)."""
+        import torch
+
+        return torch.randn(n, 3, *self.img_size, generator=torch.Generator().manual_seed(0))
 
 
 class Predictor(ABC):
