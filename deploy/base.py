@@ -268,7 +268,7 @@ def resolve_formats(spec: str | list[str]) -> list[Format]:
         name = raw.strip()
         if not name:
             continue
-        for n in FORMAT_GROUPS.get(name, [get_format(name).name]):
+        for n in FORMAT_GROUPS[name] if name in FORMAT_GROUPS else [get_format(name).name]:
             if n not in chosen:
                 chosen.append(n)
     if not chosen:
