@@ -126,7 +126,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info]
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from t2t.train_cmd import add_parser
+
+    add_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

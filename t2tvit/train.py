@@ -1,0 +1,761 @@
+"""``t2t train`` / ``python -m t2tvit.train``: train, fine-tune or evaluate a T2T-ViT (or any timm model).
+
+Launch with ``torchrun`` for several processes or nodes (DDP over NCCL on GPUs, gloo on CPU);
+a plain ``python -m t2tvit.train`` is one process. The flags follow the official T2T-ViT
+trainer where they overlap, with its paper recipe as the defaults.
+
+The file is the wiring (DeiT's ``main.py``): parse, build, loop. The loop itself is
+:mod:`t2tvit.engine`; checkpoints are written by :class:`CheckpointSaver`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .checkpoint import read_checkpoint, read_state_dict
+from .errors import CheckpointError, ConfigError, T2TError
+
+__all__ = [
+    "CheckpointSaver",
+    "atomic_save",
+    "build_parser",
+    "main",
+    "param_groups",
+    "parse_args",
+    "run",
+]
+
+CHECKPOINT_VERSION = 1
+_BUNDLED = "digits"  # the DATA argument that selects the bundled digits dataset
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="t2t train",
+        description=(
+            "Train, fine-tune or evaluate a T2T-ViT (or any timm model) on an ImageNet-style folder "
+            "(DATA/train/<class>/*, DATA/val/<class>/*). DATA 'digits' is the bundled handwritten-digits "
+            "dataset. Run under torchrun for several processes or nodes. Defaults are the paper's recipe "
+            "(AdamW 5e-4, cosine, 10 warmup epochs, label smoothing 0.1, mixup 0.8, cutmix 1.0, "
+            "RandAugment, random erasing 0.25, drop path 0.1, EMA 0.99996)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="dataset folder, or 'digits' (bundled)")
+    p.add_argument("-c", "--config", default=None, metavar="FILE", help="YAML file of flag defaults (flags override)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="t2t_vit_14", help="t2t_vit_* variant or any timm model name")
+    g.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's class folders)")
+    g.add_argument("--img-size", type=int, default=224, help="input size; a multiple of 16 for T2T-ViT")
+    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+    g.add_argument("--initial-checkpoint", default=None, metavar="PATH", help="start from these weights")
+    g.add_argument(
+        "--finetune",
+        default=None,
+        metavar="PATH",
+        help="start from a checkpoint of another class count / image size: head replaced, position table "
+        "regenerated, backbone trained at --backbone-lr-scale x lr",
+    )
+    g.add_argument("--backbone-lr-scale", type=float, default=0.1, help="backbone lr multiplier with --finetune")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per process")
+    g.add_argument("--opt", default="adamw", help="timm optimizer name")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not on 1-D params or tokens)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--sched", default="cosine", help="timm scheduler name")
+    g.add_argument("--epochs", type=int, default=310, help="epochs before cool-down")
+    g.add_argument("--warmup-epochs", type=int, default=10)
+    g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after the schedule")
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=1e-5)
+    g = p.add_argument_group("augmentation and regularisation")
+    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy, or 'none'")
+    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
+    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    g.add_argument("--mixup-prob", type=float, default=1.0)
+    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="random-resized-crop area range")
+    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    g.add_argument("--color-jitter", type=float, default=0.4)
+    g.add_argument("--interpolation", default=None, help="resize interpolation (default: the model's)")
+    g.add_argument("--crop-pct", type=float, default=None, help="eval centre-crop fraction (default: the model's)")
+    g.add_argument("--model-ema", dest="model_ema", action="store_true", default=True, help="track an EMA of weights")
+    g.add_argument("--no-model-ema", dest="model_ema", action="store_false", help="do not track an EMA")
+    g.add_argument("--model-ema-decay", type=float, default=0.99996)
+    g = p.add_argument_group("precision and devices")
+    g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    g.add_argument("--amp", action="store_true", help="mixed precision autocast")
+    g.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16", help="autocast dtype with --amp")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/train/MODEL-TIME)")
+    g.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint exactly")
+    g.add_argument("--eval-checkpoint", "--eval_checkpoint", default=None, metavar="PATH", help="evaluate and exit")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--log-interval", type=int, default=50, help="steps between log lines without a terminal")
+    g.add_argument("--keep", type=int, default=3, help="epoch checkpoints kept besides last and best")
+    g.add_argument("--max-nonfinite", type=int, default=10, help="consecutive NaN/inf losses before stopping")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
+    g.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    return p
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    candidate = Path(path)
+    if not candidate.is_file() and not candidate.suffix:  # a bundled config by name, e.g. --config digits
+        bundled = resources.files("t2tvit") / "configs" / f"{path}.yaml"
+        if bundled.is_file():
+            return yaml.safe_load(bundled.read_text()) or {}
+    if not candidate.is_file():
+        names = sorted(f.name[:-5] for f in (resources.files("t2tvit") / "configs").iterdir() if f.name[-5:] == ".yaml")
+        raise ConfigError(f"config file {path} does not exist (bundled configs: {', '.join(names)})")
+    with open(candidate) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of flag names to values")
+    return data
+
+
+def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse flags; ``--config`` values become defaults that explicit flags override."""
+    parser = parser or build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-c", "--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        cfg = {k.replace("-", "_"): v for k, v in _load_config(known.config).items()}
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(cfg) - valid)
+        if unknown:
+            raise ConfigError(f"config {known.config} has unknown keys: {', '.join(unknown)}")
+        parser.set_defaults(**cfg)
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device_arg: str | None) -> Dist:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if want == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(rank, world, local_rank, device)
+
+
+def _broadcast(obj: Any, d: Dist) -> Any:
+    if not d.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- model and optimiser
+
+
+def _is_t2t(name: str) -> bool:
+    from .models import list_variants
+
+    return name in list_variants()
+
+
+def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """The model named by ``--model`` (T2T-ViT or any timm model), with weights from
+    ``--finetune`` / ``--initial-checkpoint`` when given."""
+    import timm
+
+    from . import create_model
+
+    kwargs: dict[str, Any] = {"drop_path_rate": args.drop_path, "drop_rate": args.drop}
+    if _is_t2t(args.model):
+        kwargs["img_size"] = args.img_size
+        if args.finetune:
+            return create_model(args.model, checkpoint=args.finetune, num_classes=num_classes, **kwargs)
+        model = create_model(args.model, num_classes=num_classes, **kwargs)
+        if args.initial_checkpoint:
+            from . import load_checkpoint
+
+            model.load_report = load_checkpoint(model, args.initial_checkpoint, strict=True)
+        return model
+    try:
+        model = timm.create_model(args.model, num_classes=num_classes, **kwargs)
+    except RuntimeError as e:  # timm's "Unknown model"
+        raise ConfigError(f"unknown model {args.model!r}: {e}") from None
+    ckpt = args.finetune or args.initial_checkpoint
+    if ckpt:
+        sd, _, _ = read_state_dict(read_checkpoint(ckpt))
+        head = _classifier_prefix(model)
+        if args.finetune:  # another class count: keep the fresh classifier
+            sd = {k: v for k, v in sd.items() if k.split(".")[0] != head}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if args.finetune:
+            missing = [k for k in missing if k.split(".")[0] != head]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{ckpt} does not fit {args.model}: missing {', '.join(missing[:5]) or 'none'}"
+                f"{' ...' if len(missing) > 5 else ''}; unexpected {', '.join(unexpected[:5]) or 'none'}"
+                f"{' ...' if len(unexpected) > 5 else ''}"
+            )
+    return model
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is model.get_classifier():
+            return name.split(".")[0]
+    return "head"
+
+
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float | None = None) -> list[dict]:
+    """Parameter groups: no weight decay on 1-D tensors, biases and ``no_weight_decay()`` names
+    (cls/dist tokens, position table); frozen tensors left out; with ``backbone_lr_scale``,
+    everything but the classifier head(s) gets ``lr_scale`` (read by timm's schedulers)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    head_prefixes = {_classifier_prefix(model)}
+    if hasattr(model, "head_dist"):
+        head_prefixes.add("head_dist")
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not (param.ndim <= 1 or name.endswith(".bias") or name in skip)
+        head = name.split(".")[0] in head_prefixes
+        groups.setdefault((decay, head), []).append(param)
+    out = []
+    for (decay, head), params in sorted(groups.items()):
+        g: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if backbone_lr_scale is not None:
+            g["lr_scale"] = 1.0 if head else backbone_lr_scale
+        out.append(g)
+    return out
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash or kill mid-write leaves the previous file untouched (rename is atomic on POSIX)
+    and at most a ``.tmp`` file, which is removed on the next successful write.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` hold the same bytes as ``src`` (a hard link where possible)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class CheckpointSaver:
+    """Writes ``checkpoint-EPOCH.pth`` (keeps the newest ``keep``), ``last.pth`` and ``best.pth``."""
+
+    def __init__(self, folder: Path, keep: int = 3):
+        self.folder, self.keep = folder, keep
+
+    def save(self, state: dict[str, Any], epoch: int, is_best: bool) -> Path:
+        path = self.folder / f"checkpoint-{epoch}.pth"
+        atomic_save(state, path)
+        _link_or_copy(path, self.folder / "last.pth")
+        if is_best:
+            _link_or_copy(path, self.folder / "best.pth")
+        epochs = sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("checkpoint-*.pth"))
+        for old in epochs[: max(0, len(epochs) - self.keep)]:
+            (self.folder / f"checkpoint-{old}.pth").unlink(missing_ok=True)
+        return path
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool, list, type(None)))
+    }
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _data_root(args: argparse.Namespace) -> Path:
+    from .data import bundled_dataset_path
+
+    if args.data is None:
+        raise ConfigError("give a dataset folder (DATA/train, DATA/val) or 'digits' for the bundled dataset")
+    if args.data == _BUNDLED and not Path(args.data).is_dir():
+        return bundled_dataset_path()
+    return Path(args.data)
+
+
+def _data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
+    from timm.data import resolve_data_config
+
+    overrides = {"input_size": (3, args.img_size, args.img_size)}
+    if args.interpolation:
+        overrides["interpolation"] = args.interpolation
+    if args.crop_pct:
+        overrides["crop_pct"] = args.crop_pct
+    return resolve_data_config(overrides, model=model)
+
+
+def _datasets(root: Path) -> tuple[Any, Any]:
+    """The train and val image folders (listed once; transforms are set by :func:`_set_transforms`)."""
+    from .data import SafeImageFolder, find_split
+
+    train = SafeImageFolder(find_split(root, "train"))
+    val = SafeImageFolder(find_split(root, "val"), class_to_idx=train.class_to_idx)
+    return train, val
+
+
+def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, val: Any) -> None:
+    """timm's training augmentation and the model's eval resize/crop, normalised as the model expects."""
+    from .data import build_transform
+
+    norm = {"mean": cfg["mean"], "std": cfg["std"], "interpolation": cfg["interpolation"]}
+    if train is not None:
+        train.transform = build_transform(
+            True,
+            args.img_size,
+            **norm,
+            auto_augment=args.aa,
+            re_prob=args.reprob,
+            hflip=args.hflip,
+            scale=args.scale,
+            color_jitter=args.color_jitter or None,
+        )
+    val.transform = build_transform(False, args.img_size, **norm, crop_pct=cfg["crop_pct"])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _amp_dtype(args: argparse.Namespace) -> torch.dtype | None:
+    if not args.amp:
+        return None
+    return torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
+
+
+def _resolve_output(args: argparse.Namespace, d: Dist) -> Path:
+    if args.output:
+        out = Path(args.output)
+    elif args.resume:
+        out = Path(args.resume).resolve().parent
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / "train" / f"{args.model}-{stamp}"
+    out = Path(_broadcast(str(out), d))
+    if d.main:
+        if (out / "last.pth").exists() and not args.resume:
+            raise ConfigError(
+                f"{out} already holds a run (last.pth); pass --resume {out / 'last.pth'} to continue it "
+                "or choose another --output"
+            )
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _ranks_digest(model: nn.Module, d: Dist) -> list[list[float]]:
+    """Per-rank (sum, sum of squares, sum of |x|) over all weights, gathered on every rank."""
+    with torch.no_grad():
+        params = [p.detach().double() for p in model.state_dict().values() if p.is_floating_point()]
+        mine = torch.tensor(
+            [
+                sum(float(p.sum()) for p in params),
+                sum(float((p * p).sum()) for p in params),
+                sum(float(p.abs().sum()) for p in params),
+            ],
+            dtype=torch.float64,
+            device=d.device,
+        )
+    if not d.distributed:
+        return [mine.tolist()]
+    everyone = [torch.zeros_like(mine) for _ in range(d.world_size)]
+    dist.all_gather(everyone, mine)
+    return [t.tolist() for t in everyone]
+
+
+def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
+    """``--eval-checkpoint``: top-1/top-5 of a checkpoint (its EMA weights when it has them)."""
+    from .data import build_loader
+    from .engine import StepLog, evaluate
+
+    root = _data_root(args)
+    ckpt = read_checkpoint(args.eval_checkpoint)
+    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
+    if isinstance(saved, argparse.Namespace):
+        saved = vars(saved)
+    if args.model == build_parser().get_default("model") and saved.get("model"):
+        args.model = saved["model"]  # the checkpoint knows its architecture
+    if saved.get("img_size") and args.img_size == build_parser().get_default("img_size"):
+        args.img_size = saved["img_size"]
+    _, val = _datasets(root)
+    args.initial_checkpoint, args.finetune = args.eval_checkpoint, None
+    model = build_model(args, args.num_classes or saved.get("num_classes") or len(val.classes)).to(d.device)
+    _set_transforms(args, _data_config(args, model), None, val)
+    loader = build_loader(
+        val, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
+    )
+    metrics = evaluate(model, loader, device=d.device, amp_dtype=_amp_dtype(args), log=StepLog(d.main))
+    if d.main:
+        print(
+            f"{args.eval_checkpoint}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
+            f"loss {metrics['val_loss']:.4f}  ({metrics['val_images']} images)"
+        )
+    return metrics
+
+
+def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, Any]:
+    """Train as ``args`` says and return the final summary (also written to ``summary.json``).
+
+    ``criterion_factory(args, model, mixup_active) -> loss`` replaces the label loss; the
+    distillation command plugs its teacher in here, so there is one loop.
+    """
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    from .data import build_loader, set_epoch
+    from .engine import LabelLoss, NonFiniteGuard, StepLog, evaluate, train_one_epoch
+
+    d = setup_distributed(args.device)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint(args, d)
+    if args.amp and args.amp_dtype == "fp16" and d.device.type == "cpu":
+        print("note: fp16 autocast on CPU is slow and partial; --amp-dtype bf16 is the CPU choice", file=sys.stderr)
+    seed = args.seed + d.rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    root = _data_root(args)
+    resume_state = None
+    if args.resume:
+        resume_state = read_checkpoint(args.resume)
+        if not isinstance(resume_state, dict) or "optimizer" not in resume_state:
+            raise CheckpointError(
+                f"{args.resume} is not a training checkpoint of this trainer; use --initial-checkpoint"
+            )
+        if resume_state["args"].get("model") != args.model:
+            raise CheckpointError(
+                f"{args.resume} was trained as {resume_state['args'].get('model')}, not {args.model}; pass --model "
+                f"{resume_state['args'].get('model')}"
+            )
+    out = _resolve_output(args, d)
+
+    train_set, val_set = _datasets(root)
+    num_classes = args.num_classes or len(train_set.classes)
+    if num_classes < len(train_set.classes):
+        raise ConfigError(f"--num-classes {num_classes} is less than the {len(train_set.classes)} class folders")
+    model = build_model(args, num_classes)
+    _set_transforms(args, _data_config(args, model), train_set, val_set)
+    model.to(d.device)
+    if getattr(model, "load_report", None) is not None and d.main:
+        print(model.load_report)
+
+    groups = param_groups(model, args.weight_decay, args.backbone_lr_scale if args.finetune else None)
+    optimizer = create_optimizer_v2(
+        groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
+    )
+    model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    amp_dtype = _amp_dtype(args)
+    scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
+
+    train_loader = build_loader(
+        train_set,
+        args.batch_size,
+        training=True,
+        workers=args.workers,
+        rank=d.rank,
+        world_size=d.world_size,
+        seed=args.seed,
+    )
+    val_loader = build_loader(
+        val_set, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
+    )
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"{len(train_set)} training images make no full batch of {args.batch_size} per process; lower -b"
+        )
+    steps = len(train_loader) if args.steps_per_epoch is None else min(len(train_loader), args.steps_per_epoch)
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer,
+        sched=args.sched,
+        num_epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        cooldown_epochs=args.cooldown_epochs,
+        warmup_lr=args.warmup_lr,
+        min_lr=args.min_lr,
+        updates_per_epoch=steps,
+    )
+
+    mixup_active = args.mixup > 0 or args.cutmix > 0
+    mixup_fn = None
+    if mixup_active:
+        mixup_fn = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            label_smoothing=args.smoothing,
+            num_classes=num_classes,
+        )
+    if criterion_factory is not None:
+        criterion = criterion_factory(args, model, mixup_active)
+    elif mixup_active:
+        criterion = LabelLoss(SoftTargetCrossEntropy())
+    elif args.smoothing > 0:
+        criterion = LabelLoss(LabelSmoothingCrossEntropy(args.smoothing))
+    else:
+        criterion = LabelLoss(nn.CrossEntropyLoss())
+
+    start_epoch, best, num_updates, history = 0, None, 0, []
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        if model_ema is not None and resume_state.get("model_ema") is not None:
+            model_ema.module.load_state_dict(resume_state["model_ema"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        lr_scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        start_epoch = resume_state["epoch"] + 1
+        best = resume_state.get("best_metric")
+        num_updates = resume_state.get("num_updates", start_epoch * steps)
+        history = list(resume_state.get("history", []))
+        rng = resume_state.get("rng_per_rank", {}).get(d.rank)
+        if rng is not None:
+            _set_rng_state(rng)
+        lr_scheduler.step(start_epoch)
+        if d.main:
+            print(f"resumed {args.resume} at epoch {start_epoch}")
+
+    train_model: nn.Module = model
+    if args.compile:
+        train_model = torch.compile(model)
+    if d.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+
+    writer = None
+    if args.tensorboard and d.main:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        writer = SummaryWriter(str(out / "tensorboard"))
+
+    saver = CheckpointSaver(out, keep=args.keep)
+    guard = NonFiniteGuard(args.max_nonfinite)
+    log = StepLog(d.main, args.log_interval)
+    if d.main:
+        (out / "args.json").write_text(json.dumps(_plain(args), indent=2))
+        print(
+            f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+            f"{num_classes} classes) on {len(train_set)} images, {d.world_size} process(es) on {d.device.type}, "
+            f"{num_epochs} epochs of {steps} steps; output {out}"
+        )
+    for epoch in range(start_epoch, num_epochs):
+        set_epoch(train_loader, epoch)
+        stats = train_one_epoch(
+            train_model,
+            train_loader,
+            criterion,
+            optimizer,
+            epoch=epoch,
+            device=d.device,
+            amp_dtype=amp_dtype,
+            scaler=scaler,
+            mixup_fn=mixup_fn,
+            model_ema=model_ema,
+            clip_grad=args.clip_grad,
+            lr_scheduler=lr_scheduler,
+            guard=guard,
+            log=log,
+            num_updates=num_updates,
+            max_steps=args.steps_per_epoch,
+        )
+        num_updates = int(stats.pop("num_updates"))
+        lr_scheduler.step(epoch + 1)
+        metrics = evaluate(model, val_loader, device=d.device, amp_dtype=amp_dtype)
+        row: dict[str, Any] = {"epoch": epoch, **stats, **metrics}
+        if model_ema is not None:
+            ema_metrics = evaluate(model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype)
+            row.update({"ema_top1": ema_metrics["top1"], "ema_top5": ema_metrics["top5"]})
+        is_best = best is None or metrics["top1"] > best
+        best = metrics["top1"] if is_best else best
+        history.append(row)
+        rngs = [_rng_state()]
+        if d.distributed:
+            gathered: list[Any] = [None] * d.world_size
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if d.main:
+            state = {
+                "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(),
+                "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": lr_scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                "epoch": epoch,
+                "num_updates": num_updates,
+                "best_metric": best,
+                "metrics": row,
+                "history": history,
+                "rng_per_rank": dict(enumerate(rngs)),
+                "args": _plain(args) | {"num_classes": num_classes},
+                "classes": train_set.classes,
+            }
+            saver.save(state, epoch, is_best)
+            _append_logs(out, row, writer)
+            msg = (
+                f"epoch {epoch}: train loss {row['train_loss']:.4f}  val top-1 {row['top1']:.2f}%  "
+                f"top-5 {row['top5']:.2f}%  {row['img_per_s']:.1f} img/s"
+            )
+            if "ema_top1" in row:
+                msg += f"  EMA top-1 {row['ema_top1']:.2f}%"
+            if row["skipped_images"]:
+                msg += f"  ({row['skipped_images']} unreadable images skipped)"
+            print(msg, flush=True)
+    digests = _ranks_digest(model, d)
+    summary = {
+        "output": str(out),
+        "epochs": num_epochs,
+        "best_top1": best,
+        "last": history[-1] if history else None,
+        "rank_weight_digests": digests,
+        "ranks_in_sync": all(dg == digests[0] for dg in digests),
+        "nonfinite_losses": guard.events,
+    }
+    if d.main:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        if writer is not None:
+            writer.close()
+        if not summary["ranks_in_sync"]:
+            print("warning: the ranks' weights differ after training; see summary.json", file=sys.stderr)
+    return summary
+
+
+def _append_logs(out: Path, row: dict[str, Any], writer: Any) -> None:
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    csv_path = out / "summary.csv"
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    if writer is not None:
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                writer.add_scalar(k, v, row["epoch"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        run(args)
+    except T2TError as e:
+        print(f"t2t train: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

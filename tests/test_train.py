@@ -1,0 +1,300 @@
+"""The trainer end to end on the bundled digits: learning, DDP, exact resume, checkpoints, guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import t2tvit
+from t2tvit.data import bundled_dataset_path
+from t2tvit.engine import NonFiniteGuard, StepLog, TrainingDiverged, train_one_epoch
+from t2tvit.errors import ConfigError
+from t2tvit.train import atomic_save, build_parser, main, param_groups, parse_args
+
+# A small, quick recipe: the bundled digits config, few steps.
+QUICK = ["--config", "digits", "-j", "0", "--log-interval", "1000"]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def _metrics(row: dict) -> dict:
+    timing = {"img_per_s", "epoch_time_s"}
+    return {k: v for k, v in row.items() if k not in timing}
+
+
+@pytest.fixture(scope="module")
+def digits() -> Path:
+    return bundled_dataset_path()
+
+
+@pytest.fixture(scope="module")
+def small_digits(digits: Path, tmp_path_factory) -> Path:
+    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
+    root = tmp_path_factory.mktemp("small_digits")
+    for split, per_class in (("train", 8), ("val", 4)):
+        for cls in range(10):
+            src = sorted((digits / split / str(cls)).iterdir())[:per_class]
+            dst = root / split / str(cls)
+            dst.mkdir(parents=True)
+            for f in src:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+def test_bundled_dataset_is_real_digits(digits: Path) -> None:
+    from t2tvit.data import SafeImageFolder
+
+    train, val = SafeImageFolder(digits / "train"), SafeImageFolder(digits / "val")
+    assert train.classes == [str(i) for i in range(10)]
+    assert len(train) + len(val) == 1797 and len(val) == 359
+    img, label = train[0]
+    assert img.size == (64, 64) and 0 <= label < 10
+    assert bundled_dataset_path() == digits  # second use finds the folder, no rewrite
+
+
+@pytest.mark.slow
+def test_training_t2t_vit_7_on_digits_learns(digits: Path, tmp_path: Path) -> None:
+    # Measured: 60% / 85% / 90% validation top-1 after epochs 1 / 2 / 3 of the full recipe;
+    # chance is 10%. Two epochs of 30 steps reach ~75-80%.
+    out = tmp_path / "run"
+    assert main(["digits", *QUICK, "--epochs", "2", "--steps-per-epoch", "30", "--output", str(out)]) == 0
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[-1]["top1"] >= 60.0, rows[-1]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_top1"] == max(r["top1"] for r in rows)
+    for name in ("last.pth", "best.pth", "checkpoint-1.pth", "summary.csv", "args.json"):
+        assert (out / name).is_file(), name
+    # The checkpoint is what create_model reads, and its weights give the logged accuracy.
+    ckpt = t2tvit.checkpoint.read_checkpoint(out / "last.pth")
+    assert ckpt["args"]["model"] == "t2t_vit_7" and ckpt["classes"][:2] == ["0", "1"]
+    model = t2tvit.create_model("t2t_vit_7", checkpoint=out / "last.pth", img_size=32, num_classes=10)
+    assert model.head.out_features == 10
+
+
+@pytest.mark.slow
+def test_resume_after_kill_repeats_the_uninterrupted_run(small_digits: Path, tmp_path: Path) -> None:
+    # Augmentation, mixup, drop path and EMA all draw random numbers: resuming must restore them all.
+    flags = [
+        str(small_digits), *QUICK, "-j", "2", "-b", "16", "--epochs", "2", "--mixup", "0.8", "--cutmix", "1.0",
+        "--drop-path", "0.1", "--model-ema", "--model-ema-decay", "0.9", "--aa", "rand-m9-mstd0.5-inc1",
+    ]  # fmt: skip
+    full = tmp_path / "full"
+    assert main([*flags, "--output", str(full)]) == 0
+
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "t2tvit.train", *flags, "--output", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "log.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert len(_rows(killed)) == 1, "the run was not killed during its second epoch"
+    assert not (killed / "summary.json").exists()
+
+    assert main([*flags, "--output", str(killed), "--resume", str(killed / "last.pth")]) == 0
+    assert _metrics(_rows(killed)[1]) == _metrics(_rows(full)[1])
+    a = t2tvit.checkpoint.read_checkpoint(full / "last.pth")
+    b = t2tvit.checkpoint.read_checkpoint(killed / "last.pth")
+    for key in ("model", "model_ema"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_keep_identical_weights(small_digits: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "t2tvit.train", str(small_digits), *QUICK, "-b", "8", "--epochs", "2", "--device", "cpu",
+        "--mixup", "0.8", "--drop-path", "0.1", "--output", str(out),
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    digests = summary["rank_weight_digests"]
+    assert len(digests) == 2 and digests[0] == digests[1] and summary["ranks_in_sync"]
+    # The digest is of the real weights: recompute rank 0's from the saved checkpoint.
+    sd = t2tvit.checkpoint.read_checkpoint(out / "last.pth")["model"]
+    params = [t.double() for t in sd.values() if t.is_floating_point()]
+    assert digests[0][1] == pytest.approx(sum(float((p * p).sum()) for p in params), rel=1e-12)
+    rows = _rows(out)
+    assert rows[-1]["val_images"] == 40  # sharded evaluation sees each image exactly once
+    assert rows[-1]["train_images"] == 80  # 2 ranks x 5 steps x 8 images
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.pth"
+    atomic_save({"epoch": 1, "w": torch.arange(10)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("disk full")  # fails after the tensors before it were written
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"epoch": 2, "w": torch.zeros(1_000_000), "boom": Unpicklable()}, path)
+    assert torch.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_checkpoint_killed_mid_write_is_never_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pth"
+    code = (
+        "import sys, torch; from t2tvit.train import atomic_save\n"
+        "i = 0\n"
+        "while True:\n"
+        "    atomic_save({'i': i, 'w': torch.full((8_000_000,), float(i))}, sys.argv[1]); i += 1\n"
+        "    print(i, flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let a few writes complete, then kill during the next one
+        proc.stdout.readline()
+    time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    state = torch.load(path)
+    assert state["w"].shape == (8_000_000,) and bool((state["w"] == state["i"]).all())
+
+
+def test_corrupt_image_is_skipped_and_counted(small_digits: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(small_digits, data)
+    # 80 good images + this one = 81; drop one good one so 5 batches of 16 cover every file.
+    next((data / "train" / "3").iterdir()).unlink()
+    (data / "train" / "3" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    out = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="broken.png"):
+        assert main([str(data), *QUICK, "-b", "16", "--epochs", "1", "--output", str(out)]) == 0
+    row = _rows(out)[0]
+    assert row["skipped_images"] == 1 and row["train_images"] == 79
+    assert "1 unreadable images skipped" in capsys.readouterr().out
+
+
+class _NaNAfter(nn.Module):
+    """A real model whose output turns NaN from a given call on (an injected fault)."""
+
+    def __init__(self, start: int):
+        super().__init__()
+        self.net, self.calls, self.start = nn.Linear(12, 3), 0, start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y = self.net(x.flatten(1))
+        return y * float("nan") if self.calls >= self.start else y
+
+
+def test_nonfinite_losses_are_reported_then_stop_the_run(capsys) -> None:
+    from t2tvit.engine import LabelLoss
+
+    torch.manual_seed(0)
+    model = _NaNAfter(start=4)
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(20)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.net.weight.detach().clone()
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive non-finite losses \(last at epoch 0 step 6\)"):
+        train_one_epoch(
+            model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
+            guard=NonFiniteGuard(3), log=StepLog(False),
+        )  # fmt: skip
+    assert "non-finite loss nan at epoch 0 step 4" in capsys.readouterr().out
+    assert torch.isfinite(model.net.weight).all() and not torch.equal(model.net.weight, before)
+
+
+def test_nan_weights_stop_the_cli_cleanly_and_keep_the_good_checkpoint(small_digits: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    assert main([str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--output", str(out)]) == 0
+    good = (out / "last.pth").read_bytes()
+    bad = t2tvit.checkpoint.read_checkpoint(out / "last.pth")
+    bad["model"]["head.weight"].fill_(float("nan"))
+    torch.save(bad, tmp_path / "nan.pth")
+    capsys.readouterr()
+    code = main(
+        [str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--output", str(tmp_path / "nan_run"),
+         "--initial-checkpoint", str(tmp_path / "nan.pth"), "--max-nonfinite", "2"]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "2 consecutive non-finite losses" in err and "Traceback" not in err
+    assert not (tmp_path / "nan_run" / "last.pth").exists()
+    assert (out / "last.pth").read_bytes() == good
+
+
+def test_weight_decay_groups_skip_1d_tokens_and_frozen_tensors() -> None:
+    with torch.device("meta"):
+        model = t2tvit.create_model("t2t_vit_7", num_classes=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.05)
+    decayed = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "cls_token" in plain and "blocks.0.norm1.weight" in plain and "head.bias" in plain
+    assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
+    everything = decayed | plain
+    assert "pos_embed" not in everything and not any(n.endswith(".w") for n in everything)  # frozen
+    assert everything == {n for n, p in model.named_parameters() if p.requires_grad}
+    # Fine-tuning: the head at the full rate, the backbone scaled.
+    scaled = param_groups(model, 0.05, backbone_lr_scale=0.1)
+    heads = {names[id(p)] for g in scaled if g["lr_scale"] == 1.0 for p in g["params"]}
+    assert heads == {"head.weight", "head.bias"}
+
+
+@pytest.mark.slow
+def test_finetune_into_other_classes_and_size_then_eval_checkpoint(small_digits: Path, tmp_path: Path, capsys):
+    src = tmp_path / "src.pth"
+    torch.save({"state_dict_ema": t2tvit.create_model("t2t_vit_7").state_dict()}, src)  # official-style, 1000 cls
+    out = tmp_path / "ft"
+    args = [str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--img-size", "48", "--finetune", str(src)]
+    assert main([*args, "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "head reset" in text or "head" in text
+    ckpt = t2tvit.checkpoint.read_checkpoint(out / "last.pth")
+    assert ckpt["model"]["head.weight"].shape == (10, 256)
+    lrs = sorted({g["lr"] for g in ckpt["optimizer"]["param_groups"]})
+    assert len(lrs) == 2 and lrs[0] == pytest.approx(lrs[1] * 0.1)
+    assert main([str(small_digits), "--eval-checkpoint", str(out / "last.pth"), "-j", "0"]) == 0
+    line = capsys.readouterr().out
+    assert "top-1" in line and "(40 images)" in line
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lr: 0.01\nbatch-size: 7\nmodel_ema: false\n")
+    args = parse_args(["d", "--config", str(cfg), "-b", "9"])
+    assert args.lr == 0.01 and args.batch_size == 9 and args.model_ema is False
+    assert build_parser().parse_args(["d"]).model_ema is True
+    cfg.write_text("learning_rate: 0.01\n")
+    with pytest.raises(ConfigError, match="unknown keys: learning_rate"):
+        parse_args(["d", "--config", str(cfg)])
+
+
+def test_bad_inputs_give_one_sentence(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path / "nowhere"), *QUICK]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "only_train" / "train" / "a").mkdir(parents=True)
+    assert main([str(tmp_path / "only_train"), *QUICK]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "only_train" / "train" / "a" / "x.png")
+    assert main([str(tmp_path / "only_train"), *QUICK]) == 2
+    assert "no val/ subfolder" in capsys.readouterr().err
