@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=310, help="epochs before cool-down")
     g.add_argument("--warmup-epochs", type=int, default=10)
     g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after the schedule")
+    g.add_argument(
+        "--sched-on-updates", action="store_true", help="update the learning rate every step, not every epoch"
+    )
     g.add_argument("--warmup-lr", type=float, default=1e-6)
     g.add_argument("--min-lr", type=float, default=1e-5)
     g = p.add_argument_group("augmentation and regularisation")
@@ -578,6 +581,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
         warmup_lr=args.warmup_lr,
         min_lr=args.min_lr,
         updates_per_epoch=steps,
+        step_on_epochs=not args.sched_on_updates,
     )
 
     mixup_active = args.mixup > 0 or args.cutmix > 0
@@ -617,6 +621,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
         if rng is not None:
             _set_rng_state(rng)
         lr_scheduler.step(start_epoch)
+        lr_scheduler.step_update(num_updates)
         if d.main:
             print(f"resumed {args.resume} at epoch {start_epoch}")
 

@@ -298,3 +298,27 @@ def test_bad_inputs_give_one_sentence(tmp_path: Path, capsys) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "only_train" / "train" / "a" / "x.png")
     assert main([str(tmp_path / "only_train"), *QUICK]) == 2
     assert "no val/ subfolder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--model", "resnet18"],  # any timm model goes through the same loop (a CNN teacher, later)
+        ["--amp", "--amp-dtype", "bf16", "--sched-on-updates"],
+        ["--amp", "--amp-dtype", "fp16"],  # GradScaler path
+    ],
+    ids=["resnet18", "bf16", "fp16"],
+)
+def test_t2t_train_command_runs_other_models_and_precisions(small_digits: Path, tmp_path: Path, extra) -> None:
+    from t2t.cli import main as t2t_main
+
+    out = tmp_path / "run"
+    assert (
+        t2t_main(["train", str(small_digits), *QUICK, "-b", "16", "--epochs", "1", *extra, "--output", str(out)]) == 0
+    )
+    row = _rows(out)[0]
+    assert row["nonfinite_steps"] == 0 and row["train_images"] == 80 and row["val_images"] == 40
+    assert torch.isfinite(torch.tensor(row["train_loss"]))
+    assert t2tvit.checkpoint.read_checkpoint(out / "last.pth")["args"]["model"] == (
+        "resnet18" if "resnet18" in extra else "t2t_vit_7"
+    )
