@@ -142,6 +142,25 @@ def test_performer_core_is_exact_where_the_official_epsilon_is_not() -> None:
     assert (ours - exact).abs().max().item() < 1e-5
 
 
+def test_performer_core_gradient_is_finite_where_the_direct_ratio_underflows() -> None:
+    """Queries favour a feature that every key has underflowed in: the denominator of the
+    direct ratio is 0 in float32 (the official kernel returns noise; a clamped ratio has an
+    infinite gradient). The core's value and gradient stay finite and match float64."""
+    w = torch.eye(2) * 30.0
+    k = torch.tensor([[[3.0, -3.0]] * 4])  # every key along feature 0
+    q = torch.tensor([[[-3.0, 3.0]] * 3])  # every query along feature 1
+    v = torch.randn(1, 4, 2)
+    q.requires_grad_(True)
+    out = _performer_core_fp32(q, k, v, w)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
+    qd, kd, vd, wd = q.detach().double(), k.double(), v.double(), w.double()
+    log_qp = qd @ wd.t()  # the constants cancel; evaluate the ratio in log space in float64
+    log_kp = kd @ wd.t() - 0.5 * (kd * kd).sum(-1, keepdim=True)
+    weights = torch.softmax((log_qp.unsqueeze(2) + log_kp.unsqueeze(1)).logsumexp(-1), dim=-1)  # (B, Tq, Tk)
+    torch.testing.assert_close(out.double(), weights @ vd, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("scale", [2.0, 8.0])
 def test_performer_is_finite_under_autocast_with_large_activations(dtype: torch.dtype, scale: float) -> None:

@@ -257,17 +257,18 @@ class TokenPerformer(nn.Module):
 
         y = phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + 1e-8)
 
-    Every factor that is constant along a query row, or constant over all keys of
-    an image, cancels in that ratio. We therefore use::
+    With ``K_m = sum_t phi(k_t)_m`` this is exactly a two-step softmax attention::
 
-        phi_q = exp(w q - max_m(w q))                 # |q|^2 and 1/sqrt(m) cancel
-        phi_k = exp(w k - |k|^2/2 - max_{t,m}(...))   # one constant per image
+        y_t = sum_m softmax_m(w q_t + log K)_m * (sum_t' softmax_t'(w k - |k|^2/2)_{t'm} v_t')
 
-    so every exponent is <= 0 (no overflow in any dtype) and the largest feature is
-    exactly 1 (no all-zero underflow). The core runs in float32 even under
-    autocast: the denominator sums up to T*m (~1e5) terms, beyond fp16's range.
-    The result equals the official formula to float32 rounding (the 1e-8 epsilon
-    is negligible against denominators of order T).
+    (constants along a query row, or over all keys of an image, cancel in the ratio), which
+    is what we compute: both softmaxes and ``log K`` (a logsumexp) are stable in value *and
+    gradient* for any input. The direct ratio is not: when the features a query favours
+    are ones every key has underflowed in, the denominator underflows to 0, the official
+    ``+ 1e-8`` turns the row into noise, and a ratio clamped away from 0 has an infinite
+    gradient (a T2T-ViT-7 trained on the digits hit this in fp32 after one epoch). The
+    core runs in float32 even under autocast. The result equals the official formula to
+    float32 rounding wherever that formula is well conditioned.
     """
 
     def __init__(
@@ -319,11 +320,8 @@ def _performer_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.
 
 def _performer_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     q, k, v, w = q.float(), k.float(), v.float(), w.float()
-    wq = q @ w.t()  # (B, T, m)
-    qp = torch.exp(wq - wq.amax(dim=-1, keepdim=True))
-    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)
-    kp = torch.exp(wk - wk.amax(dim=(1, 2), keepdim=True))
-    den = qp @ kp.sum(dim=1, keepdim=True).transpose(1, 2)  # (B, T, 1)
-    # Normalise the m-wide features rather than the e-wide output: half the elementwise work.
-    qn = qp / den.clamp_min(1.1754943508222875e-38)  # float32 tiny: den is never 0
-    return qn @ (kp.transpose(1, 2) @ v)  # (B, T, m) @ (B, m, e)
+    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, T, m): log phi(k), up to a constant
+    log_k = torch.logsumexp(wk, dim=1, keepdim=True)  # (B, 1, m): log K_m
+    attn_k = torch.exp(wk - log_k)  # softmax over tokens, one distribution per feature
+    attn_q = torch.softmax(q @ w.t() + log_k, dim=-1)  # (B, T, m): softmax over features
+    return attn_q @ (attn_k.transpose(1, 2) @ v)  # (B, T, m) @ (B, m, e)
