@@ -59,9 +59,9 @@ class LabelLoss(nn.Module):
 class NonFiniteGuard:
     """Counts non-finite losses; after ``max_consecutive`` in a row the run is stopped.
 
-    A single NaN/inf step is skipped (no backward, no optimizer step) and reported with its
-    epoch and step, so one bad batch does not end a long run, but a diverged run does not
-    burn GPU hours producing NaN either.
+    A step whose loss or (without a GradScaler) gradient norm is NaN/inf is skipped (no
+    optimizer step) and reported with its epoch and step, so one bad batch does not end a
+    long run, but a diverged run does not burn GPU hours producing NaN either.
     """
 
     max_consecutive: int = 10
@@ -69,16 +69,19 @@ class NonFiniteGuard:
     total: int = 0
     events: list[str] = field(default_factory=list)
 
-    def observe(self, finite: bool, epoch: int, step: int, value: float) -> None:
+    def observe(self, finite: bool, epoch: int, step: int, what: str = "") -> None:
+        """Record one step; ``what`` names the non-finite quantity (e.g. ``"loss nan"``)."""
         if finite:
             self.consecutive = 0
             return
         self.consecutive += 1
         self.total += 1
-        self.events.append(f"epoch {epoch} step {step}: loss {value}")
+        self.events.append(f"epoch {epoch} step {step}: {what}")
+        print(f"warning: non-finite {what} at epoch {epoch} step {step}; step skipped", flush=True)
         if self.consecutive >= self.max_consecutive:
             raise TrainingDiverged(
-                f"stopped: {self.consecutive} consecutive non-finite losses (last at epoch {epoch} step {step}); "
+                f"stopped: {self.consecutive} consecutive non-finite steps (last: {what} at epoch {epoch} "
+                f"step {step}); "
                 "lower --lr, set --clip-grad, or use --amp-dtype bf16; the last good checkpoint is kept"
             )
 
@@ -199,14 +202,11 @@ def train_one_epoch(
             outputs = model(images)
             loss = criterion(images, outputs, targets)
         value = float(loss.detach())
-        bad = _all_reduce(
-            [0.0 if math.isfinite(value) else 1.0], device, dist.ReduceOp.MAX if dist.is_available() else None
-        )
-        guard.observe(bad[0] == 0.0, epoch, step, value)
+        bad = _all_reduce([0.0 if math.isfinite(value) else 1.0], device, dist.ReduceOp.MAX)
         optimizer.zero_grad(set_to_none=True)
-        if bad[0] != 0.0:
+        if bad[0] != 0.0:  # every rank skips together, so DDP's collective backward never hangs
             nonfinite += 1
-            print(f"warning: non-finite loss {value} at epoch {epoch} step {step}; step skipped", flush=True)
+            guard.observe(False, epoch, step, f"loss {value}")
             continue
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -216,12 +216,19 @@ def train_one_epoch(
             scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
-            if scaler.get_scale() < scale:  # inf/NaN gradients: the scaler skipped this step
+            if scaler.get_scale() < scale:  # inf/NaN gradients: the scaler skipped this step (normal in fp16)
                 overflow += 1
+            guard.observe(True, epoch, step)
         else:
             loss.backward()
+            norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
+            guard.observe(finite, epoch, step, "" if finite else f"gradient norm {float(norm)}")
+            if not finite:  # one bad backward must not write NaN into the weights
+                nonfinite += 1
+                continue
             if clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad, norm)
             optimizer.step()
         num_updates += 1
         if model_ema is not None:

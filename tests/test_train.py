@@ -214,13 +214,52 @@ def test_nonfinite_losses_are_reported_then_stop_the_run(capsys) -> None:
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(20)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.net.weight.detach().clone()
-    with pytest.raises(TrainingDiverged, match=r"3 consecutive non-finite losses \(last at epoch 0 step 6\)"):
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive non-finite steps \(last: loss nan at epoch 0 step 6\)"):
         train_one_epoch(
             model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
             guard=NonFiniteGuard(3), log=StepLog(False),
         )  # fmt: skip
     assert "non-finite loss nan at epoch 0 step 4" in capsys.readouterr().out
     assert torch.isfinite(model.net.weight).all() and not torch.equal(model.net.weight, before)
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not (an injected fault)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def test_nonfinite_gradient_skips_the_step_without_touching_the_weights(capsys) -> None:
+    from t2tvit.engine import LabelLoss
+
+    torch.manual_seed(0)
+    net = nn.Linear(12, 3)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return _NaNGradient.apply(self.net(x.flatten(1)))
+
+    model = Model()
+    before = net.weight.detach().clone()
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(2)]
+    guard = NonFiniteGuard(5)
+    stats = train_one_epoch(
+        model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.AdamW(model.parameters()), epoch=0,
+        device=torch.device("cpu"), guard=guard, log=StepLog(False),
+    )  # fmt: skip
+    assert stats["nonfinite_steps"] == 2 and guard.consecutive == 2
+    assert torch.equal(net.weight, before)
+    assert "non-finite gradient norm nan at epoch 0 step 1" in capsys.readouterr().out
 
 
 def test_nan_weights_stop_the_cli_cleanly_and_keep_the_good_checkpoint(small_digits: Path, tmp_path: Path, capsys):
@@ -237,7 +276,7 @@ def test_nan_weights_stop_the_cli_cleanly_and_keep_the_good_checkpoint(small_dig
     )  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert "2 consecutive non-finite losses" in err and "Traceback" not in err
+    assert "2 consecutive non-finite steps" in err and "Traceback" not in err
     assert not (tmp_path / "nan_run" / "last.pth").exists()
     assert (out / "last.pth").read_bytes() == good
 
