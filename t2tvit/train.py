@@ -626,12 +626,12 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
             print(f"resumed {args.resume} at epoch {start_epoch}")
 
     train_model: nn.Module = model
-    if args.compile:
-        train_model = torch.compile(model)
     if d.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             train_model, device_ids=[d.device.index] if d.device.type == "cuda" else None
         )
+    if args.compile:  # after DDP, so the compiler sees DDP's buckets and splits graphs at them
+        train_model = torch.compile(train_model)
 
     writer = None
     if args.tensorboard and d.main:
