@@ -1,0 +1,191 @@
+"""ExecuTorch ``.pte`` files, lowered to the XNNPACK delegate: fp32 and int8.
+
+The successor of the lite-interpreter ``.ptl``: ``torch.export`` captures the model with a
+dynamic batch dimension bounded by ``ctx.batch``, ``to_edge_transform_and_lower`` hands every
+subgraph XNNPACK supports to its delegate (the rest runs on ExecuTorch's portable kernels) and
+``to_executorch`` memory-plans it for the batch upper bound. int8 goes through the PT2E flow
+with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static activations
+calibrated on ``ctx.calib``), so the delegate runs quantized linears.
+
+ExecuTorch is an optional extra (``pip install "t2tvit-edge[executorch]"``): it is imported
+inside the functions below, so importing this module never fails without it.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.base import ExportContext, Format, Predictor, get_format
+from t2tvit.errors import ConfigError
+
+__all__ = ["ExecuTorchPredictor", "export", "load"]
+
+# torch.export treats a dimension whose example size is 0 or 1 as static, so the example batch
+# used for capture is at least this (when the batch range allows it).
+_MIN_DYNAMIC_EXAMPLE = 2
+# Calibration batches for int8: enough to keep the histogram observers fed, small enough for RAM.
+_CALIB_CHUNK = 16
+
+
+def _as_format(fmt: Format | str) -> Format:
+    return get_format(fmt) if isinstance(fmt, str) else fmt
+
+
+def _capture_args(ctx: ExportContext) -> tuple[Any, Any]:
+    """(example batch, dynamic_shapes) for ``torch.export`` from the ``ctx.batch`` range."""
+    import torch
+
+    bmin, bopt, bmax = ctx.batch
+    if bmax < _MIN_DYNAMIC_EXAMPLE:  # batch fixed at 1: a static program
+        return ctx.example(bmax), None
+    n = min(max(bopt, _MIN_DYNAMIC_EXAMPLE), bmax)
+    return ctx.example(n), ({0: torch.export.Dim("batch", min=max(bmin, 1), max=bmax)},)
+
+
+def _calibration_batches(calib: np.ndarray, bmin: int, bmax: int) -> list[np.ndarray]:
+    """Split the calibration images into batches the captured graph accepts (``bmin..bmax``)."""
+    size = max(min(_CALIB_CHUNK, bmax), bmin)
+    chunks = [calib[i : i + size] for i in range(0, len(calib), size)]
+    return [c for c in chunks if len(c) >= bmin]
+
+
+def _quantize_int8(model: Any, example: Any, dynamic_shapes: Any, ctx: ExportContext) -> Any:
+    """PT2E static int8 for XNNPACK: capture, observe ``ctx.calib``, convert; returns a module."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if ctx.calib is None or len(ctx.calib) == 0:
+        raise ConfigError("executorch-int8 needs calibration images; pass real images as ExportContext.calib")
+    expected = (3, *ctx.img_size)
+    if tuple(ctx.calib.shape[1:]) != expected:
+        raise ConfigError(
+            f"calibration images have shape {tuple(ctx.calib.shape[1:])}, the model takes {expected}; "
+            "prepare them at the export image size"
+        )
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    captured = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes).module()
+    prepared = prepare_pt2e(captured, quantizer)
+    batches = _calibration_batches(np.asarray(ctx.calib, dtype=np.float32), ctx.batch[0], ctx.batch[2])
+    if not batches:
+        raise ConfigError(f"need at least {ctx.batch[0]} calibration images for the batch range {ctx.batch}")
+    with torch.no_grad():
+        for batch in batches:
+            prepared(torch.from_numpy(np.ascontiguousarray(batch)))
+    return convert_pt2e(prepared)
+
+
+def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) -> dict[str, Any]:
+    """Write ``path`` (.pte) for ``fmt`` ("executorch" fp32 or "executorch-int8"); returns manifest fields."""
+    import torch
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    fmt = _as_format(fmt)
+    if fmt.precision not in ("fp32", "int8"):
+        raise ConfigError(f"ExecuTorch exports fp32 or int8, not {fmt.precision}")
+    path = Path(path)
+    example, dynamic_shapes = _capture_args(ctx)
+    module = model.eval()
+    if fmt.precision == "int8":
+        module = _quantize_int8(module, example, dynamic_shapes, ctx)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
+        # The edge IR validity check replays every op on fake tensors; for split_with_sizes_copy
+        # (the performer's k/q/v split) that replay guards the symbolic batch to the example size,
+        # which leaves every tensor static and the .pte rejecting any other batch. The program is
+        # valid either way: skipping the check keeps the batch dynamic.
+        edge = to_edge_transform_and_lower(
+            program,
+            partitioner=[_partitioner(fmt.precision)],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        )
+        info = get_delegation_info(edge.exported_program().graph_module)
+        pte = edge.to_executorch()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pte.buffer)
+    bmax = ctx.batch[2] if dynamic_shapes is not None else int(example.shape[0])
+    extra: dict[str, Any] = {
+        "backend": "XnnpackBackend",
+        "batch_range": [ctx.batch[0] if dynamic_shapes is not None else bmax, bmax],
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "non_delegated_nodes": info.num_non_delegated_nodes,
+        "executorch_version": _version("executorch"),
+    }
+    if fmt.precision == "int8":
+        extra["quantization"] = "pt2e XNNPACKQuantizer: symmetric int8, per-channel weights, calibrated activations"
+    return extra
+
+
+def _partitioner(precision: str) -> Any:
+    """The XNNPACK partitioner; int8 leaves constant padding to the portable kernels.
+
+    XNNPACK 1.5.1 lowers a quantized ``constant_pad_nd`` (the soft split's padding between two
+    quantized Linears) but then refuses it when the program loads (``StaticConstantPad ...
+    xnn_status_invalid_parameter``), so the whole method fails to load. The three pads are cheap.
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.generic_node_configs import ConstantPadConfig
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    if precision == "int8":
+        return XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not ConstantPadConfig])
+    return XnnpackPartitioner()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+class ExecuTorchPredictor(Predictor):
+    """Runs a ``.pte`` with the ExecuTorch runtime's Python bindings (XNNPACK kernels on CPU).
+
+    The program is memory-planned for its batch upper bound: larger inputs are run in chunks.
+    """
+
+    def __init__(self, path: Path | str, fmt: Format | str) -> None:
+        from executorch.runtime import Runtime
+
+        fmt = _as_format(fmt)
+        self.format, self.precision, self.device = fmt.name, fmt.precision, "cpu"
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"no ExecuTorch program at {self.path}; export it first with `t2t export`")
+        runtime = Runtime.get()
+        self._program = runtime.load_program(self.path)
+        method = self._program.load_method("forward")
+        if method is None:
+            raise ConfigError(f"{self.path} has no 'forward' method; re-export it with `t2t export`")
+        self._method = method
+        sizes = tuple(method.metadata.input_tensor_meta(0).sizes())
+        self.max_batch, self.input_chw = int(sizes[0]), tuple(int(s) for s in sizes[1:])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        import torch
+
+        if tuple(images.shape[1:]) != self.input_chw:
+            raise ConfigError(
+                f"{self.path.name} takes (N, {', '.join(map(str, self.input_chw))}) images, not {tuple(images.shape)}"
+            )
+        outs = []
+        for start in range(0, len(images), self.max_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + self.max_batch]))
+            outs.append(self._method.execute([chunk])[0].detach().numpy().copy())
+        return np.concatenate(outs, axis=0)
+
+
+def load(path: Path | str, fmt: Format | str, device: str = "cpu") -> ExecuTorchPredictor:
+    if device != "cpu":
+        raise ConfigError(f"ExecuTorch .pte files run on the CPU (XNNPACK), not on {device!r}; use device='cpu'")
+    return ExecuTorchPredictor(path, fmt)
