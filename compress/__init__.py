@@ -1,3 +1,3 @@
-"""What makes a T2T-ViT smaller or cheaper: DeiT distillation (``distill``) and int8
-quantization (``quantize``). Depends on :mod:`t2tvit` only. Not yet implemented: see the
-project's open issues for distillation and quantize-and-export."""
+"""What makes a T2T-ViT smaller or cheaper: DeiT distillation (``distill``, to come) and int8
+quantization (:mod:`compress.quantize`: dynamic int8 in PyTorch, calibration images, int8 ONNX).
+Depends on :mod:`t2tvit` only."""

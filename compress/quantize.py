@@ -1,0 +1,359 @@
+"""int8 quantization: dynamic int8 in PyTorch, real calibration images, int8 ONNX via ONNX Runtime.
+
+* :func:`quantize_dynamic_int8` replaces every ``nn.Linear`` with a dynamically quantized one
+  (int8 weights, activations quantized per batch at run time) for one PyTorch quantized engine:
+  ``qnnpack`` for ARM phones, ``x86`` / ``fbgemm`` / ``onednn`` for x86 servers. In a T2T-ViT
+  nearly every weight is in an ``nn.Linear`` (the T2T Performers, the backbone's attention and
+  MLP, the head), so this alone makes the model about four times smaller.
+* :func:`load_images` reads real images from a folder with the model's own eval transform, for
+  static-quantization calibration and for parity checks: a random batch would calibrate the
+  activation ranges of images nobody will ever send.
+* :func:`quantize_onnx_dynamic` / :func:`quantize_onnx_static` wrap ONNX Runtime's quantization
+  tools. Static quantization writes QDQ (QuantizeLinear/DequantizeLinear pairs, which both ONNX
+  Runtime and TensorRT read), symmetric activations and weights, per-channel weights, and only
+  quantizes the products with a weight (:data:`STATIC_OP_TYPES`, constant second input): they
+  hold every weight, so quantizing the normalisations, softmax, GELU or residual additions saves
+  no file size. ``benchmarks/results/export_t2t_vit_7.md`` measures the alternatives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from t2tvit.data import IMAGE_EXTENSIONS, build_transform, list_images
+from t2tvit.errors import ConfigError
+
+__all__ = [
+    "QENGINES",
+    "STATIC_OP_TYPES",
+    "ImageBatchReader",
+    "check_qengine",
+    "eval_transform",
+    "load_images",
+    "qengine",
+    "quantize_dynamic_int8",
+    "quantize_onnx_dynamic",
+    "quantize_onnx_static",
+]
+
+QENGINES = ("qnnpack", "x86", "fbgemm", "onednn")
+# The matrix-product ops: they hold all the weights and most of the time. Everything else
+# (LayerNormalization, Softmax, the Erf of GELU, the Performer's Exp/ReduceMax, residual Adds)
+# stays float: quantizing it loses agreement and saves no bytes.
+STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")
+
+
+def check_qengine(engine: str) -> str:
+    """``engine`` if this PyTorch build supports it, else a :class:`ConfigError` naming the ones it has."""
+    supported = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    if engine not in supported:
+        raise ConfigError(
+            f"quantized engine {engine!r} is not available in this PyTorch build; choose from: {', '.join(supported)}"
+        )
+    return engine
+
+
+@contextlib.contextmanager
+def qengine(engine: str) -> Iterator[None]:
+    """Run the block with ``torch.backends.quantized.engine = engine``, then restore the previous one.
+
+    The engine is process-global and decides how int8 weights are packed, so it is set only
+    around quantization, loading and running, never left changed for the caller.
+    """
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = check_qengine(engine)
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+@contextlib.contextmanager
+def quiet_quantization_warnings() -> Iterator[None]:
+    """torch.ao's eager quantization warns that it moves to torchao; it still works and is what
+    TorchScript and the lite interpreter run, so keep the warning out of the user's output."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization.*")
+        warnings.filterwarnings("ignore", message=r"(?s).*torchao.*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\..*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.jit.* is deprecated", category=FutureWarning)
+        yield
+
+
+def quantize_dynamic_int8(model: nn.Module, engine: str = "qnnpack") -> nn.Module:
+    """A copy of ``model`` (eval mode) with every ``nn.Linear`` dynamically quantized to int8 for ``engine``.
+
+    The original is left untouched (it is the fp32 reference of the parity checks).
+    """
+    model = copy.deepcopy(model).eval()
+    with qengine(engine), quiet_quantization_warnings():
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def eval_transform(model: nn.Module, img_size: int | Sequence[int] | None = None) -> Any:
+    """The model's eval transform (resize, centre crop, normalise) from its ``pretrained_cfg``."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if img_size is None:
+        img_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    if isinstance(img_size, Sequence) and not isinstance(img_size, str):
+        size = tuple(int(s) for s in img_size)
+        img_size = size[0] if len(set(size)) == 1 else size
+    return build_transform(
+        False,
+        img_size,
+        mean=cfg.get("mean", (0.485, 0.456, 0.406)),
+        std=cfg.get("std", (0.229, 0.224, 0.225)),
+        crop_pct=cfg.get("crop_pct", 0.9),
+        interpolation=cfg.get("interpolation", "bicubic"),
+    )
+
+
+def load_images(
+    folder: str | Path,
+    transform: Any,
+    n: int | None = None,
+    *,
+    seed: int = 0,
+    what: str = "calibration",
+) -> tuple[np.ndarray, list[Path]]:
+    """Up to ``n`` real images from ``folder`` (any depth: ``<class>/<image>`` or flat), transformed.
+
+    The images are a fixed random sample (``seed``) of every image in the folder, so a class-sorted
+    folder still gives every class. Unreadable files are skipped with a warning. Returns a float32
+    ``(N, 3, H, W)`` array and the files used, in the same order.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{what} folder {folder} does not exist; pass a folder of real images")
+    files = list_images(folder)
+    if not files:
+        raise ConfigError(
+            f"{what} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            "pass a folder with a few hundred real images, e.g. the validation split of your dataset"
+        )
+    order = np.random.default_rng(seed).permutation(len(files))
+    arrays: list[np.ndarray] = []
+    used: list[Path] = []
+    for i in order:
+        if n is not None and len(arrays) >= n:
+            break
+        try:
+            with Image.open(files[i]) as im:
+                img = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            warnings.warn(f"skipping unreadable image {files[i]}: {e}", RuntimeWarning, stacklevel=2)
+            continue
+        arrays.append(np.asarray(transform(img), dtype=np.float32))
+        used.append(files[i])
+    if not arrays:
+        raise ConfigError(f"{what} folder {folder} holds no readable images; every file failed to decode")
+    return np.stack(arrays), used
+
+
+class ImageBatchReader:
+    """ONNX Runtime ``CalibrationDataReader`` over an in-memory image array, in batches.
+
+    Built lazily as a subclass of ORT's base class (see :func:`_reader`) so that importing this
+    module does not import onnxruntime.
+    """
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 8):
+        self.images, self.input_name, self.batch_size = images, input_name, max(1, batch_size)
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self.images):
+            return None
+        batch = self.images[self._next : self._next + self.batch_size]
+        self._next += self.batch_size
+        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _reader(images: np.ndarray, input_name: str, batch_size: int) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(ImageBatchReader, CalibrationDataReader):
+        pass
+
+    return _Reader(images, input_name, batch_size)
+
+
+def _input_name(path: Path) -> str:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initializers)
+
+
+def _quiet_ort_logging() -> contextlib.AbstractContextManager[None]:
+    import logging
+
+    @contextlib.contextmanager
+    def quiet() -> Iterator[None]:
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantizer logs every pre-processing hint at WARNING
+        try:
+            yield
+        finally:
+            root.setLevel(level)
+
+    return quiet()
+
+
+def _without_value_info(src: Path, dst: Path) -> Path:
+    """A copy of ``src`` without its intermediate shape annotations (``value_info``).
+
+    The quantizer re-runs ONNX shape inference in strict mode and rejects some of the shapes the
+    dynamo exporter annotates (seen: the head's Gemm, 256 vs the class count); without the
+    annotations inference recomputes every shape itself and agrees with the graph.
+    """
+    import onnx
+
+    model = onnx.load(str(src))
+    del model.graph.value_info[:]
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _weight_product_nodes(path: Path, op_types: Sequence[str]) -> list[str]:
+    """Names of the ``op_types`` nodes whose second input (the weight) is a constant.
+
+    Unnamed nodes are named in place first (the quantizer selects nodes by name).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    renamed = False
+    names: list[str] = []
+    for i, node in enumerate(graph.node):
+        if not node.name:
+            node.name, renamed = f"{node.op_type}_t2t_{i}", True
+        if node.op_type in op_types and len(node.input) > 1 and node.input[1] in constants:
+            names.append(node.name)
+    if renamed:
+        onnx.save(model, str(path))
+    return names
+
+
+def quantize_onnx_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> dict[str, Any]:
+    """Dynamic int8 (int8 weights; activations quantized at run time) of an fp32 ONNX model.
+
+    Only MatMul/Gemm are quantized (``MatMulConstBOnly``: products with a constant weight, not
+    the attention's activation-activation products). Returns the settings for the manifest.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    op_types = ["MatMul", "Gemm"]
+    with tempfile.TemporaryDirectory(prefix="t2t-quant-") as tmp, _quiet_ort_logging():
+        quantize_dynamic(
+            str(_without_value_info(Path(src), Path(tmp) / "clean.onnx")),
+            str(dst),
+            op_types_to_quantize=op_types,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    return {"quantization": {"mode": "dynamic", "weights": "int8", "per_channel": per_channel, "op_types": op_types}}
+
+
+def quantize_onnx_static(
+    src: str | Path,
+    dst: str | Path,
+    calib: np.ndarray,
+    *,
+    op_types: Sequence[str] = STATIC_OP_TYPES,
+    activation_products: bool = False,
+    batch_size: int = 8,
+    preprocess: bool = True,
+) -> dict[str, Any]:
+    """Static int8 of an fp32 ONNX model in QDQ format, calibrated on real images.
+
+    Activations and weights are symmetric int8 (zero point 0: what TensorRT requires), weights per
+    output channel, ranges from MinMax calibration over ``calib`` (normalised ``(N, 3, H, W)``
+    float32 images). ``preprocess`` first runs ONNX Runtime's ``quant_pre_process`` (shape
+    inference and graph optimisation, which the quantizer recommends); if that fails for a graph
+    the original model is quantized as it is, and the manifest says so.
+
+    Only products with a constant weight are quantized unless ``activation_products``: the
+    products of two activations (attention scores and attention-weighted values, the Performer's
+    random-feature kernels) carry input-dependent ranges. With the Performer's earlier exp-based
+    kernel, quantizing them dropped top-1 agreement with fp32 from 1.0 to 0.90 on the digits
+    model; with the current softmax-based one all variants agree 1.0
+    (``benchmarks/export_sizes.py``), and the weight-only default is kept as the conservative one.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if calib is None or len(calib) == 0:
+        raise ConfigError("static int8 quantization needs calibration images; pass --calib-data DIR")
+    src, dst = Path(src), Path(dst)
+    info: dict[str, Any] = {
+        "quantization": {
+            "mode": "static",
+            "format": "QDQ",
+            "activations": "int8 symmetric",
+            "weights": "int8 symmetric per-channel",
+            "calibration": "MinMax",
+            "calibration_images": len(calib),
+            "op_types": list(op_types),
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="t2t-quant-") as tmp, _quiet_ort_logging():
+        model_in = _without_value_info(src, Path(tmp) / "clean.onnx")
+        if preprocess:
+            from onnxruntime.quantization import quant_pre_process
+
+            pre = Path(tmp) / "pre.onnx"
+            try:
+                # ORT's symbolic shape inference cannot read the dynamo exporter's graphs; ONNX's can.
+                quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=True)
+                model_in = pre
+                info["quantization"]["preprocessed"] = True
+            except Exception as e:  # noqa: BLE001 - optional step; quantize the original instead
+                info["quantization"]["preprocessed"] = False
+                info["quantization"]["preprocess_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        nodes = None if activation_products else _weight_product_nodes(model_in, op_types)
+        info["quantization"]["activation_products"] = activation_products
+        if nodes is not None:
+            info["quantization"]["quantized_nodes"] = len(nodes)
+        quantize_static(
+            str(model_in),
+            str(dst),
+            _reader(calib, _input_name(model_in), batch_size),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(op_types),
+            nodes_to_quantize=nodes,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                # not CalibMaxIntermediateOutputs: ORT 1.31 discards (never merges) the batches it flushes
+            },
+        )
+    return info
