@@ -1,3 +1,3 @@
-"""One module per deployment format (TorchScript, lite ``.ptl``, ONNX, TensorRT, ExecuTorch),
-each with ``export(...)`` and ``load(...) -> Predictor``, and the table of formats that the
-CLI, the tests and the profiler read. Not yet implemented: see the quantize-and-export issue."""
+"""One module per deployment format, each with ``export(model, path, fmt, ctx) -> dict`` and
+``load(path, fmt, device) -> Predictor`` (:mod:`deploy.base` holds the contract and the format
+table), and :mod:`deploy.export`, which builds, verifies and records them all (``t2t export``)."""

@@ -47,6 +47,22 @@ class ExportContext:
     workspace_mib: int = 1024  # TensorRT builder workspace limit
     timing_cache: Path | None = None  # TensorRT timing cache file, reused across builds
     built: dict[str, Path] = field(default_factory=dict)  # format name -> artifact already written
+    jit: str = "trace"  # how TorchScript / .ptl capture the model: "trace" or "script"
+    scratch: Path | None = None  # folder for intermediate files that are not artifacts (see scratch_dir)
+
+    def scratch_dir(self) -> Path:
+        """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself
+        was not requested). The exporter sets ``scratch`` and removes it; otherwise a temporary
+        folder is made and removed when the process exits."""
+        if self.scratch is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            self.scratch = Path(tempfile.mkdtemp(prefix="t2t-export-"))
+            atexit.register(shutil.rmtree, self.scratch, True)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        return self.scratch
 
     def example(self, n: int = 1) -> Any:
         """A fixed random batch of the model's input shape (for tracing and export)."""

@@ -1,0 +1,135 @@
+"""ONNX artifacts run by ONNX Runtime: ``onnx`` (fp32) and its int8 versions.
+
+* ``onnx``: ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension (``ctx.batch``
+  min..max; the legacy TorchScript-based exporter cannot export ``Tensor.unfold`` with dynamic
+  shapes), opset ``ctx.opset`` (the opset actually written is read back and recorded), weights
+  inside the one file (no ``.onnx.data`` side file), checked with ``onnx.checker``.
+* ``onnx-int8-dynamic``: ONNX Runtime dynamic quantization of the weight products.
+* ``onnx-int8-static``: ONNX Runtime static QDQ quantization calibrated on ``ctx.calib``
+  (see :func:`compress.quantize.quantize_onnx_static` for what is quantized and why).
+
+Both int8 formats start from the fp32 ONNX: the ``onnx`` artifact when it was built in the same
+run (``ctx.built``), else an fp32 export into the scratch folder (:func:`fp32_onnx`, which the
+TensorRT exporter can use too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from t2tvit.errors import CheckpointError, ConfigError
+
+from .base import ExportContext, Format, Predictor
+
+__all__ = ["OnnxPredictor", "export", "export_fp32", "fp32_onnx", "load", "opset_of"]
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def opset_of(path: Path) -> int:
+    """The default-domain opset a model file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_fp32(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, Any]:
+    """fp32 ONNX of ``model`` with a dynamic batch dimension; returns the manifest fields."""
+    import onnx
+    import torch
+
+    bmin, bopt, bmax = ctx.batch
+    dynamic = bmin != bmax
+    n = min(max(2, bopt), bmax) if dynamic else bmin  # batch 1 would be specialised as a constant
+    shapes = ({0: torch.export.Dim("batch", min=bmin, max=bmax)},) if dynamic else None
+    out = io.StringIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(out):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (ctx.example(n),),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=ctx.opset,
+            dynamo=True,
+            external_data=False,
+            dynamic_shapes=shapes,
+        )
+    onnx.checker.check_model(str(path))
+    return {
+        "opset": opset_of(path),
+        "requested_opset": ctx.opset,
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "dynamic_batch": [bmin, bmax] if dynamic else False,
+        "checked": "onnx.checker",
+    }
+
+
+def fp32_onnx(model: nn.Module, ctx: ExportContext) -> Path:
+    """The fp32 ONNX of this export run: the ``onnx`` artifact if built, else one in the scratch folder."""
+    if "onnx" in ctx.built and Path(ctx.built["onnx"]).is_file():
+        return Path(ctx.built["onnx"])
+    path = ctx.scratch_dir() / "model-fp32.onnx"
+    if not path.is_file():
+        export_fp32(model, path, ctx)
+    return path
+
+
+def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    from compress.quantize import quantize_onnx_dynamic, quantize_onnx_static
+
+    mode = fmt.options.get("quantization")
+    if mode is None:
+        return export_fp32(model, path, ctx)
+    src = fp32_onnx(model, ctx)
+    if mode == "dynamic":
+        info = quantize_onnx_dynamic(src, path)
+    elif mode == "static":
+        info = quantize_onnx_static(src, path, ctx.calib)
+    else:
+        raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
+    return {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info}
+
+
+class OnnxPredictor(Predictor):
+    """An ONNX Runtime ``InferenceSession``."""
+
+    def __init__(self, session: Any, fmt: Format, path: Path, device: str):
+        self.session, self.format, self.precision = session, fmt.name, fmt.precision
+        self.path, self.device = Path(path), device
+        self.input_name = session.get_inputs()[0].name
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: images})[0]
+
+
+def load(path: Path, fmt: Format, device: str = "cpu") -> OnnxPredictor:
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ConfigError("device='cuda' needs onnxruntime-gpu (CUDAExecutionProvider is not available)")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    elif device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    else:
+        raise ConfigError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad files
+        raise CheckpointError(f"{path} is not a loadable ONNX model ({type(e).__name__}: {e})") from None
+    return OnnxPredictor(session, fmt, path, device)

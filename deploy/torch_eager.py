@@ -1,0 +1,112 @@
+"""PyTorch eager artifacts: ``torch`` (fp32, the reference) and ``torch-int8`` (dynamic int8 ``nn.Linear``).
+
+Both files are plain data read with ``torch.load(weights_only=True)``: no pickled code. They hold
+the model's name and constructor arguments next to its weights, so loading rebuilds the model
+from the registry:
+
+* ``torch`` is one of our own checkpoints (``{"model": state_dict, "args": {...}}``), so
+  ``t2tvit.create_model(name, checkpoint=file)`` and ``t2t info --checkpoint`` read it too;
+* ``torch-int8`` stores the quantized state dict (int8 weights with their scales) and the
+  quantized engine it was packed for. Loading rebuilds the fp32 model, applies the same dynamic
+  quantization (which only swaps module types) and loads the int8 state dict into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
+from t2tvit.errors import CheckpointError, ConfigError
+
+from .base import ExportContext, Format, Predictor
+
+__all__ = ["TorchPredictor", "export", "load", "model_spec"]
+
+_KIND = "t2t-deploy-torch"
+
+
+def model_spec(model: nn.Module) -> dict[str, Any]:
+    """Registry name and constructor arguments that rebuild ``model`` (a registered T2T-ViT)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise ConfigError("only registered T2T-ViT models (t2tvit.create_model / timm.create_model) can be exported")
+    return {"model": name, "num_classes": int(model.num_classes), "img_size": [int(s) for s in model.img_size]}
+
+
+def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    spec = model_spec(model)
+    if fmt.precision == "int8":
+        qmodel = quantize_dynamic_int8(model, ctx.qengine)
+        torch.save({"kind": _KIND, "args": spec, "qengine": ctx.qengine, "int8_state_dict": qmodel.state_dict()}, path)
+        return {"qengine": ctx.qengine, "quantized": "nn.Linear weights int8 (dynamic activations)"}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"kind": _KIND, "args": spec, "model": state}, path)
+    return {}
+
+
+class TorchPredictor(Predictor):
+    """Any ``nn.Module`` or TorchScript module, run under ``torch.no_grad``."""
+
+    def __init__(self, module: Any, fmt: Format, path: Path, device: str = "cpu", engine: str | None = None):
+        self.module, self.format, self.precision = module, fmt.name, fmt.precision
+        self.path, self.device, self.engine = Path(path), device, engine
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).to(self.device)
+        with torch.no_grad(), qengine(self.engine) if self.engine else contextlib.nullcontext():
+            out = self.module(x)
+        return out.float().cpu().numpy()
+
+
+def _device(fmt: Format, device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    if device == "cuda" and not (fmt.gpu and fmt.precision != "int8"):
+        raise ConfigError(f"{fmt.name} runs on the CPU only; load it with device='cpu'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA GPU is visible on this machine")
+    return device
+
+
+def _read(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means a bad or unsafe file
+        raise CheckpointError(f"{path} is not a readable eager artifact ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or obj.get("kind") != _KIND:
+        raise CheckpointError(f"{path} is not an eager artifact written by `t2t export`")
+    return obj
+
+
+def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:
+    import timm
+
+    import t2tvit  # noqa: F401 - registers the models with timm
+
+    device = _device(fmt, device)
+    obj = _read(path)
+    args = obj["args"]
+    build = dict(num_classes=args["num_classes"], img_size=tuple(args["img_size"]))
+    if "int8_state_dict" in obj:
+        # Quantizing observes the fp32 weights, so they must be real numbers (not meta or empty)
+        # even though the int8 state dict then replaces them.
+        engine = obj["qengine"]
+        model = timm.create_model(args["model"], **build).eval()
+        with qengine(engine), quiet_quantization_warnings():
+            qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+            qmodel.load_state_dict(obj["int8_state_dict"])
+        return TorchPredictor(qmodel.eval(), fmt, path, device, engine)
+    with torch.device("meta"):  # every tensor comes from the file: skip the random init
+        model = timm.create_model(args["model"], **build)
+    model.load_state_dict(obj["model"], assign=True)
+    return TorchPredictor(model.eval().to(device), fmt, path, device)
