@@ -1,0 +1,411 @@
+"""Export one model to many formats, verify every artifact, and write the manifest.
+
+:func:`export_all` walks the requested rows of :data:`~deploy.base.FORMATS` in table order. For
+each one it either records why it cannot be built here (``skipped``: the reason names what to
+install), or exports it, loads the file back through the format's own runtime and compares the
+logits with the fp32 PyTorch model on the same real images (``ok`` or ``failed``). A format whose
+export or load raises is ``failed`` with the message, and the others still run. Nothing is left
+out of the manifest, and nothing in it is unverified.
+
+Parity thresholds (:data:`PARITY`), per precision, and why:
+
+* fp32: max |Δlogit| ≤ 1e-3 × the largest |logit| of the reference (at least 1e-3). The same
+  arithmetic in another runtime differs only by float rounding and operator order, which grows
+  with the logits' magnitude (measured: ~3e-6 for ONNX Runtime, ~1e-3 for XNNPACK kernels on
+  logits of ~10); any changed weight moves them far more.
+* fp16: top-1 agreement ≥ 0.99 (rounding of every activation to 11 bits moves logits by ~1e-2).
+* int8: top-1 agreement ≥ 0.95 with fp32 on held-out real images. Quantization moves every
+  logit, so only the decision can be compared; max |Δlogit| is recorded for information.
+
+A format row may override them with ``options={"parity_max_abs": ..., "parity_min_agreement": ...}``.
+
+The output folder is built next to the target and swapped in at the end: an old export is
+replaced as a whole (never mixed into the new manifest) and survives a crashed run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2tvit.errors import ConfigError
+
+from .base import ExportContext, Format, Predictor, resolve_formats
+
+__all__ = [
+    "MANIFEST",
+    "PARITY",
+    "ParityThreshold",
+    "check_parity",
+    "export_all",
+    "prepare_out_dir",
+    "read_manifest",
+    "reference_logits",
+    "sha256_file",
+    "tool_versions",
+    "verify_artifacts",
+]
+
+MANIFEST = "manifest.json"
+SCHEMA = "t2t-export/1"
+
+
+@dataclass(frozen=True)
+class ParityThreshold:
+    """What an artifact must reach against the fp32 PyTorch model (None: not checked)."""
+
+    max_abs: float | None = None  # max |Δlogit| allowed
+    min_agreement: float | None = None  # top-1 agreement required (0..1)
+    relative: bool = False  # max_abs is a fraction of the reference's largest |logit| (if above 1)
+
+    def limit(self, reference: np.ndarray) -> float | None:
+        if self.max_abs is None:
+            return None
+        return self.max_abs * max(1.0, float(np.abs(reference).max())) if self.relative else self.max_abs
+
+
+PARITY: dict[str, ParityThreshold] = {
+    "fp32": ParityThreshold(max_abs=1e-3, relative=True),
+    "fp16": ParityThreshold(min_agreement=0.99),
+    "int8": ParityThreshold(min_agreement=0.95),
+}
+
+# The packages that build or run each module's artifacts (for the manifest's tool versions).
+_TOOLS: dict[str, tuple[str, ...]] = {
+    "deploy.torch_eager": ("torch",),
+    "deploy.torchscript": ("torch",),
+    "deploy.ptl": ("torch",),
+    "deploy.onnx": ("torch", "onnx", "onnxscript", "onnxruntime"),
+    "deploy.tensorrt": ("torch", "onnx", "tensorrt"),
+    "deploy.executorch": ("torch", "executorch"),
+}
+
+
+def tool_versions(packages: Iterable[str] = ("torch", "timm", "onnx", "onnxscript", "onnxruntime")) -> dict[str, str]:
+    """Installed versions of ``packages`` (read from package metadata: nothing is imported)."""
+    out = {"python": platform.python_version()}
+    for name in ("t2tvit-edge", *packages):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _batches(n: int, size: int) -> Iterable[slice]:
+    for i in range(0, n, max(1, size)):
+        yield slice(i, min(i + size, n))
+
+
+def reference_logits(model: Any, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """fp32 logits of the eval-mode PyTorch ``model`` (a distilled one averages its two heads)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        outs = [model(torch.from_numpy(images[s])).float().numpy() for s in _batches(len(images), batch)]
+    return np.concatenate(outs)
+
+
+def threshold_for(fmt: Format, thresholds: dict[str, ParityThreshold] | None = None) -> ParityThreshold:
+    base = (thresholds or PARITY).get(fmt.precision, PARITY.get(fmt.precision, ParityThreshold()))
+    return ParityThreshold(
+        fmt.options.get("parity_max_abs", base.max_abs),
+        fmt.options.get("parity_min_agreement", base.min_agreement),
+        fmt.options.get("parity_relative", base.relative),
+    )
+
+
+def check_parity(
+    predictor: Predictor, images: np.ndarray, reference: np.ndarray, threshold: ParityThreshold, batch: int = 32
+) -> dict[str, Any]:
+    """Run ``predictor`` on ``images`` and compare with the fp32 ``reference`` logits.
+
+    Returns the parity record of the manifest: max and mean |Δlogit|, top-1 agreement, the
+    threshold and whether it ``passed`` (plus ``problem``, one sentence, when it did not).
+    """
+    out = np.concatenate([predictor(images[s]) for s in _batches(len(images), batch)])
+    record: dict[str, Any] = {"images": len(images)}
+    if out.shape != reference.shape:
+        record.update(passed=False, problem=f"output shape {out.shape} differs from the reference {reference.shape}")
+        return record
+    diff = np.abs(out.astype(np.float64) - reference.astype(np.float64))
+    finite = bool(np.isfinite(out).all())
+    agreement = float((out.argmax(1) == reference.argmax(1)).mean())
+    record.update(
+        max_abs_diff=float(diff.max()) if finite else float("inf"),
+        mean_abs_diff=float(diff.mean()) if finite else float("inf"),
+        top1_agreement=agreement,
+        threshold={k: v for k, v in asdict(threshold).items() if v is not None},
+    )
+    limit = threshold.limit(reference)
+    if limit is not None:
+        record["max_abs_limit"] = limit
+    problems = []
+    if not finite:
+        problems.append("the artifact returned NaN or infinite logits")
+    if limit is not None and not record["max_abs_diff"] <= limit:
+        problems.append(f"max |Δlogit| {record['max_abs_diff']:.3g} > {limit:.3g}")
+    if threshold.min_agreement is not None and agreement < threshold.min_agreement:
+        problems.append(f"top-1 agreement {agreement:.3f} < {threshold.min_agreement:g}")
+    record["passed"] = not problems
+    if problems:
+        record["problem"] = "; ".join(problems)
+    return record
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Refuse an output folder that is not an earlier export (it would be replaced as a whole)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"output path {out_dir} is a file; pass a folder to --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+        raise ConfigError(
+            f"output folder {out_dir} is not empty and has no {MANIFEST}, so it is not an export folder "
+            "and will not be replaced; pass another --out or empty it"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def export_all(
+    model: Any,
+    formats: str | Sequence[str] | Sequence[Format],
+    out_dir: str | Path,
+    ctx: ExportContext,
+    parity_images: np.ndarray,
+    *,
+    source_checkpoint: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    thresholds: dict[str, ParityThreshold] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Export ``model`` to every format in ``formats`` under ``out_dir``; returns the manifest.
+
+    ``parity_images``: normalised float32 ``(N, 3, H, W)`` real images, held out from calibration.
+    ``meta``: extra top-level manifest fields (data folders, preprocessing, ...).
+    ``out_dir`` is replaced as a whole (see :func:`prepare_out_dir`).
+    """
+    from .torch_eager import model_spec
+
+    names = formats if isinstance(formats, str) else [f.name if isinstance(f, Format) else f for f in formats]
+    fmts = resolve_formats(names)
+    out_dir = Path(out_dir).resolve()
+    prepare_out_dir(out_dir)
+    if parity_images is None or len(parity_images) == 0:
+        raise ConfigError("parity needs at least one real image; pass a folder of images")
+    model = model.eval()
+    spec = model_spec(model)
+    reference = reference_logits(model, parity_images, ctx.batch[2])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    own_scratch = ctx.scratch is None
+    if own_scratch:
+        ctx.scratch = Path(tempfile.mkdtemp(prefix="t2t-export-scratch-"))
+    ck = str(source_checkpoint) if source_checkpoint else None
+    entries: list[dict[str, Any]] = []
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task("export", total=len(fmts))
+            for fmt in fmts:
+                bar.update(task, description=f"{fmt.name}: exporting")
+                entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar, task))
+                bar.advance(task)
+        manifest = {
+            "schema": SCHEMA,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": spec,
+            "source_checkpoint": ck,
+            "input": _input(ctx),
+            "parity": {
+                "images": len(parity_images),
+                "reference": "fp32 PyTorch eager model, eval mode",
+                "thresholds": {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in PARITY.items()}
+                | {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in (thresholds or {}).items()},
+            },
+            "tool_versions": tool_versions(),
+            **(meta or {}),
+            "artifacts": entries,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _swap_in(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if own_scratch and ctx.scratch is not None:
+            shutil.rmtree(ctx.scratch, ignore_errors=True)
+            ctx.scratch = None
+        ctx.built.clear()  # those paths were in the staging folder
+    return manifest
+
+
+def _input(ctx: ExportContext) -> dict[str, Any]:
+    return {
+        "name": "images",
+        "shape": ["batch", 3, *ctx.img_size],
+        "dtype": "float32",
+        "layout": "NCHW, normalised with the model's mean/std",
+        "batch": {"min": ctx.batch[0], "opt": ctx.batch[1], "max": ctx.batch[2]},
+    }
+
+
+def _one(
+    model: Any,
+    fmt: Format,
+    folder: Path,
+    ctx: ExportContext,
+    images: np.ndarray,
+    reference: np.ndarray,
+    checkpoint: str | None,
+    thresholds: dict[str, ParityThreshold] | None,
+    bar: Any,
+    task: Any,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "format": fmt.name,
+        "precision": fmt.precision,
+        "status": "skipped",
+        "reason": None,
+        "file": None,
+        "bytes": None,
+        "sha256": None,
+        "input_shape": ["batch", 3, *ctx.img_size],
+        "batch": list(ctx.batch),
+        "source_checkpoint": checkpoint,
+        "tool_versions": tool_versions(_TOOLS.get(fmt.module, ("torch",))),
+        "description": fmt.description,
+        "parity": None,
+    }
+    why = fmt.missing()
+    if why:
+        entry["reason"] = why
+        return entry
+    path = folder / fmt.filename
+    t0 = time.perf_counter()
+    try:
+        extra = fmt.impl().export(model, path, fmt, ctx) or {}
+    except Exception as e:  # noqa: BLE001 - one format's failure must not stop the others
+        entry.update(status="failed", reason=f"export failed: {_first_line(e)}")
+        path.unlink(missing_ok=True)
+        return entry
+    entry["export_seconds"] = round(time.perf_counter() - t0, 2)
+    if not path.is_file():
+        entry.update(status="failed", reason=f"export reported success but wrote no {fmt.filename}")
+        return entry
+    ctx.built[fmt.name] = path
+    entry.update(file=fmt.filename, bytes=path.stat().st_size, sha256=sha256_file(path), details=extra)
+    bar.update(task, description=f"{fmt.name}: checking parity")
+    try:
+        predictor = fmt.impl().load(path, fmt, device="cpu" if fmt.cpu else "cuda")
+        parity = check_parity(predictor, images, reference, threshold_for(fmt, thresholds), ctx.batch[2])
+    except Exception as e:  # noqa: BLE001 - a file that does not load back is a failed artifact
+        entry.update(status="failed", reason=f"written but could not be loaded and run: {_first_line(e)}")
+        return entry
+    entry["parity"] = parity
+    entry["status"] = "ok" if parity["passed"] else "failed"
+    if not parity["passed"]:
+        entry["reason"] = f"parity check failed: {parity['problem']}"
+    return entry
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{folder} has no {MANIFEST}; run `t2t export --out {folder}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); export again") from None
+
+
+def verify_artifacts(
+    folder: str | Path,
+    model: Any = None,
+    images: np.ndarray | None = None,
+    thresholds: dict[str, ParityThreshold] | None = None,
+) -> list[dict[str, Any]]:
+    """Re-check the ``ok`` artifacts of an export folder: file present, sha256 unchanged, loads and
+    runs; with ``model`` and ``images``, parity again. One record per artifact checked:
+    ``{"format", "ok", "problems", "parity"}``."""
+    from .base import get_format
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    reference = reference_logits(model, images) if model is not None and images is not None else None
+    results = []
+    for entry in manifest.get("artifacts", []):
+        if entry.get("status") != "ok":
+            continue
+        fmt = get_format(entry["format"])
+        path = folder / entry["file"]
+        rec: dict[str, Any] = {"format": fmt.name, "problems": [], "parity": None}
+        if not path.is_file():
+            rec["problems"].append(f"{entry['file']} is missing")
+        else:
+            if sha256_file(path) != entry.get("sha256"):
+                rec["problems"].append("sha256 differs from the manifest: the file changed after export")
+            try:
+                predictor = fmt.impl().load(path, fmt, device="cpu" if fmt.cpu else "cuda")
+                if reference is not None:
+                    rec["parity"] = check_parity(predictor, images, reference, threshold_for(fmt, thresholds))
+                    if not rec["parity"]["passed"]:
+                        rec["problems"].append(f"parity check failed: {rec['parity']['problem']}")
+                else:
+                    h, w = manifest["input"]["shape"][2:]
+                    out = predictor(np.zeros((1, 3, h, w), np.float32))
+                    if out.shape != (1, manifest["model"]["num_classes"]):
+                        rec["problems"].append(f"output shape {out.shape} is not (1, num_classes)")
+            except Exception as e:  # noqa: BLE001 - report, do not crash the check of the others
+                rec["problems"].append(f"could not be loaded and run: {_first_line(e)}")
+        rec["ok"] = not rec["problems"]
+        results.append(rec)
+    return results

@@ -1,0 +1,207 @@
+"""``t2t export``: every deployment format from one command, each artifact verified.
+
+Only argparse is imported at module level; torch, ONNX and the format modules load when the
+command runs, so ``t2t --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser"]
+
+DEFAULT_MODEL = "t2t_vit_7"
+
+
+def _batch(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch takes MIN,OPT,MAX integers (e.g. 1,8,32), not {text!r}") from None
+    if len(parts) == 1:
+        parts = [parts[0]] * 3
+    if len(parts) != 3 or not (1 <= parts[0] <= parts[1] <= parts[2]):
+        raise argparse.ArgumentTypeError(f"--batch takes MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, not {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+class _ExportParser(argparse.ArgumentParser):
+    """Appends the format table to ``--help`` when help is printed, not when the parser is built:
+    reading the table imports the toolkit (and torch), which plain ``t2t --help`` must not."""
+
+    def format_help(self) -> str:
+        from deploy.base import FORMAT_GROUPS, FORMATS
+
+        rows = [
+            f"  {f.name:<18} {f.precision:<5} {'cpu' if f.cpu else '   '} {'gpu' if f.gpu else '   '}  {f.description}"
+            for f in FORMATS.values()
+        ]
+        groups = "; ".join(f"{g}: {', '.join(v)}" for g, v in FORMAT_GROUPS.items())
+        return super().format_help() + "\nformats:\n" + "\n".join(rows) + f"\n\ngroups: {groups}\n"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a model to every deployment format and verify each artifact",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Write every requested artifact and a manifest.json into --out, then load each artifact back\n"
+            "through its own runtime and compare its logits with the fp32 PyTorch model on real images\n"
+            "(parity: max |Δlogit| for fp32, top-1 agreement >= 0.95 for int8). A format that cannot be\n"
+            "built on this machine is listed as skipped with what to install; an artifact that fails to\n"
+            "build or fails parity is listed as failed, and the command exits with status 1."
+        ),
+    )
+    p.__class__ = _ExportParser
+    p.add_argument("--checkpoint", default=None, help="weights to export (our checkpoints, official .pth.tar, ...)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"variant name (default: the one the checkpoint records, else {DEFAULT_MODEL})",
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the checkpoint's)")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="input height and width, a multiple of 16 (default: the checkpoint's, else 224)",
+    )
+    p.add_argument("--formats", default="cpu", help="comma-separated format names, or all, cpu, gpu (default: cpu)")
+    p.add_argument(
+        "--batch",
+        type=_batch,
+        default=(1, 1, 32),
+        metavar="MIN,OPT,MAX",
+        help="batch sizes the artifacts accept: ONNX's dynamic batch range and TensorRT's optimization "
+        "profile (min, the size to tune for, max); one number fixes the batch (default: 1,1,32)",
+    )
+    p.add_argument(
+        "--qengine",
+        default="qnnpack",
+        help="PyTorch quantized engine of the torch/torchscript/ptl int8 artifacts: qnnpack (ARM phones, "
+        "the default), x86 or fbgemm (x86 servers)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset to request (the one written is recorded)")
+    p.add_argument("--jit", choices=("trace", "script"), default="trace", help="TorchScript capture (default: trace)")
+    p.add_argument(
+        "--calib-data",
+        default=None,
+        metavar="DIR",
+        help="folder of real images (any depth) for static int8 calibration and parity checks "
+        "(default: the bundled digits dataset's val/ split); calibration and parity images are disjoint",
+    )
+    p.add_argument("--calib-size", type=int, default=64, help="calibration images (default: 64)")
+    p.add_argument("--parity-images", type=int, default=128, help="images for the parity checks (default: 128)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: artifacts/<model>)")
+    p.add_argument("--json", action="store_true", help="print the manifest instead of the table")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from deploy.base import resolve_formats
+    from t2tvit.errors import ConfigError
+
+    formats = resolve_formats(args.formats)  # unknown names fail before anything heavy loads
+    if args.calib_size < 1 or args.parity_images < 1:
+        raise ConfigError("--calib-size and --parity-images must be at least 1")
+
+    import t2tvit
+    from compress.quantize import check_qengine, eval_transform, load_images
+    from deploy.base import ExportContext
+    from deploy.export import export_all
+    from t2tvit.checkpoint import read_checkpoint
+    from t2tvit.data import bundled_dataset_path
+
+    check_qengine(args.qengine)
+    name, img_size = args.model, args.img_size
+    if args.checkpoint is not None:
+        ck = read_checkpoint(args.checkpoint)
+        ck_args = ck.get("args") if isinstance(ck, dict) else None
+        ck_args = vars(ck_args) if isinstance(ck_args, argparse.Namespace) else ck_args or {}
+        name = name or (ck_args.get("model") if isinstance(ck_args.get("model"), str) else None)
+        if img_size is None and isinstance(ck_args.get("img_size"), int):
+            img_size = ck_args["img_size"]
+        del ck
+    name = name or DEFAULT_MODEL
+    model = t2tvit.create_model(name, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=img_size)
+    model.eval()
+    if args.checkpoint is None:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            "[yellow]no --checkpoint: exporting random weights; int8 top-1 agreement is not meaningful[/]"
+        )
+    hw = tuple(int(s) for s in model.img_size)
+    folder = Path(args.calib_data) if args.calib_data else bundled_dataset_path() / "val"
+    images, files = load_images(folder, eval_transform(model), args.parity_images + args.calib_size, what="image")
+    parity, calib = images[: args.parity_images], images[args.parity_images :]
+    overlap = len(calib) == 0
+    if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
+        calib = parity
+    ctx = ExportContext(img_size=hw, batch=args.batch, calib=calib, qengine=args.qengine, opset=args.opset)
+    ctx.jit = args.jit
+    cfg = model.pretrained_cfg
+    meta = {
+        "preprocessing": {k: cfg.get(k) for k in ("mean", "std", "crop_pct", "interpolation")},
+        "data": {
+            "folder": str(folder),
+            "parity_images": len(parity),
+            "calibration_images": len(calib),
+            "calibration_is_parity_set": overlap,
+        },
+    }
+    out = Path(args.out) if args.out else Path("artifacts") / name
+    manifest = export_all(
+        model, formats, out, ctx, parity, source_checkpoint=args.checkpoint, meta=meta, progress=not args.json
+    )
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+    else:
+        _print_table(manifest, out)
+    return 1 if any(a["status"] == "failed" for a in manifest["artifacts"]) else 0
+
+
+def _print_table(manifest: dict[str, Any], out: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    arts = manifest["artifacts"]
+    fp32 = next((a["bytes"] for a in arts if a["format"] == "torch" and a["bytes"]), None)
+    m = manifest["model"]
+    table = Table(title=f"{m['model']} ({m['num_classes']} classes, {m['img_size'][0]}x{m['img_size'][1]}) -> {out}")
+    for col in ("format", "precision", "status", "size", "x torch", "max |Δlogit|", "top-1 agree", "reason / notes"):
+        table.add_column(col, justify="right" if col in ("size", "x torch", "max |Δlogit|", "top-1 agree") else "left")
+    colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
+    for a in arts:
+        par = a.get("parity") or {}
+        size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "-"
+        ratio = f"{a['bytes'] / fp32:.2f}" if a.get("bytes") and fp32 else "-"
+        note = a.get("reason") or ""
+        mobile = (a.get("details") or {}).get("optimize_for_mobile")
+        if not note and mobile and mobile != "applied":
+            note = "optimize_for_mobile unavailable (no XNNPACK in this PyTorch build)"
+        table.add_row(
+            a["format"],
+            a["precision"],
+            f"[{colour[a['status']]}]{a['status']}[/]",
+            size,
+            ratio,
+            f"{par['max_abs_diff']:.2e}" if "max_abs_diff" in par else "-",
+            f"{par['top1_agreement']:.3f}" if "top1_agreement" in par else "-",
+            escape(note),
+        )
+    console.print(table)
+    n = {s: sum(a["status"] == s for a in arts) for s in ("ok", "skipped", "failed")}
+    console.print(
+        f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed; "
+        f"parity on {manifest['parity']['images']} images; manifest: {escape(str(out))}/manifest.json"
+    )
