@@ -99,6 +99,23 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def run_meta(device: torch.device, elapsed: float, load_start: float, **extra: Any) -> dict[str, Any]:
+    """What a result file records about its run: command, versions, machine, time and load."""
+    return {
+        "command": shlex.join(sys.orig_argv),
+        "torch": torch.__version__,
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        **extra,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "elapsed_s": round(elapsed, 1),
+        "load_start": load_start,
+        "load_end": round(os.getloadavg()[0], 2),
+    }
+
+
 class Progress:
     """A rich progress bar when rich is installed, else one printed line per step."""
 
@@ -370,19 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in a.models:
             rows += bench_model(name, a, device, prog)
     elapsed = time.perf_counter() - start
-    meta = {
-        "command": shlex.join(sys.orig_argv),
-        "torch": torch.__version__,
-        "device": a.device,
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "amp_dtype": a.amp_dtype,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "elapsed_s": round(elapsed, 1),
-        "load_start": load_start,
-        "load_end": round(os.getloadavg()[0], 2),
-    }
+    meta = run_meta(device, elapsed, load_start, amp_dtype=a.amp_dtype)
     title = f"{meta['device_name']} ({a.device}, {meta['threads']} threads, amp {a.amp_dtype})"
     print_table(rows, title)
     a.out.parent.mkdir(parents=True, exist_ok=True)

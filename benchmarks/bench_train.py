@@ -15,11 +15,8 @@ Usage: ``python -m benchmarks.bench_train`` (CPU, fp32 eager vs compiled) or, on
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -33,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python benchmarks/bench_train.py` puts benchmarks/ first, not the repo
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_model import Progress, device_name  # noqa: E402
+from benchmarks.bench_model import Progress, run_meta  # noqa: E402
 
 AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -156,18 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(len(a.models) * (n_variants + a.rounds)) as prog:
         for name in a.models:
             rows += bench(name, a, device, prog)
-    meta = {
-        "command": shlex.join(sys.orig_argv),
-        "torch": torch.__version__,
-        "device": a.device,
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "elapsed_s": round(time.perf_counter() - start, 1),
-        "load_start": load_start,
-        "load_end": round(os.getloadavg()[0], 2),
-    }
+    meta = run_meta(device, time.perf_counter() - start, load_start)
     speed_key = next(k for k in rows[0] if k.startswith("speedup_vs_"))
     header = ["model", "variant", "batch", "img/s (median)", "img/s (best)", speed_key.replace("_", " "), "warm-up s"]
     lines = [

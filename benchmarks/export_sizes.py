@@ -31,22 +31,12 @@ import torch
 
 import t2tvit
 from compress.quantize import STATIC_OP_TYPES, eval_transform, load_images, quantize_onnx_static
-from deploy.base import FORMATS, ExportContext
+from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext
 from deploy.export import PARITY, ParityThreshold, export_all, reference_logits, tool_versions
 from deploy.onnx import OnnxPredictor, export_fp32
 from t2tvit.data import bundled_dataset_path
 
-FORMATS_HERE = [
-    "torch",
-    "torch-int8",
-    "torchscript",
-    "torchscript-int8",
-    "ptl",
-    "ptl-int8",
-    "onnx",
-    "onnx-int8-dynamic",
-    "onnx-int8-static",
-]
+FORMATS_HERE = FORMAT_GROUPS["builtin"]  # the formats the base install builds on any CPU
 MAX_INT8_RATIO = 0.35
 
 

@@ -265,6 +265,8 @@ FORMAT_GROUPS: dict[str, list[str]] = {
     "all": list(FORMATS),
     "cpu": [n for n, f in FORMATS.items() if f.cpu],
     "gpu": [n for n, f in FORMATS.items() if f.gpu],
+    # what the base install builds and runs on any CPU: no optional extra, no GPU
+    "builtin": [n for n, f in FORMATS.items() if f.cpu and not f.requires and not f.needs_gpu],
 }
 
 

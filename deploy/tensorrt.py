@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import hashlib
 import json
 import re
 from collections import Counter
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from deploy.base import ExportContext, Format, Predictor, get_format
+from deploy.export import sha256_file
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -196,14 +196,6 @@ def sidecar(
 
 def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- fp16 ONNX
@@ -411,7 +403,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     plan = build_plan(trt_major(trt.__version__), fmt.precision)
     shapes = profile_shapes(ctx.batch, ctx.img_size)
     onnx_path = _source_onnx(model, path, plan, ctx)
-    onnx_sha = _sha256(onnx_path)
+    onnx_sha = sha256_file(onnx_path)
     keep_fp32: set[str] = set()
     if plan["onnx"] == "fp16":
         fp16_path = path.with_name(path.stem + ".fp16.onnx")

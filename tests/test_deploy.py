@@ -21,7 +21,7 @@ import torch
 import t2tvit
 from benchmarks.export_sizes import train_digits
 from compress.quantize import check_qengine, eval_transform, load_images
-from deploy.base import FORMATS, ExportContext, get_format
+from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext, get_format
 from deploy.export import (
     MANIFEST,
     ParityThreshold,
@@ -35,17 +35,7 @@ from t2tvit.data import bundled_dataset_path
 from t2tvit.errors import ConfigError
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
-CPU_FORMATS = [
-    "torch",
-    "torch-int8",
-    "torchscript",
-    "torchscript-int8",
-    "ptl",
-    "ptl-int8",
-    "onnx",
-    "onnx-int8-dynamic",
-    "onnx-int8-static",
-]
+CPU_FORMATS = FORMAT_GROUPS["builtin"]
 INT8 = [n for n in CPU_FORMATS if FORMATS[n].precision == "int8"]
 IMG = 64  # the digits' own size
 N_PARITY, N_CALIB = 200, 64
