@@ -678,8 +678,11 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
         if model_ema is not None:
             ema_metrics = evaluate(model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype)
             row.update({"ema_top1": ema_metrics["top1"], "ema_top5": ema_metrics["top5"]})
-        is_best = best is None or metrics["top1"] > best
-        best = metrics["top1"] if is_best else best
+        # With EMA, the EMA weights are what a checkpoint is read for (create_model prefers them),
+        # so they also decide which checkpoint is best (as timm's trainer does).
+        score = row.get("ema_top1", row["top1"])
+        is_best = best is None or score > best
+        best = score if is_best else best
         history.append(row)
         rngs = [_rng_state()]
         if d.distributed:
@@ -718,7 +721,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     summary = {
         "output": str(out),
         "epochs": num_epochs,
-        "best_top1": best,
+        "best_top1": best,  # EMA top-1 when EMA is on (what best.pth was chosen by)
         "last": history[-1] if history else None,
         "rank_weight_digests": digests,
         "ranks_in_sync": all(dg == digests[0] for dg in digests),
