@@ -67,13 +67,13 @@ def test_bundled_dataset_is_real_digits(digits: Path) -> None:
 
 @pytest.mark.slow
 def test_training_t2t_vit_7_on_digits_learns(digits: Path, tmp_path: Path) -> None:
-    # Measured: 60% / 85% / 90% validation top-1 after epochs 1 / 2 / 3 of the full recipe;
-    # chance is 10%. Two epochs of 30 steps reach ~75-80%.
+    # Measured: 80% / 81% / 88% validation top-1 after epochs 1 / 2 / 3 of the full recipe (96.9%
+    # after 12); chance is 10%. Two epochs of 30 steps: 69% then 86% (deterministic on CPU).
     out = tmp_path / "run"
     assert main(["digits", *QUICK, "--epochs", "2", "--steps-per-epoch", "30", "--output", str(out)]) == 0
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [0, 1]
-    assert rows[-1]["top1"] >= 60.0, rows[-1]
+    assert rows[-1]["top1"] >= 75.0, rows[-1]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_top1"] == max(r["top1"] for r in rows)
