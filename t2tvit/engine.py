@@ -177,9 +177,10 @@ def train_one_epoch(
     """Train for one pass over ``loader``; returns rank-averaged metrics and the update count.
 
     ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); a step whose gradients
-    overflow is skipped by the scaler and counted in ``overflow_steps``. A non-finite loss
-    is agreed on by all ranks, reported through ``guard`` and the step skipped everywhere
-    (so DDP's collective backward never hangs).
+    overflow is skipped by the scaler and counted in ``overflow_steps``. A non-finite loss,
+    or a batch with no readable image on any rank, is agreed on by all ranks and the step
+    skipped everywhere (so DDP's collective backward never hangs); non-finite ones are
+    reported through ``guard``.
     """
     model.train()
     guard = guard or NonFiniteGuard()
@@ -192,19 +193,27 @@ def train_one_epoch(
         if max_steps is not None and step > max_steps:
             break
         skipped += n_bad
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None and len(images) > 1:
-            if len(images) % 2:  # timm's Mixup needs an even batch; drop one sample
-                images, targets = images[:-1], targets[:-1]
-            images, targets = mixup_fn(images, targets)
-        with autocast(device, amp_dtype):
-            outputs = model(images)
-            loss = criterion(images, outputs, targets)
-        value = float(loss.detach())
-        bad = _all_reduce([0.0 if math.isfinite(value) else 1.0], device, dist.ReduceOp.MAX)
+        empty = len(images) == 0  # every image of the batch was unreadable
+        value = 0.0
+        if not empty:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None and len(images) > 1:
+                if len(images) % 2:  # timm's Mixup needs an even batch; drop one sample
+                    images, targets = images[:-1], targets[:-1]
+                images, targets = mixup_fn(images, targets)
+            with autocast(device, amp_dtype):
+                outputs = model(images)
+                loss = criterion(images, outputs, targets)
+            value = float(loss.detach())
+        # Every rank skips together, so DDP's collective backward never waits for a rank that skipped.
+        any_empty, any_bad = _all_reduce(
+            [float(empty), 0.0 if math.isfinite(value) else 1.0], device, dist.ReduceOp.MAX
+        )
         optimizer.zero_grad(set_to_none=True)
-        if bad[0] != 0.0:  # every rank skips together, so DDP's collective backward never hangs
+        if any_empty:
+            continue
+        if any_bad:
             nonfinite += 1
             guard.observe(False, epoch, step, f"loss {value}")
             continue

@@ -262,6 +262,21 @@ def test_nonfinite_gradient_skips_the_step_without_touching_the_weights(capsys) 
     assert "non-finite gradient norm nan at epoch 0 step 1" in capsys.readouterr().out
 
 
+def test_a_batch_with_no_readable_image_is_skipped() -> None:
+    from t2tvit.data import collate_skip
+    from t2tvit.engine import LabelLoss
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    good = (torch.randn(3, 2, 2), 1)
+    batches = [collate_skip([good, good]), collate_skip([None, None]), collate_skip([good, None])]
+    stats = train_one_epoch(
+        model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
+        device=torch.device("cpu"), log=StepLog(False),
+    )  # fmt: skip
+    assert stats["skipped_images"] == 3 and stats["train_images"] == 3 and stats["num_updates"] == 2
+
+
 def test_nan_weights_stop_the_cli_cleanly_and_keep_the_good_checkpoint(small_digits: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
     assert main([str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--output", str(out)]) == 0
