@@ -270,7 +270,10 @@ FORMAT_GROUPS: dict[str, list[str]] = {
 }
 
 
-def get_format(name: str) -> Format:
+def get_format(name: str | Format) -> Format:
+    """The table row of ``name`` (a row passes through, so callers may take either)."""
+    if isinstance(name, Format):
+        return name
     try:
         return FORMATS[name]
     except KeyError:

@@ -13,13 +13,13 @@ inside the functions below, so importing this module never fails without it.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deploy.base import ExportContext, Format, Predictor, get_format
+from deploy.export import tool_versions
 from t2tvit.errors import ConfigError
 
 __all__ = ["ExecuTorchPredictor", "export", "load"]
@@ -29,10 +29,6 @@ __all__ = ["ExecuTorchPredictor", "export", "load"]
 _MIN_DYNAMIC_EXAMPLE = 2
 # Calibration batches for int8: enough to keep the histogram observers fed, small enough for RAM.
 _CALIB_CHUNK = 16
-
-
-def _as_format(fmt: Format | str) -> Format:
-    return get_format(fmt) if isinstance(fmt, str) else fmt
 
 
 def _capture_args(ctx: ExportContext) -> tuple[Any, Any]:
@@ -88,7 +84,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    fmt = _as_format(fmt)
+    fmt = get_format(fmt)
     if fmt.precision not in ("fp32", "int8"):
         raise ConfigError(f"ExecuTorch exports fp32 or int8, not {fmt.precision}")
     path = Path(path)
@@ -118,7 +114,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         "delegated_subgraphs": info.num_delegated_subgraphs,
         "delegated_nodes": info.num_delegated_nodes,
         "non_delegated_nodes": info.num_non_delegated_nodes,
-        "executorch_version": _version("executorch"),
+        "executorch_version": tool_versions(("executorch",))["executorch"],
     }
     if fmt.precision == "int8":
         extra["quantization"] = "pt2e XNNPACKQuantizer: symmetric int8, per-channel weights, calibrated activations"
@@ -141,13 +137,6 @@ def _partitioner(precision: str) -> Any:
     return XnnpackPartitioner()
 
 
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 class ExecuTorchPredictor(Predictor):
     """Runs a ``.pte`` with the ExecuTorch runtime's Python bindings (XNNPACK kernels on CPU).
 
@@ -157,7 +146,7 @@ class ExecuTorchPredictor(Predictor):
     def __init__(self, path: Path | str, fmt: Format | str) -> None:
         from executorch.runtime import Runtime
 
-        fmt = _as_format(fmt)
+        fmt = get_format(fmt)
         self.format, self.precision, self.device = fmt.name, fmt.precision, "cpu"
         self.path = Path(path)
         if not self.path.is_file():

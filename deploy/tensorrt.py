@@ -346,10 +346,6 @@ def _topological(nodes: list[Any], available: Iterable[str]) -> list[Any]:
 # --------------------------------------------------------------------------- export
 
 
-def _as_format(fmt: Format | str) -> Format:
-    return get_format(fmt) if isinstance(fmt, str) else fmt
-
-
 def _source_onnx(model: Any, path: Path, plan: dict[str, Any], ctx: ExportContext) -> Path:
     """The ONNX the engine is parsed from: the exporter's artifact, or a fresh fp32 export."""
     if plan["onnx"] == "qdq":
@@ -397,7 +393,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     import onnx
     import tensorrt as trt
 
-    fmt = _as_format(fmt)
+    fmt = get_format(fmt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plan = build_plan(trt_major(trt.__version__), fmt.precision)
@@ -518,7 +514,7 @@ class TensorRTPredictor(Predictor):
     def __init__(self, path: Path | str, fmt: Format | str) -> None:
         import tensorrt as trt
 
-        fmt = _as_format(fmt)
+        fmt = get_format(fmt)
         self.format, self.precision, self.device = fmt.name, fmt.precision, "cuda"
         self.path = Path(path)
         if not self.path.is_file():
