@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2tvit.data import IMAGE_EXTENSIONS, build_transform, list_images
+from t2tvit.data import IMAGE_EXTENSIONS, build_transform, list_images, open_rgb
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -132,8 +132,6 @@ def load_images(
     folder still gives every class. Unreadable files are skipped with a warning. Returns a float32
     ``(N, 3, H, W)`` array and the files used, in the same order.
     """
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"{what} folder {folder} does not exist; pass a folder of real images")
@@ -149,11 +147,8 @@ def load_images(
     for i in order:
         if n is not None and len(arrays) >= n:
             break
-        try:
-            with Image.open(files[i]) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            warnings.warn(f"skipping unreadable image {files[i]}: {e}", RuntimeWarning, stacklevel=2)
+        img = open_rgb(files[i])
+        if img is None:
             continue
         arrays.append(np.asarray(transform(img), dtype=np.float32))
         used.append(files[i])

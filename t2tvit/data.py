@@ -42,6 +42,7 @@ __all__ = [
     "collate_skip",
     "find_split",
     "list_images",
+    "open_rgb",
     "set_epoch",
 ]
 
@@ -136,6 +137,19 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def open_rgb(path: str | Path, warn: bool = True) -> Any:
+    """The image at ``path`` as an RGB PIL image, or None (with a warning naming it) if it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        if warn:
+            warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=3)
+        return None
+
+
 class SafeImageFolder(Dataset):
     """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad files.
 
@@ -168,16 +182,10 @@ class SafeImageFolder(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
-        from PIL import Image, UnidentifiedImageError
-
         path, target = self.samples[index]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-            if index not in self._warned:
-                self._warned.add(index)
-                warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=2)
+        img = open_rgb(path, warn=index not in self._warned)
+        if img is None:
+            self._warned.add(index)
             return None
         if self.transform is not None:
             img = self.transform(img)
