@@ -132,13 +132,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    from t2t.distill_cmd import add_parser
+
+    add_parser(sub)
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     from t2t.export_cmd import add_parser
 
     add_parser(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_export]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_distill, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,8 @@ __all__ = [
     "CheckpointSaver",
     "atomic_save",
     "build_parser",
+    "data_config",
+    "label_loss",
     "main",
     "param_groups",
     "parse_args",
@@ -380,7 +382,9 @@ def _data_root(args: argparse.Namespace) -> Path:
     return Path(args.data)
 
 
-def _data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
+def data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
+    """timm's data config of ``model`` at ``--img-size`` (mean, std, interpolation, crop_pct),
+    with ``--interpolation`` / ``--crop-pct`` overrides: what the loaders normalise with."""
     from timm.data import resolve_data_config
 
     overrides = {"input_size": (3, args.img_size, args.img_size)}
@@ -484,7 +488,7 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     _, val = _datasets(root)
     args.initial_checkpoint, args.finetune = args.eval_checkpoint, None
     model = build_model(args, args.num_classes or saved.get("num_classes") or len(val.classes)).to(d.device)
-    _set_transforms(args, _data_config(args, model), None, val)
+    _set_transforms(args, data_config(args, model), None, val)
     loader = build_loader(
         val, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
     )
@@ -497,6 +501,18 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     return metrics
 
 
+def label_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    """The ``loss(logits, targets)`` against labels: soft-target cross-entropy for mixed-up
+    targets, label smoothing when ``--smoothing`` > 0, else plain cross-entropy."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_active:
+        return SoftTargetCrossEntropy()
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
 def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, Any]:
     """Train as ``args`` says and return the final summary (also written to ``summary.json``).
 
@@ -504,7 +520,6 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     distillation command plugs its teacher in here, so there is one loop.
     """
     from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
@@ -542,7 +557,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     if num_classes < len(train_set.classes):
         raise ConfigError(f"--num-classes {num_classes} is less than the {len(train_set.classes)} class folders")
     model = build_model(args, num_classes)
-    _set_transforms(args, _data_config(args, model), train_set, val_set)
+    _set_transforms(args, data_config(args, model), train_set, val_set)
     model.to(d.device)
     if getattr(model, "load_report", None) is not None and d.main:
         print(model.load_report)
@@ -597,12 +612,8 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
         )
     if criterion_factory is not None:
         criterion = criterion_factory(args, model, mixup_active)
-    elif mixup_active:
-        criterion = LabelLoss(SoftTargetCrossEntropy())
-    elif args.smoothing > 0:
-        criterion = LabelLoss(LabelSmoothingCrossEntropy(args.smoothing))
     else:
-        criterion = LabelLoss(nn.CrossEntropyLoss())
+        criterion = LabelLoss(label_loss(args, mixup_active))
 
     start_epoch, best, num_updates, history = 0, None, 0, []
     if resume_state is not None:

@@ -1,0 +1,428 @@
+"""DeiT hard (or soft) distillation from a CNN teacher into a ``*_distilled`` T2T-ViT student.
+
+Two concerns, as in DeiT's ``losses.py``: :func:`build_teacher` makes a frozen, eval-mode
+teacher from any timm or torchvision model name and a local weights file, with a
+:class:`Teacher` wrapper that adapts the student's batch to what the teacher expects
+(resize, renormalise); :class:`DistillationLoss` wraps the label loss and owns the teacher
+call. ``t2t distill`` (:func:`main`, also ``python -m compress.distill`` under torchrun) is the
+trainer of :mod:`t2tvit.train` with this loss plugged in through ``run(criterion_factory=...)``:
+one loop, so DDP, AMP, EMA, checkpoints, resume and progress are the trainer's own.
+
+The loss, with ``(cls_logits, dist_logits)`` from the student in training::
+
+    loss = (1 - alpha) * base(cls_logits, targets) + alpha * distill(dist_logits, teacher(images))
+
+* ``hard``: cross-entropy of the distillation head against the teacher's argmax (DeiT's best);
+* ``soft``: KL(teacher || student) at temperature ``tau``, scaled by ``tau**2``, with DeiT's
+  reduction: the KL summed over the batch and classes, divided by ``batch * classes``
+  (``reduction="sum"`` / ``numel``, *not* ``batchmean``: the value is ``1 / classes`` of the
+  per-sample KL);
+* ``none``: no teacher; both heads learn from the labels (the mean of the two label losses).
+  DeiT's ``none`` trains the class head only, leaving the distillation head that evaluation
+  averages in untrained, so we differ on purpose.
+
+``images`` are the batch the student saw (after mixup), so with mixup the teacher labels the
+mixed images, as in DeiT; ``base`` is the trainer's label loss, which takes mixup's soft targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from t2tvit.errors import CheckpointError, ConfigError, T2TError
+
+__all__ = [
+    "DISTILLATION_TYPES",
+    "DistillationLoss",
+    "Teacher",
+    "TeacherInput",
+    "build_parser",
+    "build_teacher",
+    "distillation_criterion",
+    "main",
+]
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+@dataclass(frozen=True)
+class TeacherInput:
+    """What a teacher was trained on: its input side (None: any size) and normalisation."""
+
+    img_size: int | None
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+    interpolation: str = "bilinear"
+
+
+class Teacher(nn.Module):
+    """A frozen model in eval mode, run without gradients, fed the student's batch adapted to it.
+
+    The student's batch is normalised with the student's mean/std at the student's size. When
+    the teacher expects another normalisation the batch is un-normalised and renormalised; when
+    it expects another size the batch is resized (antialiased when shrinking). ``train()`` never
+    switches the teacher out of eval mode, so its BatchNorm statistics and dropout stay fixed
+    whatever the training loop does to the modules around it.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        expects: TeacherInput,
+        student_mean: Sequence[float] = _IMAGENET_MEAN,
+        student_std: Sequence[float] = _IMAGENET_STD,
+        name: str = "teacher",
+    ):
+        super().__init__()
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.expects, self.name = expects, name
+        s_mean, s_std = torch.tensor(student_mean), torch.tensor(student_std)
+        t_mean, t_std = torch.tensor(expects.mean), torch.tensor(expects.std)
+        self.renormalise = not (torch.allclose(s_mean, t_mean) and torch.allclose(s_std, t_std))
+        # x_teacher = (x * s_std + s_mean - t_mean) / t_std = x * scale + shift, per channel
+        self.register_buffer("scale", (s_std / t_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((s_mean - t_mean) / t_std).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Teacher:  # noqa: ARG002 - always eval, whatever is asked
+        super().train(False)
+        return self
+
+    def adapt(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's batch as this teacher expects it (size and normalisation)."""
+        if self.renormalise:
+            images = images * self.scale.to(images.dtype) + self.shift.to(images.dtype)
+        side = self.expects.img_size
+        if side is not None and tuple(images.shape[-2:]) != (side, side):
+            mode = self.expects.interpolation if self.expects.interpolation in ("bilinear", "bicubic") else "bilinear"
+            images = F.interpolate(
+                images, size=(side, side), mode=mode, align_corners=False, antialias=side < images.shape[-1]
+            )
+        return images
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.adapt(images)).float()
+
+
+def _output_layer(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The model's last ``nn.Linear`` (the classifier of timm and torchvision CNNs)."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = (name, module)
+    return last
+
+
+def _teacher_input(model: nn.Module, source: str, saved_args: dict[str, Any]) -> TeacherInput:
+    """What the teacher expects: the size our trainer recorded, else the model's own data config."""
+    if source == "torchvision":
+        from torchvision.models import get_model_weights
+
+        try:  # the weights enum's transform metadata; nothing is downloaded
+            tf = get_model_weights(saved_args["model_name"]).DEFAULT.transforms()
+            size = tf.crop_size[0] if isinstance(tf.crop_size, (list, tuple)) else tf.crop_size
+            cfg = {"img_size": int(size), "mean": tuple(tf.mean), "std": tuple(tf.std), "interp": "bilinear"}
+        except (ValueError, AttributeError, KeyError):
+            cfg = {"img_size": 224, "mean": _IMAGENET_MEAN, "std": _IMAGENET_STD, "interp": "bilinear"}
+    else:
+        from timm.data import resolve_data_config
+
+        dc = resolve_data_config({}, model=model)
+        cfg = {
+            "img_size": int(dc["input_size"][-1]),
+            "mean": dc["mean"],
+            "std": dc["std"],
+            "interp": dc["interpolation"],
+        }
+    if saved_args.get("img_size"):  # trained by our trainer: it knows the size it trained at
+        cfg["img_size"] = int(saved_args["img_size"])
+    return TeacherInput(cfg["img_size"], tuple(cfg["mean"]), tuple(cfg["std"]), cfg["interp"])
+
+
+def _create(name: str, num_classes: int, img_size: int | None) -> tuple[nn.Module, str, str]:
+    """Build ``name`` untrained: ``timm:NAME`` / ``torchvision:NAME`` pick the library, a bare
+    name is timm's when timm knows it (timm's ResNets load torchvision weights), else torchvision's."""
+    import timm
+    import torchvision
+
+    source, _, bare = name.rpartition(":")
+    if source not in ("", "timm", "torchvision"):
+        raise ConfigError(f"--teacher-model {name!r}: the prefix must be timm: or torchvision:")
+    tv_names = set(torchvision.models.list_models(module=torchvision.models))
+    if not source:
+        source = "timm" if timm.is_model(bare) else "torchvision" if bare in tv_names else ""
+    if source == "timm" and timm.is_model(bare):
+        from t2tvit.models import list_variants
+
+        kwargs: dict[str, Any] = {"num_classes": num_classes}
+        if bare in list_variants() and img_size:  # a T2T-ViT teacher is built for its own size
+            kwargs["img_size"] = img_size
+        return timm.create_model(bare, **kwargs), "timm", bare
+    if source == "torchvision" and bare in tv_names:
+        return torchvision.models.get_model(bare, weights=None, num_classes=num_classes), "torchvision", bare
+    close = timm.list_models(f"*{bare.split('_')[0]}*")[:6]
+    raise ConfigError(
+        f"unknown teacher model {name!r}: neither timm nor torchvision has it"
+        + (f" (similar timm names: {', '.join(close)})" if close else "")
+    )
+
+
+def build_teacher(
+    name: str | None,
+    path: str | Path,
+    num_classes: int,
+    *,
+    student_mean: Sequence[float] = _IMAGENET_MEAN,
+    student_std: Sequence[float] = _IMAGENET_STD,
+    img_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    device: torch.device | str = "cpu",
+) -> Teacher:
+    """A frozen :class:`Teacher` from a timm or torchvision model name and a local weights file.
+
+    ``path`` may be one of our trainer's checkpoints (its EMA weights first, and the image size it
+    trained at), a timm or torchvision state dict, or a DeiT-style ``{"model": ...}``; ``name``
+    defaults to the model our checkpoint records. ``img_size`` / ``mean`` / ``std`` override what
+    the teacher is taken to expect. Raises :class:`ConfigError` when the teacher's class count is
+    not ``num_classes`` and :class:`CheckpointError` when the file does not fit the architecture.
+    """
+    from t2tvit.checkpoint import read_checkpoint, read_state_dict
+
+    obj = read_checkpoint(path)
+    sd, _, recorded = read_state_dict(obj)
+    saved = obj.get("args") if isinstance(obj, dict) else None
+    saved = dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
+    name = name or recorded
+    if not name:
+        raise ConfigError(f"{path} does not record its architecture; pass --teacher-model (e.g. resnet50)")
+    model, source, bare = _create(name, num_classes, img_size or saved.get("img_size"))
+    saved["model_name"] = bare
+
+    out = _output_layer(model)
+    own = model.state_dict()
+    if out is not None and f"{out[0]}.weight" in sd:
+        ck_classes = sd[f"{out[0]}.weight"].shape[0]
+        if ck_classes != num_classes:
+            raise ConfigError(
+                f"the teacher {Path(path).name} predicts {ck_classes} classes but the student has {num_classes}; "
+                "distil from a teacher trained (or fine-tuned) on the same classes"
+            )
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or wrong:
+
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "") if keys else "none"
+
+        raise CheckpointError(
+            f"{path} does not fit the teacher {name}: missing keys {few(missing)}; unexpected keys "
+            f"{few(unexpected)}" + (f"; shape mismatch {few(wrong)}" if wrong else "")
+        )
+    model.load_state_dict(sd)
+    expects = _teacher_input(model, source, saved)
+    if img_size or mean or std:
+        expects = TeacherInput(
+            img_size or expects.img_size,
+            tuple(mean or expects.mean),
+            tuple(std or expects.std),
+            expects.interpolation,
+        )
+    return Teacher(model, expects, student_mean, student_std, name=name).to(device)
+
+
+# --------------------------------------------------------------------------- the loss
+
+
+class DistillationLoss(nn.Module):
+    """DeiT's loss: ``(1 - alpha) * base + alpha * distill``, called as ``(images, outputs, targets)``.
+
+    ``base`` is a ``loss(logits, targets)`` on labels (mixup's soft targets included). With a
+    ``*_distilled`` student ``outputs`` is ``(cls_logits, dist_logits)``: the class head learns
+    from ``base``, the distillation head from the teacher. See the module docstring for the
+    ``soft`` reduction and what ``none`` does.
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        teacher: Teacher | None,
+        distillation_type: str = "hard",
+        alpha: float = 0.5,
+        tau: float = 1.0,
+    ):
+        super().__init__()
+        if distillation_type not in DISTILLATION_TYPES:
+            raise ConfigError(f"--distillation-type must be one of {', '.join(DISTILLATION_TYPES)}")
+        if distillation_type != "none" and teacher is None:
+            raise ConfigError(f"--distillation-type {distillation_type} needs a teacher (--teacher-path)")
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"--distillation-alpha must be in [0, 1], not {alpha}")
+        if tau <= 0:
+            raise ConfigError(f"--distillation-tau must be positive, not {tau}")
+        self.base, self.teacher = base, teacher
+        self.distillation_type, self.alpha, self.tau = distillation_type, alpha, tau
+
+    def forward(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        two_heads = isinstance(outputs, (tuple, list))
+        if self.distillation_type == "none":
+            if two_heads:
+                return sum(self.base(o, targets) for o in outputs) / len(outputs)
+            return self.base(outputs, targets)
+        if not two_heads:
+            raise ConfigError(
+                "distillation needs a student with a distillation head (a *_distilled model) in training mode"
+            )
+        cls_logits, dist_logits = outputs
+        base_loss = self.base(cls_logits, targets)
+        teacher_logits = self.teacher(images)
+        return base_loss * (1 - self.alpha) + self.distill(dist_logits, teacher_logits) * self.alpha
+
+    def distill(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """The distillation term alone, on the distillation head's logits and the teacher's."""
+        student = student.float()
+        if self.distillation_type == "hard":
+            return F.cross_entropy(student, teacher.argmax(dim=1))
+        t = self.tau
+        kl = F.kl_div(
+            F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="sum", log_target=True
+        )
+        return kl * (t * t) / student.numel()
+
+
+def distillation_criterion(args: argparse.Namespace, model: nn.Module, mixup_active: bool) -> DistillationLoss:
+    """The trainer's ``criterion_factory``: the label loss wrapped with the teacher ``args`` names."""
+    from t2tvit.models import list_variants
+    from t2tvit.train import data_config, label_loss
+
+    base = label_loss(args, mixup_active)
+    if args.distillation_type == "none":
+        return DistillationLoss(base, None, "none")
+    if not hasattr(model, "head_dist"):
+        suggestion = f"{args.model}_distilled"
+        hint = (
+            f"use --model {suggestion}"
+            if suggestion in list_variants()
+            else f"use a *_distilled student ({', '.join(list_variants(distilled=True)[:3])}, ...)"
+        )
+        raise ConfigError(
+            f"--distillation-type {args.distillation_type} needs a student with a distillation token; "
+            f"{args.model} has none: {hint}, or pass --distillation-type none"
+        )
+    if not args.teacher_path:
+        raise ConfigError(
+            f"--distillation-type {args.distillation_type} needs the teacher's weights: --teacher-path FILE "
+            "(train one with: t2t train DATA --model resnet18 ...)"
+        )
+    cfg = data_config(args, model)
+    teacher = build_teacher(
+        args.teacher_model,
+        args.teacher_path,
+        model.num_classes,
+        student_mean=cfg["mean"],
+        student_std=cfg["std"],
+        img_size=args.teacher_img_size,
+        mean=args.teacher_mean,
+        std=args.teacher_std,
+        device=next(model.parameters()).device,
+    )
+    e = teacher.expects
+    if os.environ.get("RANK", "0") == "0":
+        print(
+            f"teacher {teacher.name} from {args.teacher_path}: input {e.img_size or 'any'} px"
+            f"{', renormalised' if teacher.renormalise else ''}; {args.distillation_type} distillation, "
+            f"alpha {args.distillation_alpha}, tau {args.distillation_tau}",
+            flush=True,
+        )
+    return DistillationLoss(base, teacher, args.distillation_type, args.distillation_alpha, args.distillation_tau)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The trainer's flags (``t2t train --help``) plus DeiT's distillation flags."""
+    from t2tvit.train import build_parser as trainer_parser
+
+    p = trainer_parser()
+    p.prog = "t2t distill"
+    p.description = (
+        "Distil a *_distilled T2T-ViT student from a CNN teacher (DeiT hard distillation through a "
+        "distillation token), with the trainer of `t2t train`: the same flags, DDP under torchrun, AMP, EMA, "
+        "checkpoints and resume. The class head learns from the labels, the distillation head from the "
+        "teacher; evaluation and export use the average of the two heads. Example: t2t distill digits "
+        "--config digits --teacher-model resnet18 --teacher-path runs/teacher/best.pth"
+    )
+    p.set_defaults(model="t2t_vit_7_distilled")
+    g = p.add_argument_group("distillation")
+    g.add_argument(
+        "--teacher-model",
+        default=None,
+        help="timm or torchvision model name (resnet50, regnety_160, torchvision:resnet18, ...); "
+        "default: the model the teacher checkpoint records",
+    )
+    g.add_argument(
+        "--teacher-path",
+        default=None,
+        metavar="FILE",
+        help="teacher weights: our checkpoint, a timm/torchvision state dict, or DeiT-style {'model': ...}",
+    )
+    g.add_argument(
+        "--distillation-type",
+        choices=DISTILLATION_TYPES,
+        default="hard",
+        help="hard: CE against the teacher's argmax; soft: KL at temperature tau x tau^2 (DeiT's sum/numel "
+        "reduction); none: labels only, both heads",
+    )
+    g.add_argument("--distillation-alpha", type=float, default=0.5, help="weight of the distillation term")
+    g.add_argument("--distillation-tau", type=float, default=1.0, help="soft distillation temperature")
+    g.add_argument(
+        "--teacher-img-size",
+        type=int,
+        default=None,
+        help="input size the teacher expects (default: what its checkpoint recorded, else its model config); "
+        "the student's batch is resized to it",
+    )
+    g.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="teacher normalisation mean")
+    g.add_argument("--teacher-std", type=float, nargs=3, default=None, help="teacher normalisation std")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import torch.distributed as dist
+
+    from t2tvit.train import parse_args, run
+
+    try:
+        args = parse_args(argv, build_parser())
+        run(args, criterion_factory=distillation_criterion)
+    except T2TError as e:
+        print(f"t2t distill: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
