@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2tvit.data import IMAGE_EXTENSIONS, build_transform, list_images, open_rgb
+from t2tvit.data import IMAGE_EXTENSIONS, eval_transform_for, list_images, open_rgb
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -101,21 +101,9 @@ def quantize_dynamic_int8(model: nn.Module, engine: str = "qnnpack") -> nn.Modul
 
 
 def eval_transform(model: nn.Module, img_size: int | Sequence[int] | None = None) -> Any:
-    """The model's eval transform (resize, centre crop, normalise) from its ``pretrained_cfg``."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if img_size is None:
-        img_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    if isinstance(img_size, Sequence) and not isinstance(img_size, str):
-        size = tuple(int(s) for s in img_size)
-        img_size = size[0] if len(set(size)) == 1 else size
-    return build_transform(
-        False,
-        img_size,
-        mean=cfg.get("mean", (0.485, 0.456, 0.406)),
-        std=cfg.get("std", (0.229, 0.224, 0.225)),
-        crop_pct=cfg.get("crop_pct", 0.9),
-        interpolation=cfg.get("interpolation", "bicubic"),
-    )
+    """The model's eval transform (resize, centre crop, normalise) from its ``pretrained_cfg``
+    (see :func:`t2tvit.data.eval_transform_for`, the one definition the trainer and ``t2t predict`` share)."""
+    return eval_transform_for(model, img_size)
 
 
 def load_images(

@@ -144,7 +144,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_info, _add_train, _add_distill, _add_export]
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    from t2t.predict_cmd import add_parser
+
+    add_parser(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_info,
+    _add_train,
+    _add_distill,
+    _add_export,
+    _add_predict,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

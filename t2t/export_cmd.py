@@ -111,14 +111,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("--calib-size and --parity-images must be at least 1")
 
     import t2tvit
-    from compress.quantize import check_qengine, eval_transform, load_images
+    from compress.quantize import check_qengine, load_images
     from deploy.base import ExportContext
     from deploy.export import export_all
     from t2tvit.checkpoint import read_checkpoint
-    from t2tvit.data import bundled_dataset_path
+    from t2tvit.data import bundled_dataset_path, eval_transform_for
 
     check_qengine(args.qengine)
-    name, img_size = args.model, args.img_size
+    name, img_size, classes = args.model, args.img_size, None
+    overrides: dict[str, Any] = {}  # the trainer's --crop-pct / --interpolation, if it was given them
     if args.checkpoint is not None:
         ck = read_checkpoint(args.checkpoint)
         ck_args = ck.get("args") if isinstance(ck, dict) else None
@@ -126,6 +127,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         name = name or (ck_args.get("model") if isinstance(ck_args.get("model"), str) else None)
         if img_size is None and isinstance(ck_args.get("img_size"), int):
             img_size = ck_args["img_size"]
+        overrides = {k: ck_args[k] for k in ("crop_pct", "interpolation") if ck_args.get(k)}
+        # the trainer's class names, kept for `t2t predict` unless --num-classes gives a new head
+        names = ck.get("classes") if isinstance(ck, dict) else None
+        if isinstance(names, list) and names and args.num_classes in (None, ck_args.get("num_classes")):
+            classes = [str(c) for c in names]
         del ck
     name = name or DEFAULT_MODEL
     model = t2tvit.create_model(name, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=img_size)
@@ -138,14 +144,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         )
     hw = tuple(int(s) for s in model.img_size)
     folder = Path(args.calib_data) if args.calib_data else bundled_dataset_path() / "val"
-    images, files = load_images(folder, eval_transform(model), args.parity_images + args.calib_size, what="image")
+    transform = eval_transform_for(model, hw, **overrides)
+    images, files = load_images(folder, transform, args.parity_images + args.calib_size, what="image")
     parity, calib = images[: args.parity_images], images[args.parity_images :]
     overlap = len(calib) == 0
     if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
         calib = parity
     ctx = ExportContext(img_size=hw, batch=args.batch, calib=calib, qengine=args.qengine, opset=args.opset)
     ctx.jit = args.jit
-    cfg = model.pretrained_cfg
+    cfg = model.pretrained_cfg | overrides
     meta = {
         "preprocessing": {k: cfg.get(k) for k in ("mean", "std", "crop_pct", "interpolation")},
         "data": {
@@ -155,6 +162,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             "calibration_is_parity_set": overlap,
         },
     }
+    if classes is not None and len(classes) <= model.num_classes:
+        meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
     out = Path(args.out) if args.out else Path("artifacts") / name
     manifest = export_all(
         model, formats, out, ctx, parity, source_checkpoint=args.checkpoint, meta=meta, progress=not args.json

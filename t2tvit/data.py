@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "build_transform",
     "bundled_dataset_path",
     "collate_skip",
+    "eval_transform_for",
     "find_split",
     "list_images",
     "open_rgb",
@@ -251,6 +252,68 @@ def build_transform(
         )
     return create_transform(
         img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean), std=tuple(std)
+    )
+
+
+# What timm's resolve_data_config falls back to for a model without a pretrained_cfg.
+_EVAL_DEFAULTS: dict[str, Any] = {
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.9,
+    "interpolation": "bicubic",
+}
+
+
+def _model_cfg(model: Any) -> dict[str, Any]:
+    if isinstance(model, str):
+        from timm.models import get_pretrained_cfg
+
+        from . import models  # noqa: F401 - registers the T2T-ViT variants with timm
+
+        cfg = get_pretrained_cfg(model)
+        if cfg is None:
+            raise ConfigError(f"unknown model {model!r}; `t2t info --list` shows every T2T-ViT variant")
+        return cfg.to_dict()
+    if isinstance(model, Mapping):
+        return dict(model)
+    if hasattr(model, "to_dict"):  # a timm PretrainedCfg
+        return model.to_dict()
+    return dict(getattr(model, "pretrained_cfg", None) or {})
+
+
+def eval_transform_for(
+    model: Any,
+    img_size: int | Sequence[int] | None = None,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> Any:
+    """The eval transform of ``model`` at ``img_size``: resize, centre crop, normalise.
+
+    The one definition of "the model's preprocessing", shared by the trainer's validation set,
+    calibration and parity images (:func:`compress.quantize.eval_transform`) and ``t2t predict``,
+    so an artifact sees exactly the pixels its model was validated on. ``model`` is a registered
+    model name (its timm ``pretrained_cfg`` is read; nothing is built), a cfg mapping, or a model
+    with a ``pretrained_cfg``. ``img_size`` defaults to the cfg's input size; the keyword arguments
+    override the cfg (e.g. the trainer's ``--crop-pct`` / ``--interpolation``; None keeps it).
+    """
+    cfg = _EVAL_DEFAULTS | {k: v for k, v in _model_cfg(model).items() if v is not None}
+    overrides = {"mean": mean, "std": std, "crop_pct": crop_pct, "interpolation": interpolation}
+    cfg |= {k: v for k, v in overrides.items() if v is not None}
+    if img_size is None:
+        img_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
+    if isinstance(img_size, Sequence) and not isinstance(img_size, str):
+        size = tuple(int(s) for s in img_size)
+        img_size = size[0] if len(set(size)) == 1 else size
+    return build_transform(
+        False,
+        img_size,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        crop_pct=cfg["crop_pct"],
+        interpolation=cfg["interpolation"],
     )
 
 

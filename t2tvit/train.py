@@ -406,7 +406,7 @@ def _datasets(root: Path) -> tuple[Any, Any]:
 
 def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, val: Any) -> None:
     """timm's training augmentation and the model's eval resize/crop, normalised as the model expects."""
-    from .data import build_transform
+    from .data import build_transform, eval_transform_for
 
     norm = {"mean": cfg["mean"], "std": cfg["std"], "interpolation": cfg["interpolation"]}
     if train is not None:
@@ -420,7 +420,7 @@ def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, v
             scale=args.scale,
             color_jitter=args.color_jitter or None,
         )
-    val.transform = build_transform(False, args.img_size, **norm, crop_pct=cfg["crop_pct"])
+    val.transform = eval_transform_for(cfg, args.img_size)
 
 
 # --------------------------------------------------------------------------- the run
