@@ -112,7 +112,9 @@ class OnnxPredictor(Predictor):
         return self.session.run(None, {self.input_name: images})[0]
 
 
-def load(path: Path, fmt: Format, device: str = "cpu") -> OnnxPredictor:
+def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = None) -> OnnxPredictor:
+    """An ONNX Runtime session of ``path``; ``threads`` sets its intra-op thread count (default: ORT's,
+    one per physical core)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -128,6 +130,8 @@ def load(path: Path, fmt: Format, device: str = "cpu") -> OnnxPredictor:
         raise ConfigError(f"device must be 'cpu' or 'cuda', not {device!r}")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only
+    if threads:
+        options.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad files

@@ -150,12 +150,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from t2t.bench_cmd import add_parser
+
+    add_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_train,
     _add_distill,
     _add_export,
     _add_predict,
+    _add_bench,
 ]
 
 

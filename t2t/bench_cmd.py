@@ -1,0 +1,180 @@
+"""``t2t bench``: latency, throughput, memory, size, MAC rate and accuracy of every exported artifact.
+
+Only argparse is imported at module level; torch, the runtimes and the profiler load when the
+command runs, so ``t2t --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser", "parse_batch_sizes"]
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,8"`` -> ``(1, 8)``; anything but positive integers is a ConfigError naming the fix."""
+    from t2tvit.errors import ConfigError
+
+    try:
+        sizes = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(b < 1 for b in sizes):
+        raise ConfigError(f"--batch-sizes takes comma-separated positive integers (e.g. 1,8), not {text!r}")
+    return sizes
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="profile every artifact of an export folder: latency, throughput, memory, MAC rate, accuracy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Profile every artifact listed in ARTIFACTS_DIR/manifest.json (and/or --files) in one process:\n"
+            "load time, first inference, then warm-up and timed runs per batch size (at least --min-runs runs\n"
+            "and --duration seconds per artifact), interleaved round-robin so machine drift hits every artifact\n"
+            "alike. Reports latency mean/std/min/p50/p90/p95/p99 with a 95% distribution-free interval of the\n"
+            "median, throughput, peak memory (a fresh subprocess per artifact), file size, MAC rate against\n"
+            "this machine's measured peak GEMM rate, and with --data top-1/top-5 accuracy and top-1 agreement\n"
+            "with the fp32 torch artifact. Artifacts that failed at export, cannot run here or fail to load\n"
+            "are rows with their reason. Writes report.md, report.json, report.csv and plots to --out."
+        ),
+    )
+    p.add_argument(
+        "artifacts",
+        nargs="?",
+        default=None,
+        metavar="ARTIFACTS_DIR",
+        help="export folder written by `t2t export` (holds manifest.json); optional with --files",
+    )
+    p.add_argument(
+        "--batch-sizes",
+        default="1",
+        metavar="B[,B...]",
+        help="comma-separated batch sizes to time, e.g. 1,8 (default: 1; the targets use batch 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads of PyTorch and ONNX Runtime (default: the CPU count, at most 4)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="timed seconds per artifact per batch size, at least (default: 2.0)",
+    )
+    p.add_argument(
+        "--min-runs", type=int, default=10, help="timed runs per artifact per batch size, at least (default: 10)"
+    )
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs per artifact before timing (default: 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds: each gives every artifact a chunk of its runs, order rotated (default: 5)",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DIR|digits",
+        help="labelled images (DIR/<class>/<image>, classes in sorted order as in training) for top-1/top-5 "
+        "and agreement; 'digits' is the bundled digits validation split (default: no accuracy)",
+    )
+    p.add_argument(
+        "--max-images", type=int, default=500, help="at most this many --data images, a fixed sample (default: 500)"
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact (faster)")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="add a row for the straightforward T2T-ViT formulation with the torch artifact's weights "
+        "(for the fp32 eager / reference latency target)",
+    )
+    p.add_argument(
+        "--files",
+        nargs="+",
+        default=None,
+        metavar="F",
+        help="artifact files to profile besides (or instead of) the manifest's; the format comes from the name "
+        "(model-<format><suffix>, as `t2t export` writes) or a FORMAT=PATH prefix",
+    )
+    p.add_argument(
+        "--formats",
+        default=None,
+        help="only these formats: comma-separated names or groups (all, cpu, gpu, builtin); default: every one",
+    )
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where formats that can run on both run (default: cpu)"
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="report folder (default: ARTIFACTS_DIR/bench, or ./bench with --files)",
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from t2tvit.errors import ConfigError
+
+    batch_sizes = parse_batch_sizes(args.batch_sizes)
+    if args.artifacts is None and not args.files:
+        raise ConfigError("give an export folder (ARTIFACTS_DIR) or artifact files with --files")
+    folder = Path(args.artifacts) if args.artifacts is not None else None
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"artifacts folder {folder} does not exist; run `t2t export --out {folder}` first")
+    if folder is not None and not (folder / "manifest.json").is_file() and not args.files:
+        raise ConfigError(f"{folder} has no manifest.json; run `t2t export --out {folder}` or pass --files")
+    if args.formats:
+        from deploy.base import resolve_formats
+
+        resolve_formats(args.formats)  # unknown names fail before anything is measured
+    data = args.data
+    if data == "digits":
+        from t2tvit.data import bundled_dataset_path
+
+        data = bundled_dataset_path() / "val"
+    elif data is not None and not Path(data).is_dir():
+        raise ConfigError(f"--data folder {data} does not exist; pass a folder of <class>/<image> files or 'digits'")
+
+    from benchmarks.profiler import ProfileConfig, profile_folder
+
+    config = ProfileConfig(
+        batch_sizes=batch_sizes,
+        threads=args.threads,
+        duration=args.duration,
+        min_runs=args.min_runs,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        data=data,
+        max_images=args.max_images,
+        memory=not args.no_memory,
+        reference=args.reference,
+        device=args.device,
+        formats=args.formats,
+    )
+    command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
+    report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
+    out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
+
+    from benchmarks.report import print_table, write_report
+
+    written = write_report(report, out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+        from rich.console import Console
+
+        Console(stderr=True).print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)
+    return 0

@@ -1,0 +1,353 @@
+"""The latency profiler (``benchmarks.profiler``) and ``t2t bench``.
+
+Statistics are checked on hand-computable samples; the interleaving on real callables that record
+the order they ran in; the whole profile on a tiny real export folder (real ONNX Runtime, real
+artifacts) with a failed, a skipped and a corrupt artifact among the good ones. Timings here
+are tiny: these tests check behaviour, ``t2t bench`` measures speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import t2tvit
+from benchmarks.profiler import (
+    ProfileConfig,
+    infer_format,
+    interleave_schedule,
+    latency_stats,
+    load_labelled,
+    measure_peak,
+    median_ci,
+    median_ci_ranks,
+    percentile,
+    profile_folder,
+    run_interleaved,
+)
+from compress.quantize import eval_transform, load_images
+from deploy.base import ExportContext
+from deploy.export import MANIFEST, ParityThreshold, export_all
+from t2tvit.data import bundled_dataset_path
+from t2tvit.errors import ConfigError
+from t2tvit.summary import summarize
+
+IMG = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Behaviour, not speed, is tested: one intra-op thread keeps spinning worker threads from
+    fighting other processes on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    xs = list(range(1, 11))
+    assert percentile(xs, 0) == 1 and percentile(xs, 100) == 10
+    assert percentile(xs, 90) == pytest.approx(9.1)  # rank 1 + 0.9 * 9 = 9.1
+    assert percentile(reversed(xs), 95) == pytest.approx(9.55)
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_median_interval_uses_binomial_order_statistics() -> None:
+    # n = 10: P(B <= 1) = 11/1024 <= 0.025 < P(B <= 2) = 56/1024, so ranks 2 and 9
+    lo, hi, coverage = median_ci_ranks(10)
+    assert (lo, hi) == (2, 9) and coverage == pytest.approx(1 - 2 * 11 / 1024)
+    assert median_ci(range(10, 0, -1)) == (2.0, 9.0)
+    assert median_ci_ranks(100)[:2] == (40, 61)  # the textbook ranks for n = 100
+    # too few samples for 95%: the whole range, with the coverage it really has
+    assert median_ci_ranks(5) == (1, 5, pytest.approx(1 - 2 / 32))
+    assert median_ci_ranks(1)[:2] == (1, 1)
+    # every n: at least the level, and the next narrower interval would fall below it
+    for n in [*range(6, 120), 1999, 2000, 2001, 5000]:
+        l, u, cov = median_ci_ranks(n)
+        assert u == n + 1 - l and cov >= 0.95
+        if l + 1 <= (n + 1) // 2:
+            assert median_ci_ranks(n, 0.5)[0] > l  # a lower level gives a narrower interval
+            narrower = 1 - 2 * sum(math.comb(n, i) for i in range(l + 1)) / 2**n if n <= 2001 else None
+            assert narrower is None or narrower < 0.95
+    # large n agrees with the normal approximation n/2 -+ 1.96 sqrt(n)/2
+    l, u, _ = median_ci_ranks(5000)
+    assert abs(l - (2500 - 1.96 * math.sqrt(5000) / 2)) <= 2 and abs(u - (2501 + 1.96 * math.sqrt(5000) / 2)) <= 2
+
+
+def test_latency_stats_on_known_samples() -> None:
+    s = latency_stats([float(x) for x in range(10, 0, -1)], batch=4)
+    assert s["runs"] == 10 and s["mean_ms"] == 5.5 and s["min_ms"] == 1.0
+    assert s["std_ms"] == pytest.approx(math.sqrt(82.5 / 9))
+    assert (s["p50_ms"], s["p90_ms"], s["p95_ms"], s["p99_ms"]) == pytest.approx((5.5, 9.1, 9.55, 9.91))
+    assert s["p50_ci_ms"] == [2.0, 9.0] and s["ci_level"] == 0.95
+    assert s["throughput_ips"] == pytest.approx(4 * 1000 / 5.5)
+    assert latency_stats([3.0])["std_ms"] == 0.0
+
+
+# -- interleaving --------------------------------------------------------------------------------
+
+
+def test_schedule_rotates_the_order_every_round() -> None:
+    assert interleave_schedule(["a", "b", "c"], 4) == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+def test_variants_really_run_interleaved() -> None:
+    calls: list[str] = []
+
+    def step(name: str):
+        def run() -> float:
+            calls.append(name)
+            return 1.0
+
+        return run
+
+    samples, errors = run_interleaved({n: step(n) for n in "abc"}, rounds=3, min_runs=6, duration=0.0, warmup=1)
+    # warm-up once each, then per round a chunk of ceil(6 / 3) = 2 runs per variant, order rotated
+    assert calls == list("abc") + list("aabbcc") + list("bbccaa") + list("ccaabb")
+    assert errors == {} and {k: len(v) for k, v in samples.items()} == {"a": 6, "b": 6, "c": 6}
+
+
+def test_duration_budget_and_a_failing_variant() -> None:
+    calls: list[str] = []
+
+    def sleeper() -> float:
+        calls.append("slow")
+        t0 = time.perf_counter()
+        time.sleep(0.005)
+        return (time.perf_counter() - t0) * 1e3
+
+    def broken() -> float:
+        calls.append("broken")
+        if calls.count("broken") > 2:
+            raise RuntimeError("kernel exploded\nsecond line")
+        return 0.5
+
+    samples, errors = run_interleaved({"slow": sleeper, "broken": broken}, rounds=2, min_runs=1, duration=0.1)
+    # at least duration / rounds seconds per chunk: ~10 runs of 5 ms per round
+    assert sum(samples["slow"]) >= 100 and len(samples["slow"]) >= 2 * 5
+    assert errors == {"broken": "RuntimeError: kernel exploded"}
+    assert samples["broken"] == [0.5, 0.5]  # kept what it had, dropped from later rounds
+    assert calls[-1] == "slow"
+
+
+def test_peak_gemm_rates_say_which_op_and_shape() -> None:
+    peak = measure_peak(1, sizes=(128, 256), reps=1)
+    fp32 = peak["fp32"]
+    assert (
+        fp32["gmacs_per_s"] > 0
+        and fp32["op"].startswith("torch.matmul fp32")
+        and fp32["shape"] in ("128x128x128", "256x256x256")
+    )
+    assert fp32["gmacs_per_s"] == max(c["gmacs_per_s"] for c in fp32["candidates"])
+    assert peak["int8"] is not None and peak["int8"]["gmacs_per_s"] > 0 and "int8" in peak["int8"]["op"]
+    assert torch.get_num_threads() == 1  # restored
+
+
+def test_format_from_file_name() -> None:
+    assert infer_format("x/model-onnx-int8-dynamic.onnx") == (infer_format("model-onnx-int8-dynamic.onnx")[0], None)
+    assert infer_format("model-onnx-int8-dynamic.onnx")[0].name == "onnx-int8-dynamic"
+    assert infer_format("mine-onnx-int8-static.onnx")[0].name == "onnx-int8-static"
+    fmt, note = infer_format("whatever.onnx")
+    assert fmt.name == "onnx" and "guessed" in note
+    with pytest.raises(ConfigError, match="cannot tell the format"):
+        infer_format("weights.bin")
+
+
+# -- a real export folder ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = t2tvit.create_model("t2t_vit_7", img_size=IMG, num_classes=10).eval()
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), 16)
+    out = tmp_path_factory.mktemp("profile") / "export"
+    ctx = ExportContext(img_size=(IMG, IMG), calib=images)
+    # random weights: int8 agreement is meaningless, so let it pass parity (the profiler is under test)
+    export_all(
+        model,
+        ["torch", "onnx", "onnx-int8-dynamic", "tensorrt"],
+        out,
+        ctx,
+        images,
+        thresholds={"int8": ParityThreshold(min_agreement=0.0)},
+        progress=False,
+    )
+    manifest = json.loads((out / MANIFEST).read_text())
+    template = manifest["artifacts"][0]
+    manifest["artifacts"].append(
+        {**template, "format": "onnx-int8-static", "precision": "int8", "status": "failed", "file": None,
+         "bytes": None, "sha256": None, "parity": None, "reason": "export failed: RuntimeError: calibration broke"}
+    )  # fmt: skip
+    (out / "model-torchscript.pt").write_bytes(b"this is not a zip archive" * 100)
+    manifest["artifacts"].append({**template, "format": "torchscript", "file": "model-torchscript.pt", "reason": None})
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out
+
+
+def test_profile_has_a_row_for_every_artifact(export_dir, tmp_path) -> None:
+    corrupt = tmp_path / "model-onnx.onnx"
+    corrupt.write_bytes(b"\x00garbage" * 64)
+    config = ProfileConfig(
+        batch_sizes=(40, 1),  # 40: beyond the ONNX files' exported batch range 1..32
+        threads=1,
+        duration=0.05,
+        min_runs=3,
+        warmup=1,
+        rounds=2,
+        data=bundled_dataset_path() / "val",
+        max_images=40,
+        memory=False,  # measured in test_t2t_bench_writes_the_report (each probe is a fresh Python)
+        reference=True,
+    )
+    report = profile_folder(export_dir, config, files=[corrupt], command="test", progress=False)
+    json.dumps(report, allow_nan=False)  # plain JSON types only
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == [
+        "torch", "onnx", "onnx-int8-dynamic", "tensorrt", "onnx-int8-static", "torchscript", "onnx-2", "reference"
+    ]  # fmt: skip
+    assert rows["tensorrt"]["status"] == "skipped" and "tensorrt not installed" in rows["tensorrt"]["reason"]
+    assert rows["onnx-int8-static"]["status"] == "failed" and "calibration broke" in rows["onnx-int8-static"]["reason"]
+    assert rows["torchscript"]["status"] == "failed" and rows["torchscript"]["reason"].startswith("load failed")
+    assert rows["onnx-2"]["status"] == "failed" and "not a loadable ONNX model" in rows["onnx-2"]["reason"]
+    for name in ("tensorrt", "onnx-int8-static", "torchscript", "onnx-2"):
+        assert rows[name]["latency"] == {} and rows[name]["load_s"] is None
+
+    assert report["settings"]["batch_sizes"] == [1, 40] and report["settings"]["threads"] == 1
+    assert report["settings"]["images"] == 40 and report["machine"]["threads"] == 1
+    assert report["model"]["name"] == "t2t_vit_7" and report["model"]["num_classes"] == 10
+    macs = report["model"]["macs_per_image"]
+    assert macs == summarize(t2tvit.create_model("t2t_vit_7", img_size=IMG, num_classes=10)).macs
+    assert report["peak"]["fp32"]["gmacs_per_s"] > 0 and report["peak"]["int8"]["gmacs_per_s"] > 0
+    assert {"torch", "onnxruntime", "numpy"} <= set(report["versions"])
+
+    for name in ("torch", "onnx", "onnx-int8-dynamic", "reference"):
+        r = rows[name]
+        assert r["status"] == "ok", (name, r["reason"])
+        assert r["load_s"] > 0 and r["first_inference_ms"] > 0
+        if name.startswith("onnx"):
+            assert set(r["latency"]) == {"1"} and "batch 40 not timed: the artifact accepts 1..32" in r["reason"]
+        else:
+            assert set(r["latency"]) == {"1", "40"}
+        for b, s in r["latency"].items():
+            assert s["runs"] >= 3
+            assert s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p95_ms"] <= s["p99_ms"]
+            assert s["p50_ci_ms"][0] <= s["p50_ms"] <= s["p50_ci_ms"][1]
+            assert s["throughput_ips"] == pytest.approx(int(b) * 1000 / s["mean_ms"])
+        assert r["peak_rss_mb"] is None and r["cuda_peak_mb"] is None
+        assert r["gmacs_per_s"] == pytest.approx(macs / r["latency"]["1"]["p50_ms"] / 1e6)
+        peak = report["peak"][r["precision"]]["gmacs_per_s"]
+        assert r["peak_share"] == pytest.approx(r["gmacs_per_s"] / peak)
+        assert 0 <= r["top1"] <= r["top5"] <= 100
+    assert rows["torch"]["file_bytes"] == (export_dir / "model-torch.pt").stat().st_size
+    assert rows["reference"]["file_bytes"] is None and rows["reference"]["precision"] == "fp32"
+    assert rows["torch"]["agreement"] == 1.0
+    # same arithmetic in another runtime or formulation: the same decisions
+    assert rows["onnx"]["agreement"] >= 0.95 and rows["reference"]["agreement"] >= 0.95
+    assert 0 <= rows["onnx-int8-dynamic"]["agreement"] <= 1
+
+    eager, int8, share = report["targets"]
+    assert eager["name"].startswith("fp32 eager") and eager["target"] == "<= 0.8"
+    p50 = {n: rows[n]["latency"]["1"]["p50_ms"] for n in rows if rows[n]["latency"]}
+    assert eager["value"] == pytest.approx(p50["torch"] / p50["reference"])
+    assert int8["target"] == "<= 0.4" and int8["value"] == pytest.approx(p50["onnx-int8-dynamic"] / p50["torch"])
+    assert "onnx-int8-dynamic" in int8["note"]
+    best = min(("torch", "onnx", "onnx-int8-dynamic"), key=p50.__getitem__)
+    assert share["target"] == ">= 0.35" and share["value"] == pytest.approx(rows[best]["peak_share"])
+    assert f"best artifact: {best}" in share["note"]
+    for t, limit in ((eager, 0.8), (int8, 0.4)):
+        assert t["met"] == (t["value"] <= limit) and (t["met"] or t["note"].endswith("not met"))
+    assert share["met"] == (share["value"] >= 0.35) and (share["met"] or share["note"].endswith("not met"))
+
+
+def test_files_without_a_manifest_and_user_errors(export_dir, tmp_path) -> None:
+    files = [tmp_path / "model-torch.pt", tmp_path / "model-onnx-int8-dynamic.onnx"]
+    for f in files:
+        shutil.copy(export_dir / f.name, f)
+    config = ProfileConfig(threads=1, duration=0.0, min_runs=2, warmup=0, rounds=1, memory=False)
+    report = profile_folder(None, config, files=files, progress=False)
+    assert [(r["name"], r["status"]) for r in report["rows"]] == [("torch", "ok"), ("onnx-int8-dynamic", "ok")]
+    assert report["model"]["name"] == "t2t_vit_7" and report["settings"]["img_size"] == IMG
+    assert report["rows"][1]["agreement"] is None  # no data and no manifest parity to fall back on
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        profile_folder(tmp_path / "nowhere", config, progress=False)
+    with pytest.raises(ConfigError, match="no manifest.json"):
+        profile_folder(tmp_path, config, progress=False)
+    with pytest.raises(ConfigError, match="batch sizes"):
+        profile_folder(export_dir, ProfileConfig(batch_sizes=(0,)), progress=False)
+    with pytest.raises(ConfigError, match="class sub-folders"):
+        load_labelled(tmp_path, None)
+
+
+def _report_module() -> types.ModuleType | None:
+    """The real ``benchmarks.report`` when it is there; else a stand-in writing only report.json."""
+    try:
+        import benchmarks.report  # noqa: F401
+
+        return None
+    except ImportError:
+        stub = types.ModuleType("benchmarks.report")
+
+        def write_report(report, out_dir):
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            path = Path(out_dir) / "report.json"
+            path.write_text(json.dumps(report, indent=2))
+            return [path]
+
+        stub.write_report, stub.print_table = write_report, lambda report: print(json.dumps(report["rows"]))
+        return stub
+
+
+def test_t2t_bench_writes_the_report(export_dir, tmp_path, monkeypatch, capsys) -> None:
+    from t2t.cli import main
+
+    stub = _report_module()
+    if stub is not None:
+        monkeypatch.setitem(sys.modules, "benchmarks.report", stub)
+    out = tmp_path / "bench"
+    args = ["bench", str(export_dir), "--formats", "torch,onnx-int8-dynamic,tensorrt", "--threads", "1"]
+    args += ["--duration", "0.02", "--min-runs", "2", "--warmup", "0", "--rounds", "2"]
+    args += ["--data", "digits", "--max-images", "20", "--batch-sizes", "1", "--out", str(out)]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [(r["name"], r["status"]) for r in report["rows"]] == [
+        ("torch", "ok"), ("onnx-int8-dynamic", "ok"), ("tensorrt", "skipped")
+    ]  # fmt: skip
+    assert report["settings"]["images"] == 20
+    for r in report["rows"][:2]:  # the weights are resident after loading: at least half the file
+        assert r["peak_rss_mb"] * 2**20 >= 0.5 * r["file_bytes"], r
+        assert r["peak_rss_mb"] < 1000 and r["cuda_peak_mb"] is None
+    capsys.readouterr()
+
+    assert main(["bench", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["bench", str(export_dir), "--batch-sizes", "1,x"]) == 2
+    assert "--batch-sizes takes comma-separated positive integers" in capsys.readouterr().err
+    assert main(["bench", str(export_dir), "--data", str(tmp_path / "nope")]) == 2
+    assert "--data folder" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path)]) == 2  # a folder without manifest.json
+    assert "no manifest.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "--batch-sizes" in capsys.readouterr().out
