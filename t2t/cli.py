@@ -156,6 +156,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    from t2t.compress_cmd import add_parser
+
+    add_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_train,
@@ -163,6 +169,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_predict,
     _add_bench,
+    _add_compress,
 ]
 
 

@@ -234,7 +234,8 @@ def test_soft_distillation_with_mixup_under_two_gloo_processes(
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "compress.distill", str(small_digits), *QUICK, "--model", "t2t_vit_7_distilled", "-b", "8", "--epochs", "1", "--device", "cpu",
+        "-m", "compress.distill", str(small_digits), *QUICK, "--model", "t2t_vit_7_distilled", "-b", "8",
+        "--epochs", "1", "--device", "cpu",
         "--teacher-path", str(teacher_ckpt), "--distillation-type", "soft", "--distillation-tau", "2",
         "--mixup", "0.8", "--output", str(out),
     ]  # fmt: skip

@@ -1,0 +1,75 @@
+"""``t2t compress --demo``: the whole pipeline on the bundled digits, exactly as the README runs it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.report import read_csv, read_report
+from deploy.export import read_manifest
+from t2t.cli import main
+from t2t.compress_cmd import STAGES
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compress") / "demo"
+    t0 = time.perf_counter()
+    assert main(["compress", "--demo", "--out", str(out)]) == 0
+    print(f"t2t compress --demo took {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_into_its_own_folder(demo: Path) -> None:
+    for stage in STAGES:
+        record = json.loads((demo / stage / "stage.json").read_text())
+        assert record["status"] == "done" and record["stage"] == stage
+    teacher = json.loads((demo / "teacher" / "stage.json").read_text())["summary"]
+    student = json.loads((demo / "student" / "stage.json").read_text())["summary"]
+    assert teacher["val_top1"] >= 80.0 and student["val_top1"] >= 80.0, (teacher, student)  # chance: 10%
+    ck = json.loads((demo / "student" / "args.json").read_text())
+    assert ck["distillation_type"] == "hard" and ck["teacher_path"] == str(demo / "teacher" / "best.pth")
+
+    manifest = read_manifest(demo / "export")
+    status = {a["format"]: a["status"] for a in manifest["artifacts"]}
+    assert all(status[f] == "ok" for f in ("torch", "onnx", "onnx-int8-static", "ptl-int8")), status
+    assert status["tensorrt"] == "skipped"  # never installed here: a row with its reason, not a crash
+    verify = json.loads((demo / "verify" / "verify.json").read_text())
+    assert verify and all(r["ok"] for r in verify), verify
+
+    report = read_report(demo / "report")
+    rows = {r["name"]: r for r in report["rows"]}
+    assert set(status) <= set(rows) and "reference" in rows  # every manifest entry is a row
+    assert rows["tensorrt"]["status"] == "skipped" and rows["tensorrt"]["reason"]
+    ok = [r for r in report["rows"] if r["status"] == "ok"]
+    assert all(r["latency"]["1"]["p50_ms"] > 0 and r["top1"] is not None for r in ok)
+    assert rows["torch"]["agreement"] == 1.0 and rows["onnx"]["agreement"] >= 0.99
+    assert {t["name"] for t in report["targets"]} and report["machine"]["threads"] >= 1
+    assert len(read_csv(demo / "report" / "report.csv")) >= len(report["rows"])
+    for png in ("latency_vs_accuracy.png", "latency_bars.png"):
+        assert (demo / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_second_run_skips_finished_stages_and_other_settings_are_refused(demo: Path, capsys) -> None:
+    before = (demo / "report" / "report.json").stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert main(["compress", "--demo", "--out", str(demo)]) == 0
+    assert time.perf_counter() - t0 < 30
+    out = capsys.readouterr().out
+    assert all(f"stage {s}: done earlier" in out for s in STAGES), out
+    assert (demo / "report" / "report.json").stat().st_mtime_ns == before
+
+    assert main(["compress", "--demo", "--epochs", "3", "--out", str(demo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "other settings (epochs)" in err and err.count("\n") == 0, err
+
+
+def test_compress_without_data_is_one_sentence(capsys) -> None:
+    assert main(["compress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give a dataset folder" in err and err.count("\n") == 0
