@@ -144,7 +144,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         f"- command: `{m['command']}`",
         f"- torch {m['torch']}, python {m['python']}, {m['device_name']}, threads {m['threads']}",
-        f"- date {m['date']}, runtime {m['elapsed_s']:.0f} s",
+        f"- date {m['date']}; training time {t['wall_s'] + sum(x['wall_s'] for x in r['runs']):.0f} s in all "
+        "(runs finished earlier in `--work` are reused, with their recorded wall time)",
         f"- teacher: {t['model']} trained with `--config digits --epochs {t['epochs']}`: "
         f"val top-1 {t['final_top1']:.2f}% (best epoch {t['best_top1']:.2f}%)",
         f"- student: t2t_vit_7_distilled, `--config digits` (32 px, 12 epochs, AdamW 1e-3, cosine), "

@@ -1074,11 +1074,13 @@ def profile_folder(
                     v.fail("failed", "; ".join(v.notes) or "no batch size could be timed")
                     v.notes = []
             if config.data is not None:  # loaded only now: the images would sit in memory during the timing
-                from compress.quantize import eval_transform
+                from t2tvit.data import eval_transform_for
 
+                # the preprocessing the export recorded (the trainer's --crop-pct / --interpolation)
+                prep = {k: v for k, v in ((manifest or {}).get("preprocessing") or {}).items() if v is not None}
                 bar.step(f"loading up to {config.max_images} images from {config.data}", 0)
                 images, labels, _ = load_labelled(
-                    config.data, eval_transform(meta_model, hw), config.max_images, info.get("num_classes")
+                    config.data, eval_transform_for(meta_model, hw, **prep), config.max_images, info.get("num_classes")
                 )
                 for v in runnable:
                     if v.status == "ok":
@@ -1095,7 +1097,10 @@ def profile_folder(
         for v in variants:
             v.predictor = None
 
-    _agreements(variants, images is not None)
+    # Parity agreement from an export of random weights (no source checkpoint) says nothing: the
+    # logits of an untrained model are nearly tied, so it is left out rather than shown.
+    trained = manifest is None or bool(manifest.get("source_checkpoint"))
+    _agreements(variants, images is not None, use_manifest=trained)
     rows = [_row(v, macs, peak, peak_cuda) for v in variants]
     report = {
         "schema": SCHEMA,
@@ -1249,16 +1254,17 @@ def _accuracy(v: _Variant, images: np.ndarray, labels: np.ndarray) -> None:
     v.top5 = float((topk == labels[:, None]).any(axis=1).mean() * 100)
 
 
-def _agreements(variants: Sequence[_Variant], measured: bool) -> None:
+def _agreements(variants: Sequence[_Variant], measured: bool, use_manifest: bool = True) -> None:
     """Top-1 agreement with the fp32 ``torch`` artifact on the data images; without data (or without a
-    usable torch row) the export's own parity agreement with the fp32 model, from the manifest."""
+    usable torch row) the export's own parity agreement with the fp32 model, from the manifest
+    (unless ``use_manifest`` is False)."""
     ref = next((v for v in variants if v.format == "torch" and v.preds is not None), None) if measured else None
     for v in variants:
         if v.status != "ok":
             continue
         if ref is not None and v.preds is not None:
             v.agreement = float((v.preds == ref.preds).mean())
-        elif v.manifest_agreement is not None:
+        elif use_manifest and v.manifest_agreement is not None:
             v.agreement = float(v.manifest_agreement)
             if measured:
                 v.notes.append("agreement from the export's parity check (no fp32 torch predictions here)")
