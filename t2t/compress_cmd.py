@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="dataset folder (train/, val/) or 'digits'")
     p.add_argument("--demo", action="store_true", help="run on the bundled digits with small, quick settings")
     p.add_argument("--out", default=None, metavar="DIR", help="pipeline folder (default: runs/compress/<model>)")
-    p.add_argument("--redo", choices=STAGES, default=None, help="run this stage and all later ones again")
+    p.add_argument(
+        "--redo",
+        choices=STAGES,
+        default=None,
+        help="run this stage and all later ones again, from scratch (settings they use may change)",
+    )
     p.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
     g = p.add_argument_group("student (t2t distill)")
     g.add_argument("--model", default="t2t_vit_7_distilled", help="student (default: t2t_vit_7_distilled)")
@@ -119,17 +125,38 @@ def _done(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_same_pipeline(out: Path, settings: dict[str, Any]) -> None:
+# The first stage each setting changes; any other setting is used from the first stage on.
+_FIRST_USE = {
+    "model": "student",
+    "epochs": "student",
+    "student_args": "student",
+    "distillation_alpha": "student",
+    "distillation_tau": "student",
+    "formats": "export",
+    "export_args": "export",
+    "batch_sizes": "report",
+    "threads": "report",
+    "duration": "report",
+    "no_memory": "report",
+}
+
+
+def _check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) -> None:
+    """Refuse settings that differ from the run already in ``out``, unless ``--redo`` reruns every
+    stage they affect (e.g. ``--redo report --duration 5``)."""
     from t2tvit.errors import ConfigError
 
     path = out / "pipeline.json"
     if path.is_file():
         before = json.loads(path.read_text()).get("settings", {})
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-        if changed:
+        redo_from = STAGES.index(redo) if redo else len(STAGES)
+        stale = [k for k in changed if STAGES.index(_FIRST_USE.get(k, STAGES[0])) < redo_from]
+        if stale:
+            first = min(STAGES.index(_FIRST_USE.get(k, STAGES[0])) for k in stale)
             raise ConfigError(
-                f"{out} holds a pipeline run with other settings ({', '.join(changed)}); "
-                "choose another --out, or delete the folder to start over"
+                f"{out} holds a pipeline run with other settings ({', '.join(stale)}); pass --redo "
+                f"{STAGES[first]} to run again from where they matter, or choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"settings": settings}, indent=2))
@@ -279,7 +306,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     s = _settings(args, _explicit(args, defaults))
     s["data"] = s["data"] or "digits"
     out = Path(args.out) if args.out else Path("runs") / "compress" / s["model"]
-    _check_same_pipeline(out, s)
+    _check_same_pipeline(out, s, args.redo)
     command = shlex.join(["t2t", *sys.argv[1:]]) if sys.argv and "t2t" in Path(sys.argv[0]).name else "t2t compress"
     folders = {stage: out / stage for stage in STAGES}
     redo_from = STAGES.index(args.redo) if args.redo else len(STAGES)
@@ -292,8 +319,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             print(f"stage {stage}: done earlier ({folder}), skipped")
             results[stage] = earlier["summary"]
         else:
-            if earlier is not None:
-                (folder / "stage.json").unlink()
+            if earlier is not None:  # --redo: start the stage afresh (a trainer would resume its last.pth)
+                shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
             print(f"stage {i + 1}/{len(STAGES)}: {stage} -> {folder}", flush=True)
             t0 = time.perf_counter()

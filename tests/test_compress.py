@@ -66,7 +66,13 @@ def test_a_second_run_skips_finished_stages_and_other_settings_are_refused(demo:
 
     assert main(["compress", "--demo", "--epochs", "3", "--out", str(demo)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "other settings (epochs)" in err and err.count("\n") == 0, err
+    assert "other settings (epochs); pass --redo student" in err and err.count("\n") == 0, err
+
+    # --redo report with a report-only setting changed: only the report is measured again
+    student = (demo / "student" / "stage.json").read_text()
+    assert main(["compress", "--demo", "--redo", "report", "--duration", "0.2", "--no-memory", "--out", str(demo)]) == 0
+    assert (demo / "student" / "stage.json").read_text() == student
+    assert read_report(demo / "report")["settings"]["duration_s"] == 0.2
 
 
 def test_compress_without_data_is_one_sentence(capsys) -> None:
