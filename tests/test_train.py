@@ -105,8 +105,12 @@ def test_resume_after_kill_repeats_the_uninterrupted_run(small_digits: Path, tmp
         stderr=subprocess.DEVNULL,
     )
     try:
+        # Kill once epoch 0's log line is complete (the file exists a moment before its line is written).
+        log = killed / "log.jsonl"
         deadline = time.monotonic() + 120
-        while not (killed / "log.jsonl").exists() and proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if log.exists() and log.read_text().endswith("\n"):
+                break
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
