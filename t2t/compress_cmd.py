@@ -141,6 +141,13 @@ _FIRST_USE = {
 }
 
 
+def _first_use(key: str, before: Any, after: Any) -> int:
+    """The index of the first stage a change of ``key`` from ``before`` to ``after`` affects."""
+    if key == "distillation_type" and "none" not in (before, after):
+        return STAGES.index("student")  # hard <-> soft keeps the teacher; none has no teacher stage
+    return STAGES.index(_FIRST_USE.get(key, STAGES[0]))
+
+
 def _check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) -> None:
     """Refuse settings that differ from the run already in ``out``, unless ``--redo`` reruns every
     stage they affect (e.g. ``--redo report --duration 5``)."""
@@ -149,11 +156,15 @@ def _check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) 
     path = out / "pipeline.json"
     if path.is_file():
         before = json.loads(path.read_text()).get("settings", {})
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = {
+            k: _first_use(k, before.get(k), settings.get(k))
+            for k in set(before) | set(settings)
+            if before.get(k) != settings.get(k)
+        }
         redo_from = STAGES.index(redo) if redo else len(STAGES)
-        stale = [k for k in changed if STAGES.index(_FIRST_USE.get(k, STAGES[0])) < redo_from]
+        stale = sorted(k for k, first in changed.items() if first < redo_from)
         if stale:
-            first = min(STAGES.index(_FIRST_USE.get(k, STAGES[0])) for k in stale)
+            first = min(changed[k] for k in stale)
             raise ConfigError(
                 f"{out} holds a pipeline run with other settings ({', '.join(stale)}); pass --redo "
                 f"{STAGES[first]} to run again from where they matter, or choose another --out"
@@ -182,10 +193,14 @@ def _train_argv(data: str, s: dict[str, Any], model: str, epochs: int | None, ex
 
 
 def _top1(folder: Path) -> float | None:
-    summary = folder / "summary.json"
-    if not summary.is_file():
+    """The val top-1 of the run's best.pth (what the next stage uses; EMA's when EMA is on)."""
+    path = folder / "summary.json"
+    if not path.is_file():
         return None
-    last = json.loads(summary.read_text()).get("last") or {}
+    summary = json.loads(path.read_text())
+    if summary.get("best_top1") is not None:
+        return summary["best_top1"]
+    last = summary.get("last") or {}
     return last.get("ema_top1", last.get("top1"))
 
 
@@ -319,7 +334,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             print(f"stage {stage}: done earlier ({folder}), skipped")
             results[stage] = earlier["summary"]
         else:
-            if earlier is not None:  # --redo: start the stage afresh (a trainer would resume its last.pth)
+            if i >= redo_from and folder.exists():  # --redo: afresh, not resumed from an old last.pth
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
             print(f"stage {i + 1}/{len(STAGES)}: {stage} -> {folder}", flush=True)
@@ -329,6 +344,15 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         if stage == args.stop_after:
             break
     _print_summary(out, results, time.perf_counter() - t_all)
+    failed = results.get("export", {}).get("artifacts", {}).get("failed", 0)
+    unverified = results.get("verify", {}).get("failed", [])
+    if failed or unverified:
+        print(
+            f"t2t compress: {failed} artifact(s) failed to export and {len(unverified)} failed verification; "
+            "the report lists them with their reasons",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

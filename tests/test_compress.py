@@ -11,7 +11,8 @@ import pytest
 from benchmarks.report import read_csv, read_report
 from deploy.export import read_manifest
 from t2t.cli import main
-from t2t.compress_cmd import STAGES
+from t2t.compress_cmd import STAGES, _check_same_pipeline
+from t2tvit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,17 @@ def test_compress_without_data_is_one_sentence(capsys) -> None:
     assert main(["compress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "give a dataset folder" in err and err.count("\n") == 0
+
+
+def test_changed_settings_name_the_first_stage_they_affect(tmp_path: Path) -> None:
+    _check_same_pipeline(tmp_path, {"distillation_type": "hard", "duration": 1.0}, None)
+    with pytest.raises(ConfigError, match="--redo student"):  # hard -> soft: the teacher stays
+        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 1.0}, None)
+    with pytest.raises(ConfigError, match="--redo teacher"):  # none has no teacher stage at all
+        _check_same_pipeline(tmp_path, {"distillation_type": "none", "duration": 1.0}, "student")
+    with pytest.raises(ConfigError, match=r"\(distillation_type, duration\); pass --redo student"):
+        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, None)
+    with pytest.raises(ConfigError, match=r"\(distillation_type\); pass --redo student"):
+        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "report")
+    _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "student")
+    assert json.loads((tmp_path / "pipeline.json").read_text())["settings"]["distillation_type"] == "soft"
