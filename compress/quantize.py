@@ -48,8 +48,10 @@ __all__ = [
 QENGINES = ("qnnpack", "x86", "fbgemm", "onednn")
 # The matrix-product ops: they hold all the weights and most of the time. Everything else
 # (LayerNormalization, Softmax, the Erf of GELU, the Performer's Exp/ReduceMax, residual Adds)
-# stays float: quantizing it loses agreement and saves no bytes.
-STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")
+# stays float: quantizing it loses agreement and saves no bytes. Not Conv: T2T-ViT's only
+# convolutions are the soft splits' one-hot windows in ONNX (t2tvit.models.layers), exact
+# copies that int8 would only make lossy and slower.
+STATIC_OP_TYPES = ("MatMul", "Gemm")
 
 
 def check_qengine(engine: str) -> str:

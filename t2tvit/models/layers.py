@@ -15,7 +15,8 @@ Parameter and buffer names match the official implementation
   block reads (``nn.Unfold`` gives channel-major columns that must then be
   transposed and copied), with a strided-add backward instead of ``col2im``.
   The feature order is ``nn.Unfold``'s (channel, row, column), so weights are
-  unchanged.
+  unchanged. Exported to ONNX they become a one-hot grouped convolution instead
+  (:func:`_windows_conv`): ONNX Runtime runs the gather's 5-D/6-D transposes slowly.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class SoftSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s, p = self.kernel_size, self.stride, self.padding
+        if not torch.jit.is_scripting():  # TorchScript skips this block
+            if torch.onnx.is_in_onnx_export():
+                return _windows_conv(x, k, s, p, self.channels_last)
         if not self.channels_last:
             return _windows_nchw(x, k, s, p)
         if not torch.jit.is_scripting():
@@ -90,6 +94,21 @@ def _windows_nchw(x: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:
     B, C = x.shape[0], x.shape[1]
     w = F.pad(x, (p, p, p, p)).unfold(2, k, s).unfold(3, k, s)
     return w.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * k * k)
+
+
+def _windows_conv(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) -> torch.Tensor:
+    # The same tokens, bit for bit, as a grouped convolution with one-hot kernels: output
+    # channel c*k*k + i*k + j of group c copies pixel (i, j) of channel c's window, which is
+    # nn.Unfold's (channel, row, column) order. Used for ONNX export only: ONNX Runtime runs
+    # the gather above as 5-D and 6-D Transposes that took 30% of a T2T-ViT-7's time at 224 px
+    # (the 3-D transposes here are cheap), while PyTorch's and XNNPACK's grouped convolutions
+    # are slower than the gather (benchmarks/results/bench_onnx_soft_split.md).
+    if channels_last:
+        x = x.permute(0, 3, 1, 2)
+    C = x.shape[1]
+    one_hot = torch.eye(k * k, dtype=x.dtype, device=x.device).reshape(k * k, 1, k, k)
+    y = F.conv2d(x, one_hot.repeat(C, 1, 1, 1), stride=s, padding=p, groups=C)
+    return y.flatten(2).transpose(1, 2)
 
 
 def _windows_nhwc(x: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:
