@@ -49,9 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Write every requested artifact and a manifest.json into --out, then load each artifact back\n"
             "through its own runtime and compare its logits with the fp32 PyTorch model on real images\n"
-            "(parity: max |Δlogit| for fp32, top-1 agreement >= 0.95 for int8). A format that cannot be\n"
-            "built on this machine is listed as skipped with what to install; an artifact that fails to\n"
-            "build or fails parity is listed as failed, and the command exits with status 1."
+            "(parity: max |Δlogit| for fp32, top-1 agreement >= 0.95 for int8; without --checkpoint the\n"
+            "weights are random (seed 0) and int8 is held to max |Δlogit| <= 0.1 x max(1, max |logit|)\n"
+            "instead, as the near-tied logits of an untrained model make agreement meaningless). A format\n"
+            "that cannot be built on this machine is listed as skipped with what to install; an artifact\n"
+            "that fails to build or fails parity is listed as failed, and the command exits with status 1."
         ),
     )
     p.__class__ = _ExportParser
@@ -134,13 +136,22 @@ def _cmd_export(args: argparse.Namespace) -> int:
             classes = [str(c) for c in names]
         del ck
     name = name or DEFAULT_MODEL
+    thresholds = None
+    if args.checkpoint is None:  # random weights: the same ones every run, checked by logit movement
+        import torch
+
+        from deploy.export import PARITY_RANDOM_WEIGHTS
+
+        torch.manual_seed(0)
+        thresholds = PARITY_RANDOM_WEIGHTS
     model = t2tvit.create_model(name, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=img_size)
     model.eval()
     if args.checkpoint is None:
         from rich.console import Console
 
         Console(stderr=True).print(
-            "[yellow]no --checkpoint: exporting random weights; int8 top-1 agreement is not meaningful[/]"
+            "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
+            "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
         )
     hw = tuple(int(s) for s in model.img_size)
     folder = Path(args.calib_data) if args.calib_data else bundled_dataset_path() / "val"
@@ -166,7 +177,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
         meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
     out = Path(args.out) if args.out else Path("artifacts") / name
     manifest = export_all(
-        model, formats, out, ctx, parity, source_checkpoint=args.checkpoint, meta=meta, progress=not args.json
+        model,
+        formats,
+        out,
+        ctx,
+        parity,
+        source_checkpoint=args.checkpoint,
+        meta=meta,
+        thresholds=thresholds,
+        progress=not args.json,
     )
     if args.json:
         print(json.dumps(manifest, indent=2))

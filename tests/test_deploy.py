@@ -316,3 +316,22 @@ def test_cli_export_end_to_end(trained, tmp_path) -> None:
     assert status["tensorrt"] == ("skipped" if _TRT_MISSING else "ok")
     for name in ("torch-int8", "ptl-int8", "onnx-int8-static", "tensorrt", "parity on 48 images"):
         assert name in res.stdout
+
+
+def test_cli_export_of_random_weights_is_reproducible_and_checks_int8_by_logit_movement(tmp_path) -> None:
+    # Without --checkpoint the weights are random: seeded, so two exports are the same files, and int8
+    # is held to max |Δlogit| (top-1 agreement means nothing on an untrained model's near-tied logits).
+    shas = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        flags = ["--model", "t2t_vit_7", "--img-size", "32", "--num-classes", "10", "--formats", "torch,torch-int8"]
+        res = t2t("export", *flags, "--parity-images", "16", "--calib-size", "4", "--out", str(out))
+        assert res.returncode == 0, res.stderr
+        assert "random weights (seed 0)" in res.stderr
+        m = json.loads((out / MANIFEST).read_text())
+        art = {a["format"]: a for a in m["artifacts"]}
+        assert m["parity"]["thresholds"]["int8"] == {"max_abs": 0.1, "relative": True}
+        parity = art["torch-int8"]["parity"]
+        assert parity["passed"] and parity["max_abs_diff"] <= parity["max_abs_limit"]
+        shas.append(art["torch"]["sha256"])
+    assert shas[0] == shas[1]
