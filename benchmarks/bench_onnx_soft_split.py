@@ -52,7 +52,7 @@ def measure(model_name: str, img_size: int, threads: int, duration: float, round
     import torch
 
     import t2tvit
-    from benchmarks.profiler import latency_stats, run_interleaved
+    from benchmarks.profiler import _timer, latency_stats, run_interleaved
     from compress.quantize import quantize_onnx_dynamic
     from deploy.base import ExportContext, get_format
     from deploy.onnx import export_fp32, load
@@ -78,19 +78,12 @@ def measure(model_name: str, img_size: int, threads: int, duration: float, round
         precision: float(np.abs(outs[f"{precision} conv"] - outs[f"{precision} gather"]).max())
         for precision in ("fp32", "int8-dynamic")
     }
-
-    def step(session: Any) -> Any:
-        import time
-
-        def run() -> float:
-            t0 = time.perf_counter_ns()
-            session(x)
-            return (time.perf_counter_ns() - t0) / 1e6
-
-        return run
-
     samples, errors = run_interleaved(
-        {name: step(s) for name, s in sessions.items()}, rounds=rounds, min_runs=20, duration=duration, warmup=5
+        {name: _timer(s, x, "cpu") for name, s in sessions.items()},
+        rounds=rounds,
+        min_runs=20,
+        duration=duration,
+        warmup=5,
     )
     if errors:
         raise RuntimeError(f"timing failed: {errors}")

@@ -1074,10 +1074,11 @@ def profile_folder(
                     v.fail("failed", "; ".join(v.notes) or "no batch size could be timed")
                     v.notes = []
             if config.data is not None:  # loaded only now: the images would sit in memory during the timing
+                from deploy.export import manifest_preprocessing
                 from t2tvit.data import eval_transform_for
 
                 # the preprocessing the export recorded (the trainer's --crop-pct / --interpolation)
-                prep = {k: v for k, v in ((manifest or {}).get("preprocessing") or {}).items() if v is not None}
+                prep = manifest_preprocessing(manifest)
                 bar.step(f"loading up to {config.max_images} images from {config.data}", 0)
                 images, labels, _ = load_labelled(
                     config.data, eval_transform_for(meta_model, hw, **prep), config.max_images, info.get("num_classes")

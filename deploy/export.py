@@ -49,9 +49,11 @@ __all__ = [
     "MANIFEST",
     "PARITY",
     "PARITY_RANDOM_WEIGHTS",
+    "PREPROCESSING_KEYS",
     "ParityThreshold",
     "check_parity",
     "export_all",
+    "manifest_preprocessing",
     "prepare_out_dir",
     "read_manifest",
     "reference_logits",
@@ -365,6 +367,16 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
     os.replace(staging, out_dir)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# The eval preprocessing a manifest records (``t2tvit.data.eval_transform_for``'s keyword overrides).
+PREPROCESSING_KEYS = ("mean", "std", "crop_pct", "interpolation")
+
+
+def manifest_preprocessing(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """The preprocessing ``manifest`` recorded, as ``eval_transform_for`` keywords (unset ones left out)."""
+    recorded = (manifest or {}).get("preprocessing") or {}
+    return {k: recorded[k] for k in PREPROCESSING_KEYS if recorded.get(k) is not None}
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -266,14 +266,13 @@ def _stage_export(s: dict[str, Any], folder: Path, checkpoint: str) -> dict[str,
 def _stage_verify(s: dict[str, Any], folder: Path, export: Path, checkpoint: str) -> dict[str, Any]:
     import t2tvit
     from compress.quantize import load_images
-    from deploy.export import read_manifest, verify_artifacts
+    from deploy.export import manifest_preprocessing, read_manifest, verify_artifacts
     from t2tvit.data import eval_transform_for
 
     manifest = read_manifest(export)
     h, w = manifest["input"]["shape"][2:]
     model = t2tvit.create_model(s["model"], checkpoint=checkpoint, img_size=(h, w)).eval()
-    prep = {k: v for k, v in (manifest.get("preprocessing") or {}).items() if v is not None}
-    transform = eval_transform_for(model, (h, w), **prep)
+    transform = eval_transform_for(model, (h, w), **manifest_preprocessing(manifest))
     images, _ = load_images(_val_folder(s["data"]), transform, 128, seed=1, what="verification")
     results = verify_artifacts(export, model, images)
     (folder / "verify.json").write_text(json.dumps(results, indent=2))

@@ -115,7 +115,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import t2tvit
     from compress.quantize import check_qengine, load_images
     from deploy.base import ExportContext
-    from deploy.export import export_all
+    from deploy.export import PARITY_RANDOM_WEIGHTS, PREPROCESSING_KEYS, export_all
     from t2tvit.checkpoint import read_checkpoint
     from t2tvit.data import bundled_dataset_path, eval_transform_for
 
@@ -140,8 +140,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.checkpoint is None:  # random weights: the same ones every run, checked by logit movement
         import torch
 
-        from deploy.export import PARITY_RANDOM_WEIGHTS
-
         torch.manual_seed(0)
         thresholds = PARITY_RANDOM_WEIGHTS
     model = t2tvit.create_model(name, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=img_size)
@@ -165,7 +163,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     ctx.jit = args.jit
     cfg = model.pretrained_cfg | overrides
     meta = {
-        "preprocessing": {k: cfg.get(k) for k in ("mean", "std", "crop_pct", "interpolation")},
+        "preprocessing": {k: cfg.get(k) for k in PREPROCESSING_KEYS},
         "data": {
             "folder": str(folder),
             "parity_images": len(parity),

@@ -29,7 +29,6 @@ DEFAULT_MODEL = "t2t_vit_7"  # whose preprocessing a file that names no model ge
 # reference first, then the runtimes a CPU always has), else its first ok artifact.
 DEFAULT_FORMATS = ("torch", "onnx", "torchscript", "ptl", "executorch", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pth", ".tar", ".safetensors", ".bin", ".ckpt")
-_PREPROCESSING = ("mean", "std", "crop_pct", "interpolation")
 
 _EXAMPLES = """\
 examples:
@@ -185,6 +184,7 @@ def _pick_entry(folder: Path, manifest: dict[str, Any], want: Any) -> dict[str, 
 
 def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Artifact:
     from deploy.base import get_format
+    from deploy.export import manifest_preprocessing
 
     m = manifest.get("model") or {}
     shape = entry.get("input_shape") or (manifest.get("input") or {}).get("shape") or []
@@ -197,7 +197,7 @@ def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]
         model=m.get("model"),
         img_size=size,
         classes=[str(c) for c in classes] if isinstance(classes, list) else None,
-        preprocessing={k: v for k, v in (manifest.get("preprocessing") or {}).items() if k in _PREPROCESSING},
+        preprocessing=manifest_preprocessing(manifest),
         batch=tuple(entry["batch"]) if len(entry.get("batch") or ()) == 3 else None,
         status=entry.get("status"),
         reason=entry.get("reason"),
