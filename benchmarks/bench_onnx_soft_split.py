@@ -1,13 +1,18 @@
-"""The soft split in ONNX: one-hot grouped convolution (what export writes) vs the window gather.
+"""The soft split per runtime: one-hot grouped convolution vs the window gather, and where the time goes.
 
 PyTorch runs the soft split as a strided gather (``t2tvit.models.layers._windows_nchw`` /
 ``_windows_nhwc``). Exported to ONNX, that gather becomes 5-D and 6-D Transposes with inner
-dimensions of 3 or 7, which ONNX Runtime runs slowly; ``SoftSplit`` therefore exports itself as a
-grouped convolution with one-hot kernels (``_windows_conv``), which gives the same tokens bit for
-bit. This script measures that choice on whole models: for each model (random weights: latency
-does not depend on them) it exports the fp32 ONNX both ways and the dynamic int8 ONNX of each,
-checks the outputs agree, and times the four sessions interleaved at batch 1 with the profiler's
-own ``run_interleaved``.
+dimensions of 3 or 7, which ONNX Runtime runs slowly; ``SoftSplit`` therefore exports itself to
+ONNX as a grouped convolution with one-hot kernels (``_windows_conv``), the same tokens bit for
+bit, and keeps the gather everywhere else. This script measures that choice on whole models: for
+each model (random weights, seed 0: latency does not depend on them) it builds every runtime's
+artifact both ways -- ONNX fp32 and dynamic int8, PyTorch eager, frozen TorchScript, ExecuTorch
+fp32 when installed -- through the formats' own export and load, checks the two forms agree, and
+times all of them interleaved at batch 1 with the profiler's own ``run_interleaved``.
+
+It then profiles T2T-ViT-7 by operator: ONNX Runtime's profiler on both int8 ONNX files (share of
+Transpose and DynamicQuantizeMatMul) and ``torch.profiler`` on the eager model (share of the matrix
+products and of attention), the numbers the README's notes on the latency targets quote.
 
 Usage: ``python -m benchmarks.bench_onnx_soft_split [--models t2t_vit_7 t2t_vit_12] [--threads 2]``.
 Writes ``benchmarks/results/bench_onnx_soft_split.{md,json}``.
@@ -16,115 +21,202 @@ Writes ``benchmarks/results/bench_onnx_soft_split.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import collections
+import copy
 import datetime
 import json
 import shlex
 import sys
 import tempfile
-from collections.abc import Iterator
+import types
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+FORMS = ("gather", "conv")
 
 
-@contextlib.contextmanager
-def gather_in_onnx() -> Iterator[None]:
-    """Export the soft splits as the PyTorch gather (the formulation before the one-hot convolution)."""
+def with_soft_split(model: Any, form: str) -> Any:
+    """A copy of ``model`` whose soft splits always run as ``form`` ("gather" or "conv"), in every
+    runtime it is exported to (the instance's forward replaces the class's runtime switch)."""
     from t2tvit.models import layers
 
-    conv = layers._windows_conv
+    def forward(self: Any, x: Any) -> Any:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        if form == "conv":
+            return layers._windows_conv(x, k, s, p, self.channels_last)
+        return (layers._windows_nhwc if self.channels_last else layers._windows_nchw)(x, k, s, p)
 
-    def gather(x: Any, k: int, s: int, p: int, channels_last: bool) -> Any:
-        return (layers._windows_nhwc if channels_last else layers._windows_nchw)(x, k, s, p)
+    out = copy.deepcopy(model)
+    for module in out.modules():
+        if isinstance(module, layers.SoftSplit):
+            module.forward = types.MethodType(forward, module)
+    return out
 
-    layers._windows_conv = gather
-    try:
-        yield
-    finally:
-        layers._windows_conv = conv
+
+def _artifacts(model: Any, img_size: int, tmp: Path) -> dict[tuple[str, str], Any]:
+    """(runtime, form) -> a loaded Predictor, every runtime built through its format's own export."""
+    from compress.quantize import quantize_onnx_dynamic
+    from deploy.base import ExportContext, get_format
+    from deploy.torch_eager import TorchPredictor
+
+    ctx = ExportContext(img_size=(img_size, img_size), batch=(1, 1, 8))
+    out = {}
+    for form in FORMS:
+        m = with_soft_split(model, form).eval()
+        out[("torch eager", form)] = TorchPredictor(m, get_format("torch"), tmp / "in-memory")
+        built = {"onnx": tmp / f"{form}-fp32.onnx", "torchscript": tmp / f"{form}.pt"}
+        if not get_format("executorch").missing():
+            built["executorch"] = tmp / f"{form}.pte"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, path in built.items():
+                fmt = get_format(name)
+                fmt.impl().export(m, path, fmt, ctx)
+        quantize_onnx_dynamic(built["onnx"], tmp / f"{form}-int8.onnx")
+        built["onnx-int8-dynamic"] = tmp / f"{form}-int8.onnx"
+        for name in ("onnx", "onnx-int8-dynamic", "torchscript", "executorch"):
+            if name in built:
+                out[(name, form)] = get_format(name).impl().load(built[name], get_format(name))
+    return out
 
 
 def measure(model_name: str, img_size: int, threads: int, duration: float, rounds: int, tmp: Path) -> dict[str, Any]:
     import torch
 
     import t2tvit
-    from benchmarks.profiler import _timer, latency_stats, run_interleaved
+    from benchmarks.profiler import _executorch_threads, _timer, latency_stats, run_interleaved
+
+    torch.manual_seed(0)
+    model = t2tvit.create_model(model_name, img_size=img_size).eval()
+    _executorch_threads(threads)
+    predictors = _artifacts(model, img_size, tmp)
+    x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
+    runtimes = list(dict.fromkeys(r for r, _ in predictors))
+    outs = {key: p(x) for key, p in predictors.items()}
+    diff = {r: float(np.abs(outs[(r, "conv")] - outs[(r, "gather")]).max()) for r in runtimes}
+    steps = {f"{r} {f}": _timer(predictors[(r, f)], x, "cpu") for r, f in predictors}
+    samples, errors = run_interleaved(steps, rounds=rounds, min_runs=20, duration=duration, warmup=5)
+    if errors:
+        raise RuntimeError(f"timing failed: {errors}")
+    stats = {name: latency_stats(v) for name, v in samples.items()}
+    rows = []
+    for r in runtimes:
+        g, c = stats[f"{r} gather"]["p50_ms"], stats[f"{r} conv"]["p50_ms"]
+        rows.append(
+            {"runtime": r, "gather_p50_ms": g, "conv_p50_ms": c, "conv_over_gather": c / g, "max_abs_diff": diff[r]}
+        )
+    return {"model": model_name, "rows": rows, "stats": stats}
+
+
+def _ort_op_shares(path: Path, x: np.ndarray, threads: int, runs: int = 30) -> dict[str, float]:
+    """Share of ONNX Runtime's kernel time per operator type over ``runs`` calls."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling, options.log_severity_level = threads, True, 3
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for _ in range(runs):
+        session.run(None, {name: x})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return {op: d / total for op, d in per_op.most_common()}
+
+
+def _torch_op_shares(model: Any, x: Any, runs: int = 20) -> dict[str, float]:
+    """Share of ``torch.profiler``'s self CPU time per aten op over ``runs`` eager forwards."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(runs):
+                model(x)
+    per_op = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(per_op.values())
+    return {k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
+
+
+def op_profile(model_name: str, img_size: int, threads: int, tmp: Path) -> dict[str, Any]:
+    import torch
+
+    import t2tvit
     from compress.quantize import quantize_onnx_dynamic
     from deploy.base import ExportContext, get_format
-    from deploy.onnx import export_fp32, load
 
     torch.manual_seed(0)
     model = t2tvit.create_model(model_name, img_size=img_size).eval()
     ctx = ExportContext(img_size=(img_size, img_size), batch=(1, 1, 8))
-    paths = {}
-    for form in ("conv", "gather"):
-        fp32 = tmp / f"{model_name}-{form}.onnx"
-        with gather_in_onnx() if form == "gather" else contextlib.nullcontext():
-            export_fp32(model, fp32, ctx)
-        int8 = tmp / f"{model_name}-{form}-int8.onnx"
-        quantize_onnx_dynamic(fp32, int8)
-        paths[f"fp32 {form}"], paths[f"int8-dynamic {form}"] = fp32, int8
     x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
-    sessions = {
-        name: load(path, get_format("onnx-int8-dynamic" if "int8" in name else "onnx"), threads=threads)
-        for name, path in paths.items()
-    }
-    outs = {name: s(x) for name, s in sessions.items()}
-    diff = {
-        precision: float(np.abs(outs[f"{precision} conv"] - outs[f"{precision} gather"]).max())
-        for precision in ("fp32", "int8-dynamic")
-    }
-    samples, errors = run_interleaved(
-        {name: _timer(s, x, "cpu") for name, s in sessions.items()},
-        rounds=rounds,
-        min_runs=20,
-        duration=duration,
-        warmup=5,
-    )
-    if errors:
-        raise RuntimeError(f"timing failed: {errors}")
-    stats = {name: latency_stats(v) for name, v in samples.items()}
-    ratios = {
-        precision: stats[f"{precision} conv"]["p50_ms"] / stats[f"{precision} gather"]["p50_ms"]
-        for precision in ("fp32", "int8-dynamic")
-    }
-    sizes = {name: path.stat().st_size for name, path in paths.items()}
-    return {"model": model_name, "stats": stats, "ratio_conv_over_gather": ratios, "max_abs_diff": diff, "bytes": sizes}
+    onnx = {}
+    for form in FORMS:
+        fp32, int8 = tmp / f"ops-{form}.onnx", tmp / f"ops-{form}-int8.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_format("onnx").impl().export(with_soft_split(model, form), fp32, get_format("onnx"), ctx)
+        quantize_onnx_dynamic(fp32, int8)
+        onnx[f"onnx fp32 {form}"] = _ort_op_shares(fp32, x, threads)
+        onnx[f"onnx int8-dynamic {form}"] = _ort_op_shares(int8, x, threads)
+    eager = _torch_op_shares(model, torch.from_numpy(x))
+    return {"model": model_name, "onnx": onnx, "torch_eager": eager}
+
+
+_SHARE_OPS = {
+    "ONNX Runtime": ("Transpose", "DynamicQuantizeMatMul", "MatMul", "Conv", "LayerNormalization"),
+    "torch eager": ("aten::addmm", "aten::mm", "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::copy_"),
+}
 
 
 def render(result: dict[str, Any]) -> str:
     s = result["settings"]
     lines = [
-        "# Soft split in ONNX: one-hot grouped convolution vs window gather",
+        "# Soft split per runtime: one-hot grouped convolution vs window gather",
         "",
         f"- command: `{result['command']}`",
         f"- {result['versions']}, {result['cpu']}, {s['threads']} threads, {s['img_size']} px, batch 1, "
         f"{result['created']}",
-        f"- ONNX Runtime sessions timed interleaved ({s['rounds']} rounds, order rotated, >= {s['duration']} s "
-        "each); random weights",
+        f"- every artifact built through its format's own export and load, timed interleaved ({s['rounds']} "
+        f"rounds, order rotated, >= {s['duration']} s each); random weights (seed 0)",
+        "- what ships: the convolution in ONNX (and so in TensorRT engines built from it), the gather elsewhere",
         "",
-        "| model | precision | gather p50 (ms) | conv p50 (ms) | conv / gather | max abs diff of logits |",
+        "| model | runtime | gather p50 (ms) | conv p50 (ms) | conv / gather | max abs diff of logits |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for r in result["models"]:
-        for precision in ("fp32", "int8-dynamic"):
-            g, c = r["stats"][f"{precision} gather"], r["stats"][f"{precision} conv"]
+    for m in result["models"]:
+        for r in m["rows"]:
             lines.append(
-                f"| {r['model']} | {precision} | {g['p50_ms']:.2f} | {c['p50_ms']:.2f} | "
-                f"{r['ratio_conv_over_gather'][precision]:.3f} | {r['max_abs_diff'][precision]:.1e} |"
+                f"| {m['model']} | {r['runtime']} | {r['gather_p50_ms']:.2f} | {r['conv_p50_ms']:.2f} | "
+                f"{r['conv_over_gather']:.3f} | {r['max_abs_diff']:.1e} |"
             )
-    lines += [
-        "",
-        "Below 1: the convolution (what `t2t export` writes) is faster. The gather's 5-D/6-D Transposes are what",
-        "ONNX Runtime was slow at; in PyTorch eager, TorchScript and ExecuTorch/XNNPACK the gather stays, because",
-        "there the grouped convolution was slower (measured when the change was made: eager 18.3 vs 16.3 ms,",
-        "frozen TorchScript 16.3 vs 13.7 ms, ExecuTorch fp32 112.8 vs 28.3 ms for T2T-ViT-7 at 224 px).",
-        "",
-    ]
+    ops = result.get("op_profile")
+    if ops:
+        lines += [
+            "",
+            f"## Where the time goes: {ops['model']}, share of kernel time by operator",
+            "",
+            "ONNX Runtime's profiler (30 runs per file):",
+            "",
+            "| file | " + " | ".join(_SHARE_OPS["ONNX Runtime"]) + " |",
+            "|---|" + "---:|" * len(_SHARE_OPS["ONNX Runtime"]),
+        ]
+        for name, shares in ops["onnx"].items():
+            cells = " | ".join(f"{shares.get(op, 0.0) * 100:.1f}%" for op in _SHARE_OPS["ONNX Runtime"])
+            lines.append(f"| {name} | {cells} |")
+        eager = ops["torch_eager"]
+        cells = ", ".join(f"`{op}` {eager.get(op, 0.0) * 100:.1f}%" for op in _SHARE_OPS["torch eager"])
+        lines += ["", f"`torch.profiler` on the eager model (20 forwards, self CPU time): {cells}."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -135,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", default=["t2t_vit_7", "t2t_vit_12"])
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--duration", type=float, default=6.0, help="timed seconds per session, at least")
+    p.add_argument("--duration", type=float, default=6.0, help="timed seconds per artifact, at least")
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--no-op-profile", action="store_true", help="skip the per-operator profile of the first model")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_onnx_soft_split"))
     args = p.parse_args(argv)
 
@@ -144,12 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     from deploy.export import tool_versions
 
     torch.set_num_threads(args.threads)
-    models = []
+    models, ops = [], None
     with tempfile.TemporaryDirectory(prefix="t2t-split-") as tmp:
         for name in args.models:
-            print(f"{name}: exporting both ways and timing ...", file=sys.stderr, flush=True)
+            print(f"{name}: building every runtime both ways and timing ...", file=sys.stderr, flush=True)
             models.append(measure(name, args.img_size, args.threads, args.duration, args.rounds, Path(tmp)))
-    versions = tool_versions(("torch", "onnxruntime", "onnx"))
+        if not args.no_op_profile:
+            print(f"{args.models[0]}: profiling by operator ...", file=sys.stderr, flush=True)
+            ops = op_profile(args.models[0], args.img_size, args.threads, Path(tmp))
+    versions = tool_versions(("torch", "onnxruntime", "onnx", "executorch"))
     result = {
         "command": shlex.join(["python", "-m", "benchmarks.bench_onnx_soft_split", *(argv or sys.argv[1:])]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -157,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "settings": {k: getattr(args, k) for k in ("img_size", "threads", "duration", "rounds")},
         "models": models,
+        "op_profile": ops,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def _windows_conv(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) 
     # The same tokens, bit for bit, as a grouped convolution with one-hot kernels: output
     # channel c*k*k + i*k + j of group c copies pixel (i, j) of channel c's window, which is
     # nn.Unfold's (channel, row, column) order. Used for ONNX export only: ONNX Runtime runs
-    # the gather above as 5-D and 6-D Transposes that took 30% of a T2T-ViT-7's time at 224 px
+    # the gather above as 5-D and 6-D Transposes that took 26-33% of a T2T-ViT-7's time at 224 px
     # (the 3-D transposes here are cheap), while PyTorch's and XNNPACK's grouped convolutions
     # are slower than the gather (benchmarks/results/bench_onnx_soft_split.md).
     if channels_last:
