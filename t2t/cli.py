@@ -67,6 +67,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                     "params": s.params,
                     "macs": s.macs,
                     "tokens": v.tokens_type,
+                    "backbone": v.block_type,
                     "embed_dim": v.embed_dim,
                     "depth": v.depth,
                     "heads": v.num_heads,
@@ -78,14 +79,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2))
             return 0
         table = Table(title=f"T2T-ViT variants at {args.img_size}x{args.img_size}")
-        for col in ("model", "params", "MACs", "T2T", "dim", "depth", "heads", "top-1", "official file"):
-            table.add_column(col, justify="left" if col in ("model", "T2T", "official file") else "right", no_wrap=True)
+        for col in ("model", "params", "MACs", "T2T", "backbone", "dim", "depth", "heads", "top-1", "official file"):
+            left = col in ("model", "T2T", "backbone", "official file")
+            table.add_column(col, justify="left" if left else "right", no_wrap=True)
         for r in rows:
             table.add_row(
                 r["model"],
                 f"{r['params'] / 1e6:.2f}M",
                 f"{r['macs'] / 1e9:.2f}G",
                 r["tokens"],
+                r["backbone"],
                 str(r["embed_dim"]),
                 str(r["depth"]),
                 str(r["heads"]),

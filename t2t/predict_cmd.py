@@ -279,8 +279,9 @@ def _from_torch_file(path: Path, fmt: Any, model: str | None) -> Artifact:
 
 
 def _from_checkpoint(path: Path, obj: Any, model: str | None) -> Artifact:
-    from t2tvit.checkpoint import guess_variant, read_checkpoint, read_state_dict
+    from t2tvit.checkpoint import read_checkpoint, read_state_dict
     from t2tvit.errors import ConfigError
+    from t2tvit.models import guess_variant
 
     obj = read_checkpoint(path) if obj is None else obj
     args = obj.get("args") if isinstance(obj, dict) else None

@@ -10,9 +10,8 @@ The public API used by the rest of the toolkit::
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
-from .checkpoint import LoadReport, create_model, load_checkpoint
 from .errors import CheckpointError, ConfigError, T2TError
-from .models import VARIANTS, DistilledT2TViT, T2TViT, list_variants
+from .models import VARIANTS, DistilledT2TViT, LoadReport, T2TViT, create_model, list_variants, load_checkpoint
 
 try:
     __version__ = _version("t2tvit-edge")

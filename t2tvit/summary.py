@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import T2TViT
+from .models import DenseBlock, T2TViT
 
 __all__ = ["ModelSummary", "Stage", "count_macs", "summarize"]
 
@@ -60,6 +60,12 @@ def _to_meta(model: nn.Module) -> nn.Module:
     return clone.to("meta")
 
 
+def _backbone_desc(model: T2TViT) -> str:
+    n = len(model.blocks)
+    dense = sum(isinstance(b, DenseBlock) for b in model.blocks)
+    return f"{dense} dense blocks + {n - dense} transitions" if dense else f"{n} blocks"
+
+
 def summarize(model: T2TViT, name: str | None = None) -> ModelSummary:
     """Parameters (all tensors in ``parameters()``, frozen ones included, as the paper counts),
     MACs at the model's input size, and the token sequence after each T2T stage."""
@@ -75,9 +81,9 @@ def summarize(model: T2TViT, name: str | None = None) -> ModelSummary:
         Stage("soft split 2 (3x3 / 2)", t2t.num_patches, 64 * 9, t2t.grid_size),
         Stage("project", t2t.num_patches, model.embed_dim, t2t.grid_size),
         Stage(
-            f"backbone ({len(model.blocks)} blocks, +{model.num_prefix_tokens} prefix)",
+            f"backbone ({_backbone_desc(model)}, +{model.num_prefix_tokens} prefix)",
             t2t.num_patches + model.num_prefix_tokens,
-            model.embed_dim,
+            model.num_features,
             None,
         ),
     ]

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 import t2tvit
-from t2tvit.checkpoint import guess_variant, read_state_dict
-from t2tvit.models import sinusoid_table
+from t2tvit.checkpoint import read_state_dict
+from t2tvit.models import guess_variant, sinusoid_table
 
 
 @pytest.fixture(scope="module")
@@ -173,17 +173,42 @@ def test_pickled_code_is_never_executed(tmp_path) -> None:
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": {"a": torch.zeros(1)}, "payload": Evil()}, f)
-    with pytest.raises(t2tvit.CheckpointError, match="allow-list|not a readable"):
+    with pytest.raises(t2tvit.CheckpointError, match="safe loader refuses.*could run arbitrary code") as e:
+        t2tvit.create_model("t2t_vit_7", checkpoint=path)
+    assert not marker.exists()
+    assert "weights_only" not in str(e.value)
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "payload": Evil()}, path)  # a torch.save zip this time
+    unsafe = r"not on the allow-list \(builtins\.getattr, pathlib\.Path, pathlib\.PosixPath\)"
+    with pytest.raises(t2tvit.CheckpointError, match=unsafe):
         t2tvit.create_model("t2t_vit_7", checkpoint=path)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04garbage"])
-def test_corrupt_files_are_clear_errors(tmp_path, content) -> None:
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"", r"is empty \(0 bytes\)"),
+        (b"not a checkpoint at all", r"\(23 bytes\) is neither a zip archive \(torch.save\) nor a pickle"),
+        (b"PK\x03\x04garbage", "is a zip archive of 11 bytes but not a complete PyTorch checkpoint"),
+        (b"<!DOCTYPE html><html>404</html>", "HTML/XML page"),
+    ],
+)
+def test_corrupt_files_are_one_clear_sentence(tmp_path, content: bytes, what: str) -> None:
+    """Never torch's multi-line message, which advises re-running with weights_only=False."""
     path = tmp_path / "bad.pth.tar"
     path.write_bytes(content)
-    with pytest.raises(t2tvit.CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(t2tvit.CheckpointError, match=f"{what}.*; expected a PyTorch checkpoint") as e:
         t2tvit.create_model("t2t_vit_7", checkpoint=path)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path) -> None:
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": timm.create_model("t2t_vit_7").state_dict()}, good)
+    bad = tmp_path / "cut.pth"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(t2tvit.CheckpointError, match="zip archive of .* bytes but not a complete PyTorch checkpoint"):
+        t2tvit.create_model("t2t_vit_7", checkpoint=bad)
 
 
 def test_missing_file_and_unknown_model(tmp_path) -> None:

@@ -72,6 +72,28 @@ def test_user_errors_are_one_line_exit_2(args, message) -> None:
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_a_file_that_is_not_a_checkpoint_is_one_sentence_that_never_advises_unsafe_loading(tmp_path) -> None:
+    path = tmp_path / "download.pth.tar"
+    path.write_bytes(b"\x80\x02garbage that is not a checkpoint" * 3)
+    res = t2t("info", "--model", "t2t_vit_7", "--checkpoint", str(path))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "is a pickle of 102 bytes that the safe loader refuses" in res.stderr
+    assert "weights_only" not in res.stderr
+
+
+def test_info_lists_the_cnn_to_t2t_variants() -> None:
+    res = t2t("info", "--list", "--json")
+    rows = {r["model"]: r for r in json.loads(res.stdout)}
+    assert (rows["t2t_vit_dense"]["params"], rows["t2t_vit_dense"]["backbone"]) == (23_647_062, "dense")
+    assert (rows["t2t_vit_14_se"]["params"], rows["t2t_vit_14_se"]["backbone"]) == (21_803_598, "se")
+    assert (rows["t2t_vit_16_ghost"]["params"], rows["t2t_vit_16_ghost"]["backbone"]) == (16_253_262, "ghost")
+    assert round(rows["t2t_vit_dense"]["macs"] / 1e9, 2) == 5.28
+    assert round(rows["t2t_vit_14_se"]["macs"] / 1e9, 2) == 4.78
+    assert round(rows["t2t_vit_16_ghost"]["macs"] / 1e9, 2) == 3.80
+    assert "t2t_vit_16_ghost_distilled" in rows
+
+
 def test_console_script_is_installed() -> None:
     exe = shutil.which("t2t") or os.path.join(os.path.dirname(sys.executable), "t2t")
     if not os.path.exists(exe):

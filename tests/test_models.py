@@ -27,6 +27,10 @@ OFFICIAL_PARAMS = {
     "t2t_vit_t_24": 64_101_454,
     "t2t_vit_14_resnext": 21_545_550,
     "t2t_vit_14_wide": 25_156_302,
+    # The paper's "CNN to T2T-ViT" variants (official models/t2t_vit_{dense,se,ghost}.py).
+    "t2t_vit_dense": 23_647_062,
+    "t2t_vit_14_se": 21_803_598,
+    "t2t_vit_16_ghost": 16_253_262,
 }
 
 
@@ -44,8 +48,9 @@ def test_exact_parameter_counts(name: str) -> None:
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
 def test_distilled_twin_adds_exactly_a_token_a_head_and_a_position(name: str) -> None:
     v = t2tvit.VARIANTS[name]
-    extra = v.embed_dim + (v.embed_dim * 1000 + 1000) + v.embed_dim  # dist_token, head_dist, one more row
     model = timm.create_model(name + "_distilled")
+    # dist_token, head_dist (on the backbone's output width), one more position row
+    extra = v.embed_dim + (model.num_features * 1000 + 1000) + v.embed_dim
     assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name] + extra
 
 
@@ -87,7 +92,7 @@ def test_forward_shapes(name: str, size: int) -> None:
         out = model(_images(1, size))
         tokens = model.forward_features(_images(1, size))
     assert out.shape == (1, 10)
-    assert tokens.shape == (1, (size // 16) ** 2 + 1, t2tvit.VARIANTS[name].embed_dim)
+    assert tokens.shape == (1, (size // 16) ** 2 + 1, model.num_features)
     assert torch.isfinite(out).all()
 
 
@@ -127,25 +132,45 @@ def test_matches_straightforward_formulation(name: str) -> None:
             assert (pa.grad - pb.grad).abs().max() <= 1e-3 * pb.grad.abs().max() + 1e-8, key
 
 
-def test_performer_core_is_exact_where_the_official_epsilon_is_not() -> None:
-    """Against a float64 evaluation of the same formula, the stabilised core is exact to fp32
-    rounding; the official 1e-8 epsilon biases rows whose denominator is small."""
+def _official_core_float64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The official Performer attention, evaluated directly in float64 (epsilon included)."""
+    qd, kd, vd, wd = q.double(), k.double(), v.double(), w.double()
+    m = wd.shape[0]
+    qp = torch.exp(qd @ wd.t() - 0.5 * (qd * qd).sum(-1, keepdim=True)) / math.sqrt(m)
+    kp = torch.exp(kd @ wd.t() - 0.5 * (kd * kd).sum(-1, keepdim=True)) / math.sqrt(m)
+    d = qp @ kp.sum(1, keepdim=True).transpose(1, 2)
+    return (qp @ (kp.transpose(1, 2) @ vd)) / (d + 1e-8)
+
+
+@pytest.mark.parametrize("kqv_scale", [1.0, 3.0])
+def test_performer_core_computes_the_official_formula_epsilon_included(kqv_scale: float) -> None:
+    """Against a float64 evaluation of the official formula (``+ 1e-8`` included) the core is exact
+    to fp32 rounding, including rows whose denominator is at or below the epsilon, where the
+    formula without it is not."""
     torch.manual_seed(0)
     p = TokenPerformer(147, 64).eval()
     with torch.no_grad():
+        p.kqv.weight.mul_(kqv_scale)
         k, q, v = p.kqv(p.norm1(torch.randn(2, 3136, 147))).split(64, dim=-1)
         ours = _performer_core_fp32(q, k, v, p.w).double()
-        kd, qd, vd, w = k.double(), q.double(), v.double(), p.w.double()
-        qp = torch.exp(qd @ w.t() - 0.5 * (qd * qd).sum(-1, keepdim=True))
-        kp = torch.exp(kd @ w.t() - 0.5 * (kd * kd).sum(-1, keepdim=True))
-        exact = (qp @ (kp.transpose(1, 2) @ vd)) / (qp @ kp.sum(1, keepdim=True).transpose(1, 2))
-    assert (ours - exact).abs().max().item() < 1e-5
+        exact = _official_core_float64(q, k, v, p.w)
+        qd, kd, wd = q.double(), k.double(), p.w.double()
+        qp = torch.exp(qd @ wd.t() - 0.5 * (qd * qd).sum(-1, keepdim=True)) / math.sqrt(32)
+        kp = torch.exp(kd @ wd.t() - 0.5 * (kd * kd).sum(-1, keepdim=True)) / math.sqrt(32)
+        d = qp @ kp.sum(1, keepdim=True).transpose(1, 2)
+    scale = exact.abs().max().item()
+    assert (ours - exact).abs().max().item() <= 1e-5 * scale
+    if kqv_scale > 1:  # the case the epsilon decides: denominators far below 1e-8
+        assert d.min().item() < 1e-8
+        no_eps = exact * (d + 1e-8) / d
+        assert (no_eps - exact).abs().max().item() > 100 * (ours - exact).abs().max().item()
 
 
 def test_performer_core_gradient_is_finite_where_the_direct_ratio_underflows() -> None:
-    """Queries favour a feature that every key has underflowed in: the denominator of the
-    direct ratio is 0 in float32 (the official kernel returns noise; a clamped ratio has an
-    infinite gradient). The core's value and gradient stay finite and match float64."""
+    """Queries favour a feature that every key has underflowed in: in float32 the official
+    kernel's features underflow (its ratio is noise; a ratio clamped away from 0 has an infinite
+    gradient). The core's value and gradient stay finite and match the official formula
+    evaluated in float64, where nothing underflows."""
     w = torch.eye(2) * 30.0
     k = torch.tensor([[[3.0, -3.0]] * 4])  # every key along feature 0
     q = torch.tensor([[[-3.0, 3.0]] * 3])  # every query along feature 1
@@ -154,11 +179,8 @@ def test_performer_core_gradient_is_finite_where_the_direct_ratio_underflows() -
     out = _performer_core_fp32(q, k, v, w)
     out.sum().backward()
     assert torch.isfinite(out).all() and torch.isfinite(q.grad).all()
-    qd, kd, vd, wd = q.detach().double(), k.double(), v.double(), w.double()
-    log_qp = qd @ wd.t()  # the constants cancel; evaluate the ratio in log space in float64
-    log_kp = kd @ wd.t() - 0.5 * (kd * kd).sum(-1, keepdim=True)
-    weights = torch.softmax((log_qp.unsqueeze(2) + log_kp.unsqueeze(1)).logsumexp(-1), dim=-1)  # (B, Tq, Tk)
-    torch.testing.assert_close(out.double(), weights @ vd, atol=1e-6, rtol=1e-6)
+    assert q.grad.abs().max() > 0
+    torch.testing.assert_close(out.double(), _official_core_float64(q.detach(), k, v, w), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -1,30 +1,46 @@
 """The T2T-ViT model family; importing this registers every variant with timm."""
 
-from .layers import Attention, Block, SoftSplit, TokenPerformer, TokenTransformer, sinusoid_table
-from .t2t_vit import (
-    DISTILLED_SUFFIX,
-    VARIANTS,
-    DistilledT2TViT,
-    T2TModule,
-    T2TViT,
-    Variant,
-    list_variants,
-    to_2tuple_size,
+from .layers import (
+    Attention,
+    Block,
+    DenseBlock,
+    GhostAttention,
+    GhostMlp,
+    SELayer,
+    SoftSplit,
+    TokenPerformer,
+    TokenTransformer,
+    Transition,
+    sinusoid_table,
 )
+from .t2t_vit import DistilledT2TViT, T2TModule, T2TViT, to_2tuple_size
+from .variants import DISTILLED_SUFFIX, VARIANTS, Variant, list_variants
+from .weights import LoadReport, create_model, filter_state_dict, guess_variant, is_t2t_vit, load_checkpoint
 
 __all__ = [
     "DISTILLED_SUFFIX",
     "VARIANTS",
     "Attention",
     "Block",
+    "DenseBlock",
     "DistilledT2TViT",
-    "T2TModule",
+    "GhostAttention",
+    "GhostMlp",
+    "LoadReport",
+    "SELayer",
     "SoftSplit",
+    "T2TModule",
     "T2TViT",
     "TokenPerformer",
     "TokenTransformer",
+    "Transition",
     "Variant",
+    "create_model",
+    "filter_state_dict",
+    "guess_variant",
+    "is_t2t_vit",
     "list_variants",
+    "load_checkpoint",
     "sinusoid_table",
     "to_2tuple_size",
 ]

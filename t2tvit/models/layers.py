@@ -32,9 +32,14 @@ from torch import nn
 __all__ = [
     "Attention",
     "Block",
+    "DenseBlock",
+    "GhostAttention",
+    "GhostMlp",
+    "SELayer",
     "SoftSplit",
     "TokenPerformer",
     "TokenTransformer",
+    "Transition",
     "sinusoid_table",
 ]
 
@@ -77,16 +82,24 @@ class SoftSplit(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s, p = self.kernel_size, self.stride, self.padding
-        if not torch.jit.is_scripting():  # TorchScript skips this block
-            if torch.onnx.is_in_onnx_export():
-                return _windows_conv(x, k, s, p, self.channels_last)
-        if not self.channels_last:
-            return _windows_nchw(x, k, s, p)
-        if not torch.jit.is_scripting():
-            if x.requires_grad and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
-                return _SoftSplitNHWC.apply(x, k, s, p)
-        return _windows_nhwc(x, k, s, p)
+        return soft_split(x, self.kernel_size, self.stride, self.padding, self.channels_last)
+
+
+def soft_split(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) -> torch.Tensor:
+    """The windows of :class:`SoftSplit`, by the fastest exact route for the caller.
+
+    A leaf for ``torch.fx`` (see the ``torch.fx.wrap`` calls below): a symbolically traced model
+    calls this function as a whole, so its run-time branches (autograd, ONNX export) still apply.
+    """
+    if not torch.jit.is_scripting():  # TorchScript skips this block
+        if torch.onnx.is_in_onnx_export():
+            return _windows_conv(x, k, s, p, channels_last)
+    if not channels_last:
+        return _windows_nchw(x, k, s, p)
+    if not torch.jit.is_scripting():
+        if x.requires_grad and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            return _SoftSplitNHWC.apply(x, k, s, p)
+    return _windows_nhwc(x, k, s, p)
 
 
 def _windows_nchw(x: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:
@@ -143,7 +156,8 @@ class _SoftSplitNHWC(torch.autograd.Function):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention of the backbone (keys ``qkv``, ``proj``)."""
+    """Multi-head self-attention of the backbone (keys ``qkv``, ``proj``; ``se_layer`` with ``se``:
+    T2T-ViT-SE's squeeze-and-excitation after the projection)."""
 
     def __init__(
         self,
@@ -153,6 +167,7 @@ class Attention(nn.Module):
         qk_scale: float | None = None,
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        se: bool = False,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -165,21 +180,123 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
+        self.se_layer = SELayer(dim) if se else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
+        return self.proj_drop(self.se_layer(self.proj(x)))
+
+
+def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float) -> torch.Tensor:
+    """(B, heads, N, d) queries, keys, values -> (B, N, heads * d) attention output."""
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    return x.transpose(1, 2).flatten(2)
+
+
+class SELayer(nn.Module):
+    """Squeeze-and-excitation over tokens (T2T-ViT-SE): channel gates from the token mean.
+
+    Keys ``fc.0`` / ``fc.2`` as in the official ``SELayer`` (reduction 16, no biases).
+    """
+
+    def __init__(self, channel: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Sequential(
+            nn.Linear(channel, channel // reduction, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(channel // reduction, channel, bias=False),
+            nn.Sigmoid(),
         )
-        x = x.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, C)
+        return x * self.fc(x.mean(dim=1, keepdim=True))
+
+
+def _ghost(x: torch.Tensor, cheap_weight: torch.Tensor) -> torch.Tensor:
+    # The official ghost features apply a depthwise Conv1d of kernel 1 to (B, C, N): that is a
+    # per-channel scale, computed here on (B, N, C) directly instead of through two transposes.
+    return x * cheap_weight.view(-1)
+
+
+class GhostAttention(nn.Module):
+    """T2T-ViT-Ghost attention: q, k, v are half-width projections, each doubled with a cheap
+    per-channel copy (``cheap_operation_*``, official depthwise 1x1 ``Conv1d`` weights)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads or dim % 2:
+            raise ValueError(f"embed dim {dim} must be even and divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads) ** -0.5  # head_dim ** -0.5, as for Attention
+        half = dim // 2
+        self.q = nn.Linear(dim, half, bias=qkv_bias)
+        self.k = nn.Linear(dim, half, bias=qkv_bias)
+        self.v = nn.Linear(dim, half, bias=qkv_bias)
+        self.cheap_operation_q = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
+        self.cheap_operation_k = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
+        self.cheap_operation_v = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: torch.Tensor, cheap_weight: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        return torch.cat((x, _ghost(x, cheap_weight)), dim=2).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self._heads(self.q(x), self.cheap_operation_q.weight)
+        k = self._heads(self.k(x), self.cheap_operation_k.weight)
+        v = self._heads(self.v(x), self.cheap_operation_v.weight)
+        x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
         return self.proj_drop(self.proj(x))
 
 
+class GhostMlp(nn.Module):
+    """T2T-ViT-Ghost MLP: a square ``fc1`` whose output is tripled by two cheap per-channel copies
+    (``cheap_operation2/3``), then ``fc2`` from the 3x-wide concatenation, as in the official
+    ``Mlp_ghost`` (which needs ``hidden_features == 3 * in_features``)."""
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU, drop: float = 0.0):
+        super().__init__()
+        if hidden_features != 3 * in_features:
+            raise ValueError(f"the ghost MLP needs hidden_features = 3 x in_features, got {hidden_features}")
+        self.fc1 = nn.Linear(in_features, in_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+        self.cheap_operation2 = nn.Conv1d(in_features, in_features, kernel_size=1, groups=in_features, bias=False)
+        self.cheap_operation3 = nn.Conv1d(in_features, in_features, kernel_size=1, groups=in_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.act(self.fc1(x))
+        x2 = self.act(_ghost(x1, self.cheap_operation2.weight))
+        x3 = self.act(_ghost(x1, self.cheap_operation3.weight))
+        x = self.drop(torch.cat((x1, x2, x3), dim=2))
+        return self.drop(self.fc2(x))
+
+
+BLOCK_TYPES = ("vit", "se", "ghost", "dense")
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block of the deep-narrow backbone."""
+    """Pre-norm transformer block of the deep-narrow backbone.
+
+    ``block_type`` picks the official backbone variant: ``"vit"`` (T2T-ViT), ``"se"``
+    (squeeze-and-excitation after the attention projection, T2T-ViT-SE) or ``"ghost"`` (ghost
+    attention and MLP, T2T-ViT-Ghost). Dense blocks are :class:`DenseBlock`.
+    """
 
     def __init__(
         self,
@@ -192,17 +309,54 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
+        block_type: str = "vit",
     ) -> None:
         super().__init__()
+        if block_type not in ("vit", "se", "ghost"):
+            raise ValueError(f"block_type must be 'vit', 'se' or 'ghost', not {block_type!r}")
+        hidden = int(dim * mlp_ratio)
         self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        if block_type == "ghost":
+            self.attn: nn.Module = GhostAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        else:
+            self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, se=block_type == "se")
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        if block_type == "ghost":
+            self.mlp: nn.Module = GhostMlp(dim, hidden, act_layer=nn.GELU, drop=drop)
+        else:
+            self.mlp = Mlp(dim, hidden, act_layer=nn.GELU, drop=drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._residual_block(x)
+
+    def _residual_block(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class DenseBlock(Block):
+    """T2T-ViT-Dense block: a transformer block whose output, projected to ``growth_rate``
+    channels (``dense_linear``), is concatenated to its input (DenseNet's connectivity)."""
+
+    def __init__(self, growth_rate: int, dim: int, num_heads: int, **kwargs) -> None:
+        super().__init__(dim, num_heads, **kwargs)
+        self.dense_linear = nn.Linear(dim, growth_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((x, self.dense_linear(self._residual_block(x))), dim=2)
+
+
+class Transition(nn.Module):
+    """T2T-ViT-Dense transition between dense stages: linear (halving the width), then GELU."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.act = nn.GELU()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.linear(x))
 
 
 class TokenTransformer(nn.Module):
@@ -274,20 +428,19 @@ class TokenPerformer(nn.Module):
 
     The official forward computes, with ``phi(x) = exp(w x - |x|^2 / 2) / sqrt(m)``::
 
-        y = phi(q) (phi(k)^T v) / (phi(q) . sum_t phi(k_t) + 1e-8)
+        y = phi(q) (phi(k)^T v) / (D + 1e-8),    D = phi(q) . sum_t phi(k_t)
 
-    With ``K_m = sum_t phi(k_t)_m`` this is exactly a two-step softmax attention::
-
-        y_t = sum_m softmax_m(w q_t + log K)_m * (sum_t' softmax_t'(w k - |k|^2/2)_{t'm} v_t')
-
-    (constants along a query row, or over all keys of an image, cancel in the ratio), which
-    is what we compute: both softmaxes and ``log K`` (a logsumexp) are stable in value *and
-    gradient* for any input. The direct ratio is not: when the features a query favours
-    are ones every key has underflowed in, the denominator underflows to 0, the official
-    ``+ 1e-8`` turns the row into noise, and a ratio clamped away from 0 has an infinite
-    gradient (a T2T-ViT-7 trained on the digits hit this in fp32 after one epoch). The
-    core runs in float32 even under autocast. The result equals the official formula to
-    float32 rounding wherever that formula is well conditioned.
+    We compute the same function in three stable pieces (see :func:`_performer_core_fp32`):
+    the ratio ``N / D`` as a two-step softmax attention, ``log D`` as a logsumexp, and the
+    epsilon as the factor ``D / (D + 1e-8) = sigmoid(log D - log 1e-8)``. The epsilon is part
+    of the function the official weights were trained with: when ``D`` falls near or below
+    1e-8 (it does in trained models, e.g. ~1.7e-9 in ``attention2`` of a perturbed T2T-ViT-7)
+    it shrinks the row, and dropping it moved logits by 2.5e-4 of the largest logit and flipped
+    1.1% of a trained student's predictions. The direct ratio is what is unstable: ``exp``
+    overflows in fp16 (the official code returns NaN under fp16 autocast) and underflows in
+    fp32 once ``|k|`` or ``|q|`` exceeds about 13, and its gradient through a denominator near 0
+    is infinite. Ours stays finite in value and gradient for any input, runs in float32 even
+    under autocast, and equals a float64 evaluation of the official formula to float32 rounding.
     """
 
     def __init__(
@@ -338,9 +491,26 @@ def _performer_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.
 
 
 def _performer_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    # With a = w q - |q|^2/2 and b = w k - |k|^2/2 (the logs of phi(q), phi(k) times sqrt(m)):
+    #   K_m = sum_s exp(b_sm)                        -> log_k, a logsumexp over tokens
+    #   N / D = softmax_m(w q + log K) @ (softmax_s(b)^T v)   (|q|^2/2 and 1/m cancel in the ratio)
+    #   log D = logsumexp_m(w q + log K) - |q|^2/2 - log m    (the constants do not cancel here)
+    #   official y = N / (D + eps) = (N / D) * sigmoid(log D - log eps)
     q, k, v, w = q.float(), k.float(), v.float(), w.float()
-    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, T, m): log phi(k), up to a constant
-    log_k = torch.logsumexp(wk, dim=1, keepdim=True)  # (B, 1, m): log K_m
+    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, T, m)
+    log_k = torch.logsumexp(wk, dim=1, keepdim=True)  # (B, 1, m)
     attn_k = torch.exp(wk - log_k)  # softmax over tokens, one distribution per feature
-    attn_q = torch.softmax(q @ w.t() + log_k, dim=-1)  # (B, T, m): softmax over features
-    return attn_q @ (attn_k.transpose(1, 2) @ v)  # (B, T, m) @ (B, m, e)
+    z = q @ w.t() + log_k  # (B, T, m)
+    log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, T, 1)
+    attn_q = torch.exp(z - log_z)  # softmax over features
+    log_d = log_z - 0.5 * (q * q).sum(dim=-1, keepdim=True) - math.log(w.shape[0])
+    # D / (D + eps) with the official eps = 1e-8 (token_performer.py's ``self.epsilon``).
+    gate = torch.sigmoid(log_d - math.log(1e-8))
+    return (attn_q @ (attn_k.transpose(1, 2) @ v)) * gate  # (B, T, m) @ (B, m, e)
+
+
+# torch.fx leaves: symbolic tracing (timm's FX feature extraction, torch.fx.symbolic_trace) records
+# a call to each of these instead of tracing into its data-dependent branches (autocast state,
+# requires_grad, ONNX export), which the traced graph then still takes at run time.
+torch.fx.wrap("soft_split")
+torch.fx.wrap("_performer_core")

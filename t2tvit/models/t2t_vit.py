@@ -4,6 +4,14 @@ Every official variant, and a DeiT-style distilled twin of each (``*_distilled``
 is registered with timm, so ``timm.create_model("t2t_vit_7")`` works once
 ``t2tvit`` is imported. State-dict keys and shapes are the official ones.
 
+The models keep timm's model contract: ``pretrained_cfg``, ``features_only=True``
+(multi-scale: the T2T module's stride-4 and stride-8 token maps, then every block at
+stride 16), ``forward_intermediates``, ``feature_info``, ``reset_classifier``,
+``set_grad_checkpointing``, ``group_matcher``, ``torch.fx`` tracing and
+``torch.jit.script``. ``dynamic_img_size=True`` accepts any multiple-of-16 input at run
+time *exactly*: the position table is a fixed sinusoid of the flattened token index, so the
+table for another grid is computed, not interpolated.
+
 Differences from the official code, all deliberate:
 
 * ``forward_features`` returns the normalised token sequence and
@@ -11,72 +19,36 @@ Differences from the official code, all deliberate:
   official ``forward_features`` returning the pooled class token;
 * the backbone attention scale is always ``head_dim ** -0.5`` (the official
   ``pretrained=True`` factories switch to ``embed_dim ** -0.5``, a known bug);
-* faster and fp16-safe attention kernels (see :mod:`t2tvit.models.layers`).
+* faster and fp16-safe attention kernels that compute the official function
+  (see :mod:`t2tvit.models.layers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import register_model
+from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .layers import Block, SoftSplit, TokenPerformer, TokenTransformer, sinusoid_table
+from .layers import Block, DenseBlock, SoftSplit, TokenPerformer, TokenTransformer, Transition, sinusoid_table
+from .variants import DISTILLED_SUFFIX, VARIANTS, list_variants
 
 __all__ = [
-    "VARIANTS",
     "DistilledT2TViT",
     "T2TModule",
     "T2TViT",
-    "Variant",
-    "list_variants",
     "to_2tuple_size",
 ]
 
-
-@dataclass(frozen=True)
-class Variant:
-    """Architecture of one official variant (what the factories and checkpoint checks read)."""
-
-    tokens_type: str  # "performer" or "transformer" in the T2T module
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-    paper_top1: float | None  # ImageNet top-1 of the official released weights, for reference
-    official_file: str  # file name of the official release ("" where none was released)
-
-
-VARIANTS: dict[str, Variant] = {
-    "t2t_vit_7": Variant("performer", 256, 7, 4, 2.0, 71.7, "71.7_T2T_ViT_7.pth.tar"),
-    "t2t_vit_10": Variant("performer", 256, 10, 4, 2.0, 75.2, "75.2_T2T_ViT_10.pth.tar"),
-    "t2t_vit_12": Variant("performer", 256, 12, 4, 2.0, 76.5, "76.5_T2T_ViT_12.pth.tar"),
-    "t2t_vit_14": Variant("performer", 384, 14, 6, 3.0, 81.5, "81.5_T2T_ViT_14.pth.tar"),
-    "t2t_vit_19": Variant("performer", 448, 19, 7, 3.0, 81.9, "81.9_T2T_ViT_19.pth.tar"),
-    "t2t_vit_24": Variant("performer", 512, 24, 8, 3.0, 82.3, "82.3_T2T_ViT_24.pth.tar"),
-    "t2t_vit_t_14": Variant("transformer", 384, 14, 6, 3.0, 81.7, "81.7_T2T_ViTt_14.pth.tar"),
-    "t2t_vit_t_19": Variant("transformer", 448, 19, 7, 3.0, 82.4, "82.4_T2T_ViTt_19.pth.tar"),
-    "t2t_vit_t_24": Variant("transformer", 512, 24, 8, 3.0, 82.6, "82.6_T2T_ViTt_24.pth.tar"),
-    "t2t_vit_14_resnext": Variant("performer", 384, 14, 32, 3.0, None, ""),
-    "t2t_vit_14_wide": Variant("performer", 768, 4, 12, 3.0, None, ""),
-}
-
-DISTILLED_SUFFIX = "_distilled"
-
-
-def list_variants(distilled: bool | None = None) -> list[str]:
-    """Names of all registered T2T-ViT models (``distilled``: only / none / both)."""
-    base = list(VARIANTS)
-    dist = [n + DISTILLED_SUFFIX for n in base]
-    if distilled is None:
-        return base + dist
-    return dist if distilled else base
+_POOLS = ("token", "avg", "")
 
 
 def to_2tuple_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -91,6 +63,37 @@ def to_2tuple_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, in
             "downsample by 4, 2 and 2; use e.g. 224 or 384"
         )
     return size  # type: ignore[return-value]
+
+
+def _check_images(x: torch.Tensor, in_chans: int, img_size: tuple[int, int], dynamic: bool) -> None:
+    """One clear error for a batch the model cannot take (a ``torch.fx`` leaf: see the end of the file)."""
+    if x.dim() == 4 and x.shape[1] == in_chans:
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if (h, w) == img_size or (dynamic and h > 0 and w > 0 and h % 16 == 0 and w % 16 == 0):
+            return
+    if dynamic:
+        raise ConfigError(
+            f"expected a batch of images shaped (B, {in_chans}, H, W) with H and W positive multiples of 16, "
+            f"got {tuple(x.shape)}"
+        )
+    raise ConfigError(
+        f"expected a batch of images shaped (B, {in_chans}, {img_size[0]}, {img_size[1]}), got {tuple(x.shape)}; "
+        "build the model with img_size=... for another input size, or dynamic_img_size=True for any multiple of 16"
+    )
+
+
+@lru_cache(maxsize=16)
+def _cached_table(n_position: int, dim: int) -> torch.Tensor:
+    return sinusoid_table(n_position, dim)
+
+
+def _position_table(x: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
+    """The position table for ``x``'s token count: the model's own when it matches, else the exact
+    table the official code would build for that count (computed once per count, then cached)."""
+    n = x.shape[1]
+    if n == pos_embed.shape[1]:
+        return pos_embed
+    return _cached_table(n, pos_embed.shape[-1]).to(device=pos_embed.device, dtype=pos_embed.dtype)
 
 
 class T2TModule(nn.Module):
@@ -108,6 +111,8 @@ class T2TModule(nn.Module):
         super().__init__()
         self.img_size = to_2tuple_size(img_size)
         self.tokens_type = tokens_type
+        self.token_dim = token_dim
+        self.grad_checkpointing = False
         self.soft_split0 = SoftSplit(kernel_size=7, stride=4, padding=2, channels_last=False)
         self.soft_split1 = SoftSplit(kernel_size=3, stride=2, padding=1, channels_last=True)
         self.soft_split2 = SoftSplit(kernel_size=3, stride=2, padding=1, channels_last=True)
@@ -123,16 +128,61 @@ class T2TModule(nn.Module):
         self.grid_size = (self.img_size[0] // 16, self.img_size[1] // 16)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
 
+    # Tokens stay token-major throughout: (B, L, C) viewed as a (B, h, w, C) map.
+    def stage1(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> (B, HW/16, token_dim) tokens on the stride-4 grid."""
+        x = self.soft_split0(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self.attention1, x, use_reentrant=False)
+        return self.attention1(x)
+
+    def stage2(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Stride-4 tokens -> (B, HW/64, token_dim) tokens on the stride-8 grid."""
+        x = self.soft_split1(x.reshape(x.shape[0], height // 4, width // 4, -1))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(self.attention2, x, use_reentrant=False)
+        return self.attention2(x)
+
+    def embed(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Stride-8 tokens -> (B, HW/256, embed_dim) patch tokens on the stride-16 grid."""
+        return self.project(self.soft_split2(x.reshape(x.shape[0], height // 8, width // 8, -1)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        # Tokens stay token-major throughout: (B, L, C) viewed as a (B, h, w, C) map.
-        x = self.attention1(self.soft_split0(x))  # (B, HW/16, 64)
-        x = self.attention2(self.soft_split1(x.reshape(B, H // 4, W // 4, -1)))  # (B, HW/64, 64)
-        return self.project(self.soft_split2(x.reshape(B, H // 8, W // 8, -1)))  # (B, HW/256, embed_dim)
+        H, W = x.shape[2], x.shape[3]
+        return self.embed(self.stage2(self.stage1(x), H, W), H, W)
+
+
+def _dense_backbone(
+    embed_dim: int, growth_rate: int, block_config: tuple[int, ...], drop_path_rate: float, **block_kwargs: Any
+) -> tuple[list[nn.Module], list[int]]:
+    """T2T-ViT-Dense's blocks and transitions, and the width each one outputs.
+
+    Drop path follows the official code exactly, quirk included: its stage ``i`` blocks all get
+    ``linspace(0, rate, 12)[i]`` (the constructor's unused default depth of 12, indexed by stage).
+    """
+    modules: list[nn.Module] = []
+    widths: list[int] = []
+    dim = embed_dim
+    for i, n in enumerate(block_config):
+        rate = drop_path_rate * i / 11
+        for j in range(n):
+            modules.append(DenseBlock(growth_rate, dim + j * growth_rate, drop_path=rate, **block_kwargs))
+            widths.append(dim + (j + 1) * growth_rate)
+        dim += n * growth_rate
+        if i != len(block_config) - 1:
+            modules.append(Transition(dim, dim // 2))
+            dim //= 2
+            widths.append(dim)
+    return modules, widths
 
 
 class T2TViT(nn.Module):
-    """T2T module, class token, fixed sinusoid positions, deep-narrow transformer, linear head."""
+    """T2T module, class token, fixed sinusoid positions, deep-narrow transformer, linear head.
+
+    ``block_type`` selects the backbone of the official variants (``"vit"``, ``"se"``,
+    ``"ghost"``, or ``"dense"`` with ``growth_rate`` and ``block_config``, whose output is
+    wider than ``embed_dim``: ``num_features`` is the width the norm and head see).
+    """
 
     num_prefix_tokens = 1
 
@@ -153,14 +203,25 @@ class T2TViT(nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: type[nn.Module] = nn.LayerNorm,
         token_dim: int = 64,
+        block_type: str = "vit",
+        growth_rate: int = 32,
+        block_config: tuple[int, ...] | None = None,
+        global_pool: str = "token",
+        dynamic_img_size: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0 (0 means no head), not {num_classes}")
+        if global_pool not in _POOLS:
+            raise ConfigError(f"global_pool must be one of {_POOLS}, not {global_pool!r}")
         self.img_size = to_2tuple_size(img_size)
+        self.num_prefix_tokens = type(self).num_prefix_tokens  # an instance attribute TorchScript can read
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.embed_dim = embed_dim
         self.tokens_to_token = T2TModule(self.img_size, tokens_type, in_chans, embed_dim, token_dim)
         num_patches = self.tokens_to_token.num_patches
 
@@ -169,14 +230,33 @@ class T2TViT(nn.Module):
         table = sinusoid_table(num_patches + self.num_prefix_tokens, embed_dim)
         self.pos_embed = nn.Parameter(table.to(self.cls_token.device), requires_grad=False)
         self.pos_drop = nn.Dropout(p=drop_rate)
-        # Stochastic depth grows linearly over depth (plain floats: also builds under torch.device("meta")).
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], norm_layer)
-            for i in range(depth)
+        kw = dict(
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            drop=drop_rate,
+            attn_drop=attn_drop_rate,
+            norm_layer=norm_layer,
         )
-        self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if block_type == "dense":
+            config = tuple(block_config or ())
+            if not config or sum(config) != depth:
+                raise ConfigError(f"a dense backbone needs block_config summing to depth={depth}, got {block_config}")
+            blocks, widths = _dense_backbone(embed_dim, growth_rate, config, drop_path_rate, **kw)
+        else:
+            # Stochastic depth grows linearly over depth (plain floats: also builds under torch.device("meta")).
+            dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+            blocks = [Block(embed_dim, drop_path=dpr[i], block_type=block_type, **kw) for i in range(depth)]
+            widths = [embed_dim] * depth
+        self.blocks = nn.ModuleList(blocks)
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.feature_info = [
+            dict(module="tokens_to_token.attention1", num_chs=token_dim, reduction=4),
+            dict(module="tokens_to_token.attention2", num_chs=token_dim, reduction=8),
+        ] + [dict(module=f"blocks.{i}", num_chs=w, reduction=16) for i, w in enumerate(widths)]
+        self.norm = norm_layer(self.num_features)
+        self.head = self._new_head(num_classes)
         self._init_heads()
 
         trunc_normal_(self.cls_token, std=0.02)
@@ -192,46 +272,158 @@ class T2TViT(nn.Module):
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
         return self.cls_token.expand(batch, -1, -1)
 
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        head = nn.Linear(self.num_features, num_classes)
+        _init_weights(head)
+        return head
+
     # -- timm model API --------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", "dist_token", "pos_embed"}
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise LR decay: the T2T module and tokens form the stem."""
+        return dict(
+            stem=r"^cls_token|^dist_token|^pos_embed|^tokens_to_token",
+            blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block (and the T2T module's two token blocks) in the backward pass."""
+        self.grad_checkpointing = enable
+        self.tokens_to_token.grad_checkpointing = enable
+
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh head for ``num_classes`` (0: none); ``global_pool`` is ``"token"`` (the class
+        token, as trained officially), ``"avg"`` (mean of the patch tokens) or ``""`` (no pooling)."""
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ConfigError(f"global_pool must be one of {_POOLS}, not {global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head, nn.Linear):
-            _init_weights(self.head)
+        self.head = self._new_head(num_classes)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        expected = (self.in_chans, *self.img_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ConfigError(
-                f"expected a batch of images shaped (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(x.shape)}; build the model with img_size=... for another input size"
-            )
+    # -- forward -----------------------------------------------------------------------------
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1)
+        pos = self.pos_embed
+        if not torch.jit.is_scripting():
+            if self.dynamic_img_size:
+                pos = _position_table(x, pos)
+        return self.pos_drop(x + pos)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_scripting():
+            if not torch.jit.is_tracing():
+                _check_images(x, self.in_chans, self.img_size, self.dynamic_img_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) -> normalised tokens (B, prefix + HW/256, embed_dim)."""
-        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            self._check_input(x)
-        x = self.tokens_to_token(x)
-        x = torch.cat((self._prefix_tokens(x.shape[0]), x), dim=1)
-        x = self.pos_drop(x + self.pos_embed)
+        """Images (B, C, H, W) -> normalised tokens (B, prefix + HW/256, num_features)."""
+        self._check(x)
+        x = self._pos_embed(self.tokens_to_token(x))
         for blk in self.blocks:
-            x = blk(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return self.norm(x)
 
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        x = self._pool(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # -- intermediate features (timm's forward_intermediates contract) ------------------------
+    @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """Intermediate token maps, indexed like ``feature_info``: 0 and 1 are the T2T module's
+        stride-4 and stride-8 tokens (``token_dim`` channels), 2.. are the blocks (stride 16).
+
+        ``indices``: the last n when an int, all when None; ``output_fmt`` ``"NCHW"`` maps or
+        ``"NLC"`` token sequences; ``norm`` applies the final norm to block outputs (only where
+        their width is ``num_features``); prefix tokens (class, distillation) are split off and,
+        with ``return_prefix_tokens``, returned beside each map.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ConfigError(f"output_fmt must be 'NCHW' or 'NLC', not {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        if norm and any(self.feature_info[i]["num_chs"] != self.num_features for i in take):
+            raise ConfigError(
+                f"norm=True applies the final norm, which only fits outputs {self.num_features} wide; "
+                f"indices {take} include the T2T module's {self.tokens_to_token.token_dim}-wide tokens or narrower "
+                "dense blocks"
+            )
+        self._check(x)
+        B, H, W = x.shape[0], x.shape[2], x.shape[3]
+        grids = [(H // 4, W // 4), (H // 8, W // 8)] + [(H // 16, W // 16)] * len(self.blocks)
+        outputs: list[Any] = []
+
+        def keep(index: int, y: torch.Tensor, prefix: int) -> None:
+            if index not in take:
+                return
+            if norm:
+                y = self.norm(y)
+            spatial, tokens = y[:, prefix:], y[:, :prefix]
+            if output_fmt == "NCHW":
+                spatial = spatial.reshape(B, grids[index][0], grids[index][1], -1).permute(0, 3, 1, 2).contiguous()
+            outputs.append((spatial, tokens) if return_prefix_tokens else spatial)
+
+        t2t = self.tokens_to_token
+        y = t2t.stage1(x)
+        keep(0, y, 0)
+        if not (stop_early and max_index < 1):
+            y = t2t.stage2(y, H, W)
+            keep(1, y, 0)
+        if stop_early and max_index < 2:
+            return outputs if intermediates_only else (y, outputs)
+        y = self._pos_embed(t2t.embed(y, H, W))
+        blocks = self.blocks[: max_index - 1] if stop_early else self.blocks
+        for i, blk in enumerate(blocks):
+            y = checkpoint(blk, y, use_reentrant=False) if self.grad_checkpointing else blk(y)
+            keep(i + 2, y, self.num_prefix_tokens)
+        if intermediates_only:
+            return outputs
+        return self.norm(y), outputs
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last index wanted (and the norm and head), for a feature extractor."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.blocks = self.blocks[: max(max_index - 1, 0)]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
 
 class DistilledT2TViT(T2TViT):
@@ -249,7 +441,7 @@ class DistilledT2TViT(T2TViT):
         trunc_normal_(self.dist_token, std=0.02)
 
     def _init_heads(self) -> None:
-        self.head_dist = nn.Linear(self.embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
+        self.head_dist = self._new_head(self.num_classes)
 
     def _prefix_tokens(self, batch: int) -> torch.Tensor:
         return torch.cat((self.cls_token, self.dist_token), dim=1).expand(batch, -1, -1)
@@ -259,12 +451,14 @@ class DistilledT2TViT(T2TViT):
         return nn.ModuleList([self.head, self.head_dist])
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "token", ""):
+            raise ConfigError(f"a distilled model pools its class and distillation tokens, not {global_pool!r}")
         super().reset_classifier(num_classes, global_pool)
-        self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(self.head_dist, nn.Linear):
-            _init_weights(self.head_dist)
+        self.head_dist = self._new_head(num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x if pre_logits else self.head(x)
         if pre_logits:
             return (x[:, 0] + x[:, 1]) / 2
         return (self.head(x[:, 0]) + self.head_dist(x[:, 1])) / 2
@@ -272,7 +466,7 @@ class DistilledT2TViT(T2TViT):
     def forward(self, x: torch.Tensor) -> Any:
         x = self.forward_features(x)
         if not torch.jit.is_scripting():
-            if self.training and not torch.jit.is_tracing():
+            if self.training and not torch.jit.is_tracing() and self.global_pool == "token":
                 return self.head(x[:, 0]), self.head_dist(x[:, 1])
         return self.forward_head(x)
 
@@ -290,48 +484,65 @@ def _init_weights(m: nn.Module) -> None:
 # -- registration with timm -----------------------------------------------------------------
 
 
-def _cfg(name: str, **kwargs: Any) -> dict[str, Any]:
+def _cfg(name: str) -> dict[str, Any]:
+    v = VARIANTS[name.removesuffix(DISTILLED_SUFFIX)]
+    released = f"official release {v.official_file} ({v.paper_top1}% top-1)" if v.official_file else "no release"
     return {
-        "url": "",
+        "url": "",  # nothing is downloaded: pass a local file (see _create_t2t_vit)
+        "hf_hub_id": None,
+        "architecture": name,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
+        "min_input_size": (3, 16, 16),
+        "fixed_input_size": True,  # unless built with dynamic_img_size=True
         "pool_size": None,
         "crop_pct": 0.9,
+        "crop_mode": "center",
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": None,
+        "first_conv": None,  # no convolution: the soft split is an unfold, its first weights a Linear
         "classifier": ("head", "head_dist") if name.endswith(DISTILLED_SUFFIX) else "head",
+        "license": "bsd-3-clause-clear",  # the official code's Clear BSD License
+        "origin_url": "https://github.com/yitu-opensource/T2T-ViT",
+        "paper_name": "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
         "paper_ids": "arXiv:2101.11986",
-        "license": "other",
-        **kwargs,
+        "notes": (f"ImageNet-1k weights: {released}; load a local file: t2tvit.create_model(name, checkpoint=...)",),
     }
 
 
 default_cfgs = {name: _cfg(name) for name in list_variants()}
 
 
-def _create_t2t_vit(name: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
+def _create_t2t_vit(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     distilled = name.endswith(DISTILLED_SUFFIX)
     variant = VARIANTS[name.removesuffix(DISTILLED_SUFFIX)]
     overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("cache_dir", None)
+    for unused in ("pretrained_cfg", "cache_dir", "pretrained_strict"):
+        kwargs.pop(unused, None)
     device = kwargs.pop("device", None)
     dtype = kwargs.pop("dtype", None)
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", (0, 1, -1))  # one map per stride: 4, 8, 16
+    feature_cls = kwargs.pop("feature_cls", "getter")
+    output_fmt = kwargs.pop("output_fmt", "NCHW")
     arch = dict(
         tokens_type=variant.tokens_type,
         embed_dim=variant.embed_dim,
         depth=variant.depth,
         num_heads=variant.num_heads,
         mlp_ratio=variant.mlp_ratio,
+        block_type=variant.block_type,
     )
+    if variant.block_type == "dense":
+        arch.update(growth_rate=variant.growth_rate, block_config=variant.block_config)
     clash = sorted(set(arch) & set(kwargs))
     if clash:
         raise TypeError(f"{name} fixes {', '.join(clash)}; build T2TViT(...) directly for a custom architecture")
     model = (DistilledT2TViT if distilled else T2TViT)(**arch, **kwargs)
     cfg = dict(default_cfgs[name], **overlay)
-    cfg.update(architecture=name, num_classes=model.num_classes, input_size=(model.in_chans, *model.img_size))
+    cfg.update(num_classes=model.num_classes, input_size=(model.in_chans, *model.img_size))
+    cfg["fixed_input_size"] = not model.dynamic_img_size
     model.pretrained_cfg = model.default_cfg = cfg
     if pretrained:
         # No hub here: weights come from a local file, timm-style via pretrained_cfg_overlay.
@@ -342,24 +553,33 @@ def _create_t2t_vit(name: str, pretrained: bool = False, **kwargs: Any) -> T2TVi
                 f"t2tvit.create_model({name!r}, checkpoint=PATH) or "
                 "timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))"
             )
-        from ..checkpoint import load_checkpoint
+        from .weights import load_checkpoint
 
         load_checkpoint(model, cfg["file"], reset_head=model.num_classes != 1000)
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
+    if features_only:
+        if feature_cls != "getter":
+            raise ConfigError(
+                f"{name} extracts features through forward_intermediates: feature_cls 'getter', not {feature_cls!r}"
+            )
+        from timm.models._features import FeatureGetterNet
+
+        return FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt)
     return model
 
 
-def _make_entrypoint(name: str) -> Callable[..., T2TViT]:
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> T2TViT:
+def _make_entrypoint(name: str) -> Callable[..., nn.Module]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         return _create_t2t_vit(name, pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
     v = VARIANTS[name.removesuffix(DISTILLED_SUFFIX)]
+    backbone = {"vit": "", "se": " SE", "ghost": " ghost", "dense": f" dense {v.block_config} growth {v.growth_rate}"}
     entrypoint.__doc__ = (
         f"{name}: {v.tokens_type} T2T module, embed {v.embed_dim}, depth {v.depth}, "
-        f"{v.num_heads} heads, MLP ratio {v.mlp_ratio:g}"
+        f"{v.num_heads} heads, MLP ratio {v.mlp_ratio:g}{backbone[v.block_type]}"
         + (" + DeiT distillation token." if name.endswith(DISTILLED_SUFFIX) else ".")
     )
     return entrypoint
@@ -369,3 +589,7 @@ for _name in list_variants():
     globals()[_name] = register_model(_make_entrypoint(_name))
     __all__.append(_name)
 del _name
+
+# torch.fx leaves (as in layers.py): a traced model calls these as a whole at run time.
+torch.fx.wrap("_check_images")
+torch.fx.wrap("_position_table")
