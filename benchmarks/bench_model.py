@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2tvit.progress import Progress as _Progress
+
 ROOT = Path(__file__).resolve().parents[1]
 FWD_TARGET, TRAIN_TARGET, PARITY_TOL = 0.8, 1.3, 1e-4
 AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -116,40 +118,16 @@ def run_meta(device: torch.device, elapsed: float, load_start: float, **extra: A
     }
 
 
-class Progress:
-    """A rich progress bar when rich is installed, else one printed line per step."""
+class Progress(_Progress):
+    """The toolkit's progress bar, every message also kept on screen (the scripts' own log)."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done, self.bar, self.task = total, 0, None, None
-        with contextlib.suppress(ImportError):
-            import rich.progress as rp
-
-            cols = (
-                rp.TextColumn("{task.description}"),
-                rp.BarColumn(),
-                rp.MofNCompleteColumn(),
-                rp.TimeElapsedColumn(),
-            )
-            self.bar = rp.Progress(*cols)
-            self.task = self.bar.add_task("", total=total)
-
-    def __enter__(self) -> Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description="done")
-            self.bar.stop()
+        super().__init__(total, transient=False)
 
     def log(self, msg: str, advance: int = 0) -> None:
-        self.done += advance
+        self.step(msg, advance)
         if self.bar is not None:
-            self.bar.update(self.task, advance=advance, description=msg)
             self.bar.console.print(msg)
-        else:
-            print(f"[{self.done}/{self.total}] {msg}", flush=True)
 
 
 def timed(step: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 
 import t2tvit
-from compress.quantize import STATIC_OP_TYPES, eval_transform, load_images, quantize_onnx_static
+from compress.quantize import STATIC_OP_TYPES, load_images, quantize_onnx_static
 from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext
 from deploy.export import PARITY, ParityThreshold, export_all, reference_logits, tool_versions
 from deploy.onnx import OnnxPredictor, export_fp32
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 
 FORMATS_HERE = FORMAT_GROUPS["builtin"]  # the formats the base install builds on any CPU
 MAX_INT8_RATIO = 0.35
@@ -47,7 +47,7 @@ def train_digits(steps: int = 60, img_size: int = 64, seed: int = 0) -> tuple[to
     """
     torch.manual_seed(seed)
     model = t2tvit.create_model("t2t_vit_7", num_classes=10, img_size=img_size)
-    tf = eval_transform(model)
+    tf = eval_transform_for(model)
     root = bundled_dataset_path()
     x, files = load_images(root / "train", tf, seed=seed, what="training")
     y = torch.tensor([int(f.parent.name) for f in files])
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         big = t2tvit.create_model("t2t_vit_7", num_classes=1000, img_size=224).eval()
-        imgs, _ = load_images(val, eval_transform(big), 64 + 32)
+        imgs, _ = load_images(val, eval_transform_for(big), 64 + 32)
         ctx = ExportContext(img_size=(224, 224), calib=imgs[64:])
         t0 = time.perf_counter()
         size_manifest = export_all(big, FORMATS_HERE, Path(tmp) / "224", ctx, imgs[:64], thresholds=no_agreement)
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         small, acc = train_digits(args.steps)
         train_seconds = time.perf_counter() - t0
-        imgs, _ = load_images(val, eval_transform(small), args.parity_images + args.calib_size)
+        imgs, _ = load_images(val, eval_transform_for(small), args.parity_images + args.calib_size)
         parity, calib = imgs[: args.parity_images], imgs[args.parity_images :]
         ctx = ExportContext(img_size=(64, 64), calib=calib)
         parity_manifest = export_all(small, FORMATS_HERE, Path(tmp) / "64", ctx, parity)

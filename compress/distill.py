@@ -205,12 +205,11 @@ def build_teacher(
     the teacher is taken to expect. Raises :class:`ConfigError` when the teacher's class count is
     not ``num_classes`` and :class:`CheckpointError` when the file does not fit the architecture.
     """
-    from t2tvit.checkpoint import read_checkpoint, read_state_dict
+    from t2tvit.checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
 
     obj = read_checkpoint(path)
     sd, _, recorded = read_state_dict(obj)
-    saved = obj.get("args") if isinstance(obj, dict) else None
-    saved = dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
+    saved = recorded_args(obj)
     name = name or recorded
     if not name:
         raise ConfigError(f"{path} does not record its architecture; pass --teacher-model (e.g. resnet50)")
@@ -226,18 +225,9 @@ def build_teacher(
                 f"the teacher {Path(path).name} predicts {ck_classes} classes but the student has {num_classes}; "
                 "distil from a teacher trained (or fine-tuned) on the same classes"
             )
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "") if keys else "none"
-
-        raise CheckpointError(
-            f"{path} does not fit the teacher {name}: missing keys {few(missing)}; unexpected keys "
-            f"{few(unexpected)}" + (f"; shape mismatch {few(wrong)}" if wrong else "")
-        )
+    fit = state_dict_fit(own, sd)
+    if not fit.ok:
+        raise CheckpointError(f"{path} does not fit the teacher {name}: " + "; ".join(fit.problems(sd, own)))
     model.load_state_dict(sd)
     expects = _teacher_input(model, source, saved)
     if img_size or mean or std:

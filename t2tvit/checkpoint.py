@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint",
     "read_state_dict",
+    "recorded_args",
+    "recorded_preprocessing",
+    "state_dict_fit",
 ]
 
 _EMA_KEYS = ("state_dict_ema", "model_ema")
@@ -96,6 +100,61 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
 
 
+def recorded_args(obj: Any) -> dict[str, Any]:
+    """The training arguments a loaded checkpoint recorded, as a dict (``{}`` when it has none).
+
+    Our trainer stores a dict, the official trainer an ``argparse.Namespace``; every reader of a
+    checkpoint's model name, image size, class count or preprocessing goes through here.
+    """
+    args = obj.get("args") if isinstance(obj, dict) else None
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def recorded_preprocessing(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's ``--crop-pct`` / ``--interpolation`` among recorded ``args`` (unset ones left out,
+    as the trainer then used the model's own), as :func:`t2tvit.data.eval_transform_for` keywords."""
+    return {k: args[k] for k in ("crop_pct", "interpolation") if args.get(k)}
+
+
+@dataclass
+class StateDictFit:
+    """How a state dict fits a model's own: keys it lacks, keys it has extra, shapes that differ."""
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong)
+
+    def problems(self, sd: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
+        """One clause per kind of misfit, with a few example keys (for a one-sentence error)."""
+        parts = []
+        if self.missing:
+            parts.append(f"missing {len(self.missing)} keys (e.g. {', '.join(self.missing[:3])})")
+        if self.unexpected:
+            parts.append(f"unexpected {len(self.unexpected)} keys (e.g. {', '.join(self.unexpected[:3])})")
+        if self.wrong:
+            k = self.wrong[0]
+            parts.append(
+                f"{len(self.wrong)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
+            )
+        return parts
+
+
+def state_dict_fit(own: Mapping[str, Any], sd: Mapping[str, Any], ignore: set[str] | None = None) -> StateDictFit:
+    """Compare a checkpoint's ``sd`` with a model's ``own`` state dict; ``ignore``: own keys not expected."""
+    expected = [k for k in own if k not in (ignore or set())]
+    return StateDictFit(
+        missing=[k for k in expected if k not in sd],
+        unexpected=[k for k in sd if k not in own],
+        wrong=[k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)],
+    )
+
+
 def read_state_dict(obj: Any, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str | None, str | None]:
     """Find the weights in a loaded checkpoint.
 
@@ -107,8 +166,7 @@ def read_state_dict(obj: Any, use_ema: bool = True) -> tuple[dict[str, torch.Ten
     """
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict of weights, found a {type(obj).__name__}")
-    args = obj.get("args")
-    model_name = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
+    model_name = recorded_args(obj).get("model")
     keys = (_EMA_KEYS if use_ema else ()) + _MODEL_KEYS
     source = next((k for k in keys if isinstance(obj.get(k), dict) and obj[k]), None)
     sd = obj[source] if source else obj
@@ -209,29 +267,20 @@ def _apply_state_dict(
         if ck_model and own_name and ck_model.lower() != own_name.removesuffix(DISTILLED_SUFFIX):
             notes.append(f"checkpoint was trained as {ck_model}, loading into {own_name}")
     own = model.state_dict()
-    expected = [k for k in own if not (head_reset and k in _HEAD_KEYS)]
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    fit = state_dict_fit(own, sd, _HEAD_KEYS if head_reset else None)
+    missing, unexpected, wrong = fit.missing, fit.unexpected, fit.wrong
     if strict and "head.weight" in wrong and not set(wrong) - _HEAD_KEYS:
         raise CheckpointError(
             f"{path} has a {sd['head.weight'].shape[0]}-class head but the model has {own['head.weight'].shape[0]} "
             "classes; pass num_classes to get a new head (create_model(..., num_classes=N) or reset_head=True)"
         )
-    if strict and (missing or unexpected or wrong):
+    if strict and not fit.ok:
         target = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         parts = [f"{path} does not fit {target}"]
         if isinstance(model, T2TViT):
             guess = ck_model or guess_variant(sd)
             parts.append(f"it looks like {guess}" if guess else "its architecture is not a known T2T-ViT variant")
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError("; ".join(parts + fit.problems(sd, own)))
     # Cast to the model's dtypes (a half-precision file still loads into an fp32 model).
     load_sd = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(load_sd, strict=False, assign=assign)

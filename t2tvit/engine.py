@@ -115,43 +115,21 @@ class StepLog:
     def __init__(self, enabled: bool, log_interval: int = 50):
         self.enabled, self.log_interval = enabled, max(1, log_interval)
         self._progress: Any = None
-        self._task: Any = None
-        self._desc = ""
-        self._total = 0
 
     def start(self, description: str, total: int) -> None:
         if not self.enabled:
             return
-        self._desc, self._total = description, total
-        from rich.console import Console
+        from .progress import Progress
 
-        console = Console(stderr=True)
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(description, total=total, info="")
+        self._progress = Progress(total, description, info=True, every=self.log_interval, eta=True).__enter__()
 
     def update(self, step: int, info: str) -> None:
-        if not self.enabled:
-            return
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
-        elif step % self.log_interval == 0 or step == self._total:
-            print(f"{self._desc} [{step}/{self._total}] {info}", flush=True)
+            self._progress.update(step, info)
 
     def stop(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
 
 

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import read_checkpoint, read_state_dict
+from .checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
 from .errors import CheckpointError, ConfigError, T2TError
 
 __all__ = [
@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 1
-_BUNDLED = "digits"  # the DATA argument that selects the bundled digits dataset
 
 
 # --------------------------------------------------------------------------- arguments
@@ -246,15 +245,13 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         head = _classifier_prefix(model)
         if args.finetune:  # another class count: keep the fresh classifier
             sd = {k: v for k, v in sd.items() if k.split(".")[0] != head}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if args.finetune:
-            missing = [k for k in missing if k.split(".")[0] != head]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{ckpt} does not fit {args.model}: missing {', '.join(missing[:5]) or 'none'}"
-                f"{' ...' if len(missing) > 5 else ''}; unexpected {', '.join(unexpected[:5]) or 'none'}"
-                f"{' ...' if len(unexpected) > 5 else ''}"
-            )
+        own = model.state_dict()
+        fresh = {k for k in own if k.split(".")[0] == head} if args.finetune else set()
+        fit = state_dict_fit(own, sd, fresh)
+        if fit.missing or fit.unexpected:
+            fit.wrong = []  # load_state_dict reports those itself
+            raise CheckpointError(f"{ckpt} does not fit {args.model}: " + "; ".join(fit.problems(sd, own)))
+        model.load_state_dict(sd, strict=False)
     return model
 
 
@@ -373,13 +370,11 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data_root(args: argparse.Namespace) -> Path:
-    from .data import bundled_dataset_path
+    from .data import dataset_path
 
     if args.data is None:
         raise ConfigError("give a dataset folder (DATA/train, DATA/val) or 'digits' for the bundled dataset")
-    if args.data == _BUNDLED and not Path(args.data).is_dir():
-        return bundled_dataset_path()
-    return Path(args.data)
+    return dataset_path(args.data)
 
 
 def data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
@@ -477,10 +472,7 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     from .engine import StepLog, evaluate
 
     root = _data_root(args)
-    ckpt = read_checkpoint(args.eval_checkpoint)
-    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
-    if isinstance(saved, argparse.Namespace):
-        saved = vars(saved)
+    saved = recorded_args(read_checkpoint(args.eval_checkpoint))
     if args.model == build_parser().get_default("model") and saved.get("model"):
         args.model = saved["model"]  # the checkpoint knows its architecture
     if saved.get("img_size") and args.img_size == build_parser().get_default("img_size"):

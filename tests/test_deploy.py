@@ -20,7 +20,7 @@ import torch
 
 import t2tvit
 from benchmarks.export_sizes import train_digits
-from compress.quantize import check_qengine, eval_transform, load_images
+from compress.quantize import check_qengine, load_images
 from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext, get_format
 from deploy.export import (
     MANIFEST,
@@ -31,7 +31,7 @@ from deploy.export import (
     sha256_file,
     verify_artifacts,
 )
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
@@ -58,7 +58,7 @@ def trained(tmp_path_factory) -> dict:
     ck = tmp_path_factory.mktemp("ck") / "digits.pth"
     args = {"model": "t2t_vit_7", "num_classes": 10, "img_size": IMG}
     torch.save({"model": model.state_dict(), "model_ema": None, "args": args, "epoch": 0}, ck)
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), N_PARITY + N_CALIB)
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model), N_PARITY + N_CALIB)
     return {"model": model, "acc": acc, "checkpoint": ck, "parity": images[:N_PARITY], "calib": images[N_PARITY:]}
 
 

@@ -190,7 +190,7 @@ def test_bad_teachers_give_one_clear_sentence(tmp_path: Path, small_digits: Path
     with pytest.raises(ConfigError, match="predicts 1000 classes but the student has 10"):
         build_teacher("resnet18", tmp_path / "r18_1000.pth", 10)
     torch.save(timm.create_model("resnet34", num_classes=10).state_dict(), tmp_path / "r34.pth")
-    with pytest.raises(CheckpointError, match=r"does not fit the teacher resnet18: missing keys none; unexpected keys"):
+    with pytest.raises(CheckpointError, match=r"does not fit the teacher resnet18: unexpected \d+ keys \(e\.g\. layer"):
         build_teacher("resnet18", tmp_path / "r34.pth", 10)
     with pytest.raises(ConfigError, match="unknown teacher model 'resnet_nope'"):
         build_teacher("resnet_nope", tmp_path / "r34.pth", 10)

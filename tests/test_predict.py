@@ -209,7 +209,6 @@ def test_checkpoint_records_the_trainers_crop_and_interpolation(tmp_path) -> Non
 def test_shared_eval_transform_is_the_trainers_val_transform(flags) -> None:
     """The trainer's validation pixels, calibration's and predict's are the same tensor."""
     import t2tvit
-    from compress.quantize import eval_transform
     from t2tvit import train
     from t2tvit.train import _set_transforms, build_parser
 
@@ -232,4 +231,4 @@ def test_shared_eval_transform_is_the_trainers_val_transform(flags) -> None:
         assert torch.equal(eval_transform_for("t2t_vit_7", IMG, **overrides)(img), expected)
         assert torch.equal(eval_transform_for(model, **overrides)(img), expected)
         if not flags:
-            assert torch.equal(eval_transform(model)(img), expected)
+            assert torch.equal(eval_transform_for(model)(img), expected)

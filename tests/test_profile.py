@@ -33,10 +33,10 @@ from benchmarks.profiler import (
     profile_folder,
     run_interleaved,
 )
-from compress.quantize import eval_transform, load_images
+from compress.quantize import load_images
 from deploy.base import ExportContext
 from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 from t2tvit.summary import summarize
 
@@ -180,7 +180,7 @@ def test_format_from_file_name() -> None:
 def export_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = t2tvit.create_model("t2t_vit_7", img_size=IMG, num_classes=10).eval()
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), 16)
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model), 16)
     out = tmp_path_factory.mktemp("profile") / "export"
     ctx = ExportContext(img_size=(IMG, IMG), calib=images)
     # random weights: int8 agreement is meaningless, so held to logit movement as `t2t export` does
