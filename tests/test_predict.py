@@ -194,7 +194,7 @@ def test_missing_or_unknown_artifacts_are_one_line_errors(setup, tmp_path, capsy
 
 
 def test_checkpoint_records_the_trainers_crop_and_interpolation(tmp_path) -> None:
-    from t2t.predict_cmd import resolve_artifact
+    from deploy.artifacts import resolve as resolve_artifact
 
     ck = tmp_path / "ck.pth"
     sd = {"cls_token": torch.zeros(1, 1, 256)}
