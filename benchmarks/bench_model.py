@@ -21,7 +21,6 @@ Usage: ``python -m benchmarks.bench_model [--device cuda --amp-dtype bf16]`` (se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deploy.profiler import device_name
 from t2tvit.progress import Progress as _Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,16 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     suffix = "" if a.amp_dtype == "none" else f"_{a.amp_dtype}"
     a.out = a.out or ROOT / "benchmarks" / "results" / f"bench_model_{a.device}{suffix}"
     return a
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run_meta(device: torch.device, elapsed: float, load_start: float, **extra: Any) -> dict[str, Any]:
