@@ -50,6 +50,7 @@ __all__ = [
     "build_teacher",
     "distillation_criterion",
     "main",
+    "run",
 ]
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
@@ -397,14 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Distil as ``args`` says (:func:`build_parser`'s flags) and return the trainer's summary."""
+    from t2tvit.train import run as train
+
+    return train(args, criterion_factory=distillation_criterion)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import torch.distributed as dist
 
-    from t2tvit.train import parse_args, run
+    from t2tvit.train import parse_args
 
     try:
-        args = parse_args(argv, build_parser())
-        run(args, criterion_factory=distillation_criterion)
+        run(parse_args(argv, build_parser()))
     except T2TError as e:
         print(f"t2t distill: error: {e}", file=sys.stderr)
         return 2
