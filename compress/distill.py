@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2tvit.errors import CheckpointError, ConfigError, T2TError
+from t2tvit.errors import CheckpointError, ConfigError
 
 __all__ = [
     "DISTILLATION_TYPES",
@@ -406,19 +406,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch.distributed as dist
+    """``t2t distill`` / ``python -m compress.distill``: the trainer's command line with this parser and loss."""
+    from t2tvit.train import main as train_main
 
-    from t2tvit.train import parse_args
-
-    try:
-        run(parse_args(argv, build_parser()))
-    except T2TError as e:
-        print(f"t2t distill: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return train_main(argv, parser=build_parser(), run_fn=run)
 
 
 if __name__ == "__main__":

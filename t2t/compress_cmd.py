@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compress",
         help="the whole pipeline: train a teacher, distil, export, verify, benchmark, report (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\nThis module")[0]
+        description=__doc__.split("\n\nThe pipeline is")[0]
         + "\n\nExample (the bundled digits, about 5 minutes on 2 CPU cores):\n  t2t compress --demo\n"
         "With your data and teacher:\n  t2t compress DATA --teacher-model resnet50 --teacher-path resnet50.pth "
         "--img-size 224 --epochs 100",
@@ -112,7 +112,7 @@ def _explicit_flags(key: str, text: str) -> dict[str, Any]:
     values, rest = parser.parse_known_args(shlex.split(text))
     if rest:
         raise ConfigError(f"--{key.replace('_', '-')}: `{command}` has no option {' '.join(rest)}")
-    return vars(values)
+    return {k: v for k, v in vars(values).items() if k != "json"}  # how the command prints: not a setting
 
 
 def _settings(args: argparse.Namespace) -> Any:

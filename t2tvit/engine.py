@@ -133,6 +133,40 @@ class StepLog:
             self._progress = None
 
 
+def _backward_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad: float | None,
+    guard: NonFiniteGuard,
+    epoch: int,
+    step: int,
+) -> str:
+    """Backward and optimizer step; ``"ok"``, ``"overflow"`` (the fp16 scaler skipped it, normal) or
+    ``"nonfinite"`` (non-finite gradients without a scaler: the weights were left untouched)."""
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        guard.observe(True, epoch, step)
+        return "overflow" if scaler.get_scale() < scale else "ok"  # inf/NaN gradients: the scaler skipped
+    loss.backward()
+    norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
+    guard.observe(finite, epoch, step, "" if finite else f"gradient norm {float(norm)}")
+    if not finite:  # one bad backward must not write NaN into the weights
+        return "nonfinite"
+    if clip_grad:
+        nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad, norm)
+    optimizer.step()
+    return "ok"
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -195,28 +229,11 @@ def train_one_epoch(
             nonfinite += 1
             guard.observe(False, epoch, step, f"loss {value}")
             continue
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.get_scale() < scale:  # inf/NaN gradients: the scaler skipped this step (normal in fp16)
-                overflow += 1
-            guard.observe(True, epoch, step)
-        else:
-            loss.backward()
-            norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
-            guard.observe(finite, epoch, step, "" if finite else f"gradient norm {float(norm)}")
-            if not finite:  # one bad backward must not write NaN into the weights
-                nonfinite += 1
-                continue
-            if clip_grad:
-                nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad, norm)
-            optimizer.step()
+        result = _backward_step(loss, model, optimizer, scaler, clip_grad, guard, epoch, step)
+        overflow += result == "overflow"
+        if result == "nonfinite":
+            nonfinite += 1
+            continue
         num_updates += 1
         if model_ema is not None:
             model_ema.update(model, step=num_updates)

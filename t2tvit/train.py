@@ -860,12 +860,19 @@ def _append_logs(out: Path, row: dict[str, Any], writer: Any) -> None:
                 writer.add_scalar(k, v, row["epoch"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+    run_fn: Any = None,
+) -> int:
+    """The command line of the trainer (and, with its ``parser`` and ``run_fn``, of distillation): a user's
+    mistake ends in one sentence and exit status 2; the process group is always torn down."""
+    parser = parser or build_parser()
     try:
-        args = parse_args(argv)
-        run(args)
+        (run_fn or run)(parse_args(argv, parser))
     except T2TError as e:
-        print(f"t2t train: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -31,6 +31,29 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def digits() -> Path:
+    """The bundled digits dataset (train/ and val/), written on first use."""
+    from t2tvit.data import bundled_dataset_path
+
+    return bundled_dataset_path()
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small_digits")
+    for split, per_class in (("train", 8), ("val", 4)):
+        for cls in range(10):
+            dst = root / split / str(cls)
+            dst.mkdir(parents=True)
+            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], dict[str, Any]]:
     """``digits_checkpoint(img_size)``: ``{"model", "acc", "checkpoint"}`` of a T2T-ViT-7 trained on the
     digits at that size, trained once per size per session."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,29 +18,10 @@ from torch import nn
 
 import t2tvit
 from compress.distill import DistillationLoss, Teacher, TeacherInput, build_teacher, main
-from t2tvit.data import bundled_dataset_path
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.train import main as train_main
 
 QUICK = ["--config", "digits", "-j", "0", "--log-interval", "1000"]
-
-
-@pytest.fixture(scope="module")
-def digits() -> Path:
-    return bundled_dataset_path()
-
-
-@pytest.fixture(scope="module")
-def small_digits(digits: Path, tmp_path_factory) -> Path:
-    """80 training and 40 validation digits."""
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, per_class in (("train", 8), ("val", 4)):
-        for cls in range(10):
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
-                shutil.copy(f, dst / f.name)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,9 @@ def test_command_line_modules_are_thin_and_functions_short() -> None:
     long_files = [p.name for p in (ROOT / "t2t").glob("*.py") if len(p.read_text().splitlines()) > 250]
     assert long_files == []
     builders = {"build_parser", "add_parser"}  # argparse builders may be long: one call per flag
-    # Kept for now, each in a file another change owns (see the README's Layout section).
+    # Kept for now, each in a file another change is rewriting: train_one_epoch (91 lines, 26 of them its
+    # signature and docstring; the bad-sample work edits its loop), TensorRT's converter and export
+    # (the TensorRT fixes rewrite them).
     kept = {"train_one_epoch", "convert_onnx_fp16", "export@deploy/tensorrt.py"}
     long_functions = []
     for pkg in PACKAGES:
