@@ -182,7 +182,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         min_runs=args.min_runs,
         warmup=args.warmup,
         rounds=args.rounds,
-        data=_val_split(args.data),
+        data=args.data,
         max_images=args.max_images,
         memory=not args.no_memory,
         device=args.device,
@@ -201,12 +201,3 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         Console(stderr=True).print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)
     return 0 if report.checks is None or report.checks["passed"] else 1
-
-
-def _val_split(data: str | None) -> object:
-    """``--data``: a folder of ``<class>/<image>``, or a bundled dataset's name (its validation split)."""
-    if data is None:
-        return None
-    from t2tvit.data import BUNDLED_DATASETS, dataset_split
-
-    return dataset_split(data, "val") if data in BUNDLED_DATASETS else data

@@ -9,6 +9,9 @@ memory in a fresh subprocess (:mod:`deploy.profiler.memory`); file size, MACs pe
 MAC rate at batch 1 against this machine's peak GEMM rate for the precision, measured in the same
 run (:mod:`deploy.profiler.peak`); top-1/top-5 on labelled images and top-1 agreement with the fp32
 ``torch`` artifact; and the user's own checks (:mod:`deploy.profiler.checks`).
+
+``ProfileConfig.data`` takes a folder of ``<class>/<image>`` files or a bundled dataset's name
+(``digits``: its validation split).
 """
 
 from __future__ import annotations
@@ -98,8 +101,6 @@ def profile_folder(
     file says about itself or its name (:func:`deploy.artifacts.identify`), a ``FORMAT=PATH`` prefix,
     or a ``(Format, path)`` pair for a row outside the table. Returns the :class:`Report`.
     """
-    from t2tvit.data import dataset_path
-
     from ..export import read_manifest
 
     config = config or ProfileConfig()
@@ -117,7 +118,7 @@ def profile_folder(
         )
     variants = var.collect(folder_path, manifest, list(files or []), config.device, config.formats)
     info = var.model_info(manifest, variants)
-    data = dataset_path(config.data) if config.data is not None else None
+    data = _labelled_folder(config.data)
     if data is not None:
         var.data_classes(data, info.get("num_classes"))  # a bad folder fails now, not after the timing
     with _threads(config.resolved_threads()):
@@ -130,6 +131,17 @@ def profile_folder(
     report = _report(variants, info, peaks, config, data, images, command)
     config.checks.apply(report)
     return report
+
+
+def _labelled_folder(data: str | Path | None) -> Path | None:
+    """``data``: a folder of ``<class>/<image>``, or a bundled dataset's name (then its validation split)."""
+    from t2tvit.data import BUNDLED_DATASETS, dataset_split
+
+    if data is None:
+        return None
+    if str(data) in BUNDLED_DATASETS and not Path(data).is_dir():
+        return dataset_split(data, "val")
+    return Path(data)
 
 
 @contextlib.contextmanager
