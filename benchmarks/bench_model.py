@@ -21,7 +21,6 @@ Usage: ``python -m benchmarks.bench_model [--device cuda --amp-dtype bf16]`` (se
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -37,6 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from deploy.profiler import device_name
+from t2tvit.progress import Progress as _Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 FWD_TARGET, TRAIN_TARGET, PARITY_TOL = 0.8, 1.3, 1e-4
@@ -89,16 +91,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def run_meta(device: torch.device, elapsed: float, load_start: float, **extra: Any) -> dict[str, Any]:
     """What a result file records about its run: command, versions, machine, time and load."""
     return {
@@ -116,40 +108,16 @@ def run_meta(device: torch.device, elapsed: float, load_start: float, **extra: A
     }
 
 
-class Progress:
-    """A rich progress bar when rich is installed, else one printed line per step."""
+class Progress(_Progress):
+    """The toolkit's progress bar, every message also kept on screen (the scripts' own log)."""
 
     def __init__(self, total: int) -> None:
-        self.total, self.done, self.bar, self.task = total, 0, None, None
-        with contextlib.suppress(ImportError):
-            import rich.progress as rp
-
-            cols = (
-                rp.TextColumn("{task.description}"),
-                rp.BarColumn(),
-                rp.MofNCompleteColumn(),
-                rp.TimeElapsedColumn(),
-            )
-            self.bar = rp.Progress(*cols)
-            self.task = self.bar.add_task("", total=total)
-
-    def __enter__(self) -> Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description="done")
-            self.bar.stop()
+        super().__init__(total, transient=False)
 
     def log(self, msg: str, advance: int = 0) -> None:
-        self.done += advance
+        self.step(msg, advance)
         if self.bar is not None:
-            self.bar.update(self.task, advance=advance, description=msg)
             self.bar.console.print(msg)
-        else:
-            print(f"[{self.done}/{self.total}] {msg}", flush=True)
 
 
 def timed(step: Callable[[], Any], n: int, sync: Callable[[], None]) -> float:

@@ -88,17 +88,18 @@ def measure(model_name: str, img_size: int, threads: int, duration: float, round
     import torch
 
     import t2tvit
-    from benchmarks.profiler import _executorch_threads, _timer, latency_stats, run_interleaved
+    from deploy.executorch import _set_threads
+    from deploy.profiler import latency_stats, make_timer, run_interleaved
 
     torch.manual_seed(0)
     model = t2tvit.create_model(model_name, img_size=img_size).eval()
-    _executorch_threads(threads)
+    _set_threads(threads)
     predictors = _artifacts(model, img_size, tmp)
     x = np.random.default_rng(0).standard_normal((1, 3, img_size, img_size), dtype=np.float32)
     runtimes = list(dict.fromkeys(r for r, _ in predictors))
     outs = {key: p(x) for key, p in predictors.items()}
     diff = {r: float(np.abs(outs[(r, "conv")] - outs[(r, "gather")]).max()) for r in runtimes}
-    steps = {f"{r} {f}": _timer(predictors[(r, f)], x, "cpu") for r, f in predictors}
+    steps = {f"{r} {f}": make_timer(predictors[(r, f)], x, "cpu") for r, f in predictors}
     samples, errors = run_interleaved(steps, rounds=rounds, min_runs=20, duration=duration, warmup=5)
     if errors:
         raise RuntimeError(f"timing failed: {errors}")
@@ -233,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_onnx_soft_split"))
     args = p.parse_args(argv)
 
-    from benchmarks.bench_model import device_name
     from deploy.export import tool_versions
+    from deploy.profiler import device_name
 
     torch.set_num_threads(args.threads)
     models, ops = [], None

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from t2tvit.errors import CheckpointError, ConfigError, T2TError
+from t2tvit.errors import CheckpointError, ConfigError
 
 __all__ = [
     "DISTILLATION_TYPES",
@@ -50,6 +50,7 @@ __all__ = [
     "build_teacher",
     "distillation_criterion",
     "main",
+    "run",
 ]
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
@@ -205,12 +206,11 @@ def build_teacher(
     the teacher is taken to expect. Raises :class:`ConfigError` when the teacher's class count is
     not ``num_classes`` and :class:`CheckpointError` when the file does not fit the architecture.
     """
-    from t2tvit.checkpoint import read_checkpoint, read_state_dict
+    from t2tvit.checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
 
     obj = read_checkpoint(path)
     sd, _, recorded = read_state_dict(obj)
-    saved = obj.get("args") if isinstance(obj, dict) else None
-    saved = dict(vars(saved) if isinstance(saved, argparse.Namespace) else saved or {})
+    saved = recorded_args(obj)
     name = name or recorded
     if not name:
         raise ConfigError(f"{path} does not record its architecture; pass --teacher-model (e.g. resnet50)")
@@ -226,18 +226,9 @@ def build_teacher(
                 f"the teacher {Path(path).name} predicts {ck_classes} classes but the student has {num_classes}; "
                 "distil from a teacher trained (or fine-tuned) on the same classes"
             )
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
-    if missing or unexpected or wrong:
-
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "") if keys else "none"
-
-        raise CheckpointError(
-            f"{path} does not fit the teacher {name}: missing keys {few(missing)}; unexpected keys "
-            f"{few(unexpected)}" + (f"; shape mismatch {few(wrong)}" if wrong else "")
-        )
+    fit = state_dict_fit(own, sd)
+    if not fit.ok:
+        raise CheckpointError(f"{path} does not fit the teacher {name}: " + "; ".join(fit.problems(sd, own)))
     model.load_state_dict(sd)
     expects = _teacher_input(model, source, saved)
     if img_size or mean or std:
@@ -407,21 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Distil as ``args`` says (:func:`build_parser`'s flags) and return the trainer's summary."""
+    from t2tvit.train import run as train
+
+    return train(args, criterion_factory=distillation_criterion)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import torch.distributed as dist
+    """``t2t distill`` / ``python -m compress.distill``: the trainer's command line with this parser and loss."""
+    from t2tvit.train import main as train_main
 
-    from t2tvit.train import parse_args, run
-
-    try:
-        args = parse_args(argv, build_parser())
-        run(args, criterion_factory=distillation_criterion)
-    except T2TError as e:
-        print(f"t2t distill: error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return train_main(argv, parser=build_parser(), run_fn=run)
 
 
 if __name__ == "__main__":

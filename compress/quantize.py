@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from t2tvit.data import IMAGE_EXTENSIONS, eval_transform_for, list_images, open_rgb
+from t2tvit.data import IMAGE_EXTENSIONS, list_images, open_rgb
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "STATIC_OP_TYPES",
     "ImageBatchReader",
     "check_qengine",
-    "eval_transform",
     "load_images",
     "qengine",
     "quantize_dynamic_int8",
@@ -100,12 +99,6 @@ def quantize_dynamic_int8(model: nn.Module, engine: str = "qnnpack") -> nn.Modul
     model = copy.deepcopy(model).eval()
     with qengine(engine), quiet_quantization_warnings():
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
-
-
-def eval_transform(model: nn.Module, img_size: int | Sequence[int] | None = None) -> Any:
-    """The model's eval transform (resize, centre crop, normalise) from its ``pretrained_cfg``
-    (see :func:`t2tvit.data.eval_transform_for`, the one definition the trainer and ``t2t predict`` share)."""
-    return eval_transform_for(model, img_size)
 
 
 def load_images(

@@ -1,3 +1,39 @@
-"""One module per deployment format, each with ``export(model, path, fmt, ctx) -> dict`` and
-``load(path, fmt, device) -> Predictor`` (:mod:`deploy.base` holds the contract and the format
-table), and :mod:`deploy.export`, which builds, verifies and records them all (``t2t export``)."""
+"""Deployment: one module per artifact format and the orchestration that reads their one table.
+
+* :mod:`deploy.base` -- the :class:`~deploy.base.Predictor` contract and the format table (``FORMATS``);
+  each format is one module here (``torch_eager``, ``torchscript``, ``ptl``, ``onnx``, ``tensorrt``,
+  ``executorch``) with ``export`` and ``load``;
+* :func:`export_checkpoint` / :func:`export_all` -- every requested format, verified, with a manifest;
+* :func:`open` -- any artifact file, export folder or training checkpoint as a Predictor, and
+  :func:`predict_images` -- image files through it with the model's own preprocessing;
+* :mod:`deploy.profiler` -- latency, memory, MAC rate and accuracy of every artifact (``t2t bench``),
+  :mod:`deploy.report` -- its report files;
+* :mod:`deploy.pipeline` -- teacher -> student -> export -> verify -> report (``t2t compress``).
+
+Submodules import their heavy dependencies (torch, the runtimes) only when used.
+"""
+
+__toolkit__ = "t2tvit-edge"  # read (not imported) by t2t.cli.name_clashes: is this package ours?
+
+from .base import FORMATS, Format, Predictor, get_format, resolve_formats
+from .export import Export, export_all, export_checkpoint, verify_artifacts, verify_export
+from .predict import open_predictor, predict_images, read_class_names
+
+open = open_predictor  # noqa: A001 - deploy.open(path) is the one entry point, like io.open
+
+__all__ = [
+    "FORMATS",
+    "Export",
+    "Format",
+    "Predictor",
+    "export_all",
+    "export_checkpoint",
+    "get_format",
+    "open",
+    "open_predictor",
+    "predict_images",
+    "read_class_names",
+    "resolve_formats",
+    "verify_artifacts",
+    "verify_export",
+]

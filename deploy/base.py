@@ -6,17 +6,31 @@ float32 images and returns float32 logits as a numpy array, and it says what it 
 precision, device, file size). The parity checks, ``t2t export``, the profiler and
 ``t2t predict`` talk to this protocol only.
 
-:data:`FORMATS` is the table that the CLI (argument validation, ``--help``), the exporter,
-the tests and the profiler all read. Adding a format is adding one module under ``deploy/``
-with ``export(...)`` and ``load(...)`` and one row here.
+:data:`FORMATS` is the table that the CLI (argument validation, ``--help``), the exporter, the
+verifier, the profiler, ``deploy.open`` and the tests all read; nothing outside ``deploy/`` names a
+format or a format module. Adding a format is adding one module and one row:
+
+* the module (the row's ``module``) has ``export(model, path, fmt, ctx) -> dict`` (extra manifest
+  fields) and ``load(path, fmt, device="cpu") -> Predictor`` (with a ``threads=`` keyword when the
+  row's ``threads`` is ``"load"``), and optionally ``describe(path) -> dict | None``: what a file
+  with the row's suffix says about itself (``{"format": row name, "model": name, "img_size": (h, w)}``,
+  any of them None) or None when the file is not this module's kind (see :func:`deploy.artifacts.identify`);
+* the row (:class:`Format`) says everything the orchestration needs: suffix, precision, devices,
+  optional packages and how to install them, the packages recorded as tool versions, whether the
+  artifact accepts only its export's batch range, how its threads are set, which runtime modules to
+  import before a load is timed or memory is measured, and how its CUDA memory is seen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import platform
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,7 +39,44 @@ import numpy as np
 
 from t2tvit.errors import ConfigError
 
-__all__ = ["FORMATS", "FORMAT_GROUPS", "ExportContext", "Format", "Predictor", "get_format", "resolve_formats"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_GROUPS",
+    "ExportContext",
+    "Format",
+    "Predictor",
+    "first_line",
+    "get_format",
+    "resolve_formats",
+    "sha256_file",
+    "tool_versions",
+]
+
+
+def tool_versions(packages: Iterable[str] = ("torch", "timm", "onnx", "onnxscript", "onnxruntime")) -> dict[str, str]:
+    """Installed versions of ``packages`` (read from package metadata: nothing is imported)."""
+    out = {"python": platform.python_version()}
+    for name in ("t2tvit-edge", *packages):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters): how one artifact's failure is told
+    in a manifest entry or a report row without a traceback."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
@@ -81,6 +132,13 @@ class Predictor(ABC):
     precision: str  # "fp32", "fp16" or "int8"
     device: str  # "cpu" or "cuda"
     path: Path  # the artifact file
+    min_batch: int = 1  # smallest batch the loaded program accepts (TensorRT's profile minimum)
+    artifact: Any = None  # what deploy.open found out about the file (deploy.artifacts.Artifact)
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        """The (H, W) the loaded program itself declares, when it fixes one (TensorRT, ExecuTorch)."""
+        return None
 
     @abstractmethod
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -121,6 +179,11 @@ class Format:
     install_hint: str = ""  # what to install when they are missing
     needs_gpu: bool = False  # cannot be built or run without a CUDA GPU
     options: dict[str, Any] = field(default_factory=dict)  # format-specific export() keywords
+    tools: tuple[str, ...] = ("torch",)  # packages that build or run it (the manifest's tool versions)
+    bounded_batch: bool = False  # runs only its export's batch range (ONNX's dynamic axis, a TensorRT profile)
+    threads: str = "torch"  # "torch": torch.set_num_threads governs it; "load": load(..., threads=N)
+    runtime_imports: tuple[str, ...] = ()  # runtime modules imported before a timed load or a memory baseline
+    cuda_memory: str = "torch"  # "torch": PyTorch's allocator holds its CUDA memory; "device": free memory drops
 
     @property
     def filename(self) -> str:
@@ -144,6 +207,26 @@ class Format:
         """The module implementing ``export`` and ``load`` (imported on first use)."""
         return importlib.import_module(self.module)
 
+    def device_for(self, wanted: str | None = None) -> str:
+        """Where it runs: ``wanted`` when it can run there, else its own device (a GPU-only format: cuda)."""
+        if wanted == "cuda" and self.gpu:
+            return "cuda"
+        if wanted == "cpu" and self.cpu:
+            return "cpu"
+        return "cpu" if self.cpu else "cuda"
+
+    def load(self, path: str | Path, device: str | None = None, threads: int | None = None) -> Predictor:
+        """The module's ``load`` on its device; ``threads`` reaches the runtimes whose row says ``"load"``."""
+        device = device or self.device_for()
+        if threads and self.threads == "load":
+            return self.impl().load(Path(path), self, device=device, threads=int(threads))
+        return self.impl().load(Path(path), self, device=device)
+
+    def describe(self, path: str | Path) -> dict[str, Any] | None:
+        """What ``path`` says about itself through the module's ``describe`` hook (None without one)."""
+        hook = getattr(self.impl(), "describe", None)
+        return hook(Path(path)) if hook is not None else None
+
 
 def _pycuda_gpu() -> bool:
     if importlib.util.find_spec("pycuda") is None:
@@ -159,6 +242,28 @@ def _pycuda_gpu() -> bool:
 
 _TRT_HINT = 'pip install "t2tvit-edge[tensorrt]" on a machine with a CUDA GPU and NVIDIA driver'
 _ET_HINT = 'pip install "t2tvit-edge[executorch]"'
+# What the runtimes' rows share (see the Format fields).
+_PTL: dict[str, Any] = {"runtime_imports": ("torch.jit.mobile",)}
+_ORT: dict[str, Any] = {
+    "tools": ("torch", "onnx", "onnxscript", "onnxruntime"),
+    "bounded_batch": True,
+    "threads": "load",
+    "runtime_imports": ("onnxruntime", "onnx"),
+    "cuda_memory": "device",
+}
+_TRT: dict[str, Any] = {
+    "tools": ("torch", "onnx", "tensorrt"),
+    "bounded_batch": True,
+    "threads": "none",
+    "runtime_imports": ("tensorrt",),
+    "cuda_memory": "device",
+}
+_ET: dict[str, Any] = {
+    "tools": ("torch", "executorch"),
+    "bounded_batch": True,
+    "threads": "load",
+    "runtime_imports": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
+}
 
 FORMATS: dict[str, Format] = {
     f.name: f
@@ -177,9 +282,11 @@ FORMATS: dict[str, Format] = {
         Format(
             "torchscript-int8", "deploy.torchscript", "int8", ".pt", True, False, "TorchScript, frozen, dynamic int8"
         ),
-        Format("ptl", "deploy.ptl", "fp32", ".ptl", True, False, "mobile lite-interpreter file, fp32"),
-        Format("ptl-int8", "deploy.ptl", "int8", ".ptl", True, False, "mobile lite-interpreter file, dynamic int8"),
-        Format("onnx", "deploy.onnx", "fp32", ".onnx", True, True, "ONNX, dynamic batch, fp32"),
+        Format("ptl", "deploy.ptl", "fp32", ".ptl", True, False, "mobile lite-interpreter file, fp32", **_PTL),
+        Format(
+            "ptl-int8", "deploy.ptl", "int8", ".ptl", True, False, "mobile lite-interpreter file, dynamic int8", **_PTL
+        ),
+        Format("onnx", "deploy.onnx", "fp32", ".onnx", True, True, "ONNX, dynamic batch, fp32", **_ORT),
         Format(
             "onnx-int8-dynamic",
             "deploy.onnx",
@@ -189,6 +296,7 @@ FORMATS: dict[str, Format] = {
             False,
             "ONNX Runtime dynamic int8 quantization",
             options={"quantization": "dynamic"},
+            **_ORT,
         ),
         Format(
             "onnx-int8-static",
@@ -199,6 +307,7 @@ FORMATS: dict[str, Format] = {
             True,
             "ONNX Runtime static int8 (QDQ, symmetric, per-channel weights, calibrated on real images)",
             options={"quantization": "static"},
+            **_ORT,
         ),
         Format(
             "tensorrt",
@@ -211,6 +320,7 @@ FORMATS: dict[str, Format] = {
             ("tensorrt",),
             _TRT_HINT,
             needs_gpu=True,
+            **_TRT,
         ),
         Format(
             "tensorrt-fp16",
@@ -223,6 +333,7 @@ FORMATS: dict[str, Format] = {
             ("tensorrt",),
             _TRT_HINT,
             needs_gpu=True,
+            **_TRT,
         ),
         Format(
             "tensorrt-int8",
@@ -235,6 +346,7 @@ FORMATS: dict[str, Format] = {
             ("tensorrt",),
             _TRT_HINT,
             needs_gpu=True,
+            **_TRT,
         ),
         Format(
             "executorch",
@@ -246,6 +358,7 @@ FORMATS: dict[str, Format] = {
             "ExecuTorch .pte, XNNPACK delegate, fp32",
             ("executorch",),
             _ET_HINT,
+            **_ET,
         ),
         Format(
             "executorch-int8",
@@ -257,6 +370,7 @@ FORMATS: dict[str, Format] = {
             "ExecuTorch .pte, XNNPACK delegate, int8",
             ("executorch",),
             _ET_HINT,
+            **_ET,
         ),
     ]
 }

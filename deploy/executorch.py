@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.base import ExportContext, Format, Predictor, get_format
-from deploy.export import tool_versions
+from deploy.base import ExportContext, Format, Predictor, get_format, tool_versions
 from t2tvit.errors import ConfigError
 
 __all__ = ["ExecuTorchPredictor", "export", "load"]
@@ -160,6 +159,10 @@ class ExecuTorchPredictor(Predictor):
         sizes = tuple(method.metadata.input_tensor_meta(0).sizes())
         self.max_batch, self.input_chw = int(sizes[0]), tuple(int(s) for s in sizes[1:])
 
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        return int(self.input_chw[1]), int(self.input_chw[2])
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         import torch
 
@@ -174,7 +177,22 @@ class ExecuTorchPredictor(Predictor):
         return np.concatenate(outs, axis=0)
 
 
-def load(path: Path | str, fmt: Format | str, device: str = "cpu") -> ExecuTorchPredictor:
+def load(path: Path | str, fmt: Format | str, device: str = "cpu", threads: int | None = None) -> ExecuTorchPredictor:
+    """A ``.pte`` on the CPU; ``threads`` sizes ExecuTorch's process-wide XNNPACK thread pool first."""
     if device != "cpu":
         raise ConfigError(f"ExecuTorch .pte files run on the CPU (XNNPACK), not on {device!r}; use device='cpu'")
+    if threads:
+        _set_threads(int(threads))
     return ExecuTorchPredictor(path, fmt)
+
+
+def _set_threads(threads: int) -> None:
+    """Size ExecuTorch's process-wide XNNPACK thread pool (it defaults to every core). The call is
+    experimental in ExecuTorch and safe only while nothing runs, as here: before a load."""
+    try:
+        from executorch.extension.pybindings import portable_lib
+
+        if portable_lib._threadpool_get_thread_count() != threads:
+            portable_lib._unsafe_reset_threadpool(threads)
+    except (ImportError, AttributeError):  # another ExecuTorch version: its default pool size stays
+        pass

@@ -25,34 +25,44 @@ replaced as a whole (never mixed into the new manifest) and survives a crashed r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from t2tvit.errors import ConfigError
+from t2tvit.progress import Progress
 
-from .base import ExportContext, Format, Predictor, resolve_formats
+from .base import (
+    ExportContext,
+    Format,
+    Predictor,
+    first_line,
+    get_format,
+    resolve_formats,
+    sha256_file,
+    tool_versions,
+)
 
 __all__ = [
+    "DEFAULT_MODEL",
     "MANIFEST",
+    "Export",
     "PARITY",
     "PARITY_RANDOM_WEIGHTS",
     "PREPROCESSING_KEYS",
     "ParityThreshold",
     "check_parity",
     "export_all",
+    "export_checkpoint",
     "manifest_preprocessing",
     "prepare_out_dir",
     "read_manifest",
@@ -60,8 +70,10 @@ __all__ = [
     "sha256_file",
     "tool_versions",
     "verify_artifacts",
+    "verify_export",
 ]
 
+DEFAULT_MODEL = "t2t_vit_7"  # exported when neither a checkpoint nor a model name says which
 MANIFEST = "manifest.json"
 SCHEMA = "t2t-export/1"
 
@@ -94,35 +106,6 @@ PARITY_RANDOM_WEIGHTS: dict[str, ParityThreshold] = {
     "fp16": ParityThreshold(max_abs=0.05, relative=True),
     "int8": ParityThreshold(max_abs=0.1, relative=True),
 }
-
-# The packages that build or run each module's artifacts (for the manifest's tool versions).
-_TOOLS: dict[str, tuple[str, ...]] = {
-    "deploy.torch_eager": ("torch",),
-    "deploy.torchscript": ("torch",),
-    "deploy.ptl": ("torch",),
-    "deploy.onnx": ("torch", "onnx", "onnxscript", "onnxruntime"),
-    "deploy.tensorrt": ("torch", "onnx", "tensorrt"),
-    "deploy.executorch": ("torch", "executorch"),
-}
-
-
-def tool_versions(packages: Iterable[str] = ("torch", "timm", "onnx", "onnxscript", "onnxruntime")) -> dict[str, str]:
-    """Installed versions of ``packages`` (read from package metadata: nothing is imported)."""
-    out = {"python": platform.python_version()}
-    for name in ("t2tvit-edge", *packages):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _batches(n: int, size: int) -> Iterable[slice]:
@@ -199,27 +182,6 @@ def prepare_out_dir(out_dir: Path) -> None:
         )
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
-
-
-def _progress(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def export_all(
     model: Any,
     formats: str | Sequence[str] | Sequence[Format],
@@ -257,12 +219,11 @@ def export_all(
     ck = str(source_checkpoint) if source_checkpoint else None
     entries: list[dict[str, Any]] = []
     try:
-        with _progress(progress) as bar:
-            task = bar.add_task("export", total=len(fmts))
+        with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar:
             for fmt in fmts:
-                bar.update(task, description=f"{fmt.name}: exporting")
-                entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar, task))
-                bar.advance(task)
+                bar.step(f"{fmt.name}: exporting", 0)
+                entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar))
+                bar.step(f"{fmt.name}: {entries[-1]['status']}")
         manifest = {
             "schema": SCHEMA,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -309,8 +270,7 @@ def _one(
     reference: np.ndarray,
     checkpoint: str | None,
     thresholds: dict[str, ParityThreshold] | None,
-    bar: Any,
-    task: Any,
+    bar: Progress,
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "format": fmt.name,
@@ -323,7 +283,7 @@ def _one(
         "input_shape": ["batch", 3, *ctx.img_size],
         "batch": list(ctx.batch),
         "source_checkpoint": checkpoint,
-        "tool_versions": tool_versions(_TOOLS.get(fmt.module, ("torch",))),
+        "tool_versions": tool_versions(fmt.tools),
         "description": fmt.description,
         "parity": None,
     }
@@ -336,7 +296,7 @@ def _one(
     try:
         extra = fmt.impl().export(model, path, fmt, ctx) or {}
     except Exception as e:  # noqa: BLE001 - one format's failure must not stop the others
-        entry.update(status="failed", reason=f"export failed: {_first_line(e)}")
+        entry.update(status="failed", reason=f"export failed: {first_line(e)}")
         path.unlink(missing_ok=True)
         return entry
     entry["export_seconds"] = round(time.perf_counter() - t0, 2)
@@ -345,12 +305,12 @@ def _one(
         return entry
     ctx.built[fmt.name] = path
     entry.update(file=fmt.filename, bytes=path.stat().st_size, sha256=sha256_file(path), details=extra)
-    bar.update(task, description=f"{fmt.name}: checking parity")
+    bar.step(f"{fmt.name}: checking parity", 0)
     try:
-        predictor = fmt.impl().load(path, fmt, device="cpu" if fmt.cpu else "cuda")
+        predictor = fmt.load(path)
         parity = check_parity(predictor, images, reference, threshold_for(fmt, thresholds), ctx.batch[2])
     except Exception as e:  # noqa: BLE001 - a file that does not load back is a failed artifact
-        entry.update(status="failed", reason=f"written but could not be loaded and run: {_first_line(e)}")
+        entry.update(status="failed", reason=f"written but could not be loaded and run: {first_line(e)}")
         return entry
     entry["parity"] = parity
     entry["status"] = "ok" if parity["passed"] else "failed"
@@ -398,8 +358,6 @@ def verify_artifacts(
     """Re-check the ``ok`` artifacts of an export folder: file present, sha256 unchanged, loads and
     runs; with ``model`` and ``images``, parity again. One record per artifact checked:
     ``{"format", "ok", "problems", "parity"}``."""
-    from .base import get_format
-
     folder = Path(folder)
     manifest = read_manifest(folder)
     reference = reference_logits(model, images) if model is not None and images is not None else None
@@ -416,7 +374,7 @@ def verify_artifacts(
             if sha256_file(path) != entry.get("sha256"):
                 rec["problems"].append("sha256 differs from the manifest: the file changed after export")
             try:
-                predictor = fmt.impl().load(path, fmt, device="cpu" if fmt.cpu else "cuda")
+                predictor = fmt.load(path)
                 if reference is not None:
                     rec["parity"] = check_parity(predictor, images, reference, threshold_for(fmt, thresholds))
                     if not rec["parity"]["passed"]:
@@ -427,7 +385,126 @@ def verify_artifacts(
                     if out.shape != (1, manifest["model"]["num_classes"]):
                         rec["problems"].append(f"output shape {out.shape} is not (1, num_classes)")
             except Exception as e:  # noqa: BLE001 - report, do not crash the check of the others
-                rec["problems"].append(f"could not be loaded and run: {_first_line(e)}")
+                rec["problems"].append(f"could not be loaded and run: {first_line(e)}")
         rec["ok"] = not rec["problems"]
         results.append(rec)
     return results
+
+
+@dataclass
+class Export:
+    """What :func:`export_checkpoint` wrote: the folder and its manifest."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+    @property
+    def failed(self) -> list[str]:
+        """The formats that failed to build or to pass parity (skipped ones are not failures)."""
+        return [a["format"] for a in self.manifest["artifacts"] if a["status"] == "failed"]
+
+
+def export_checkpoint(
+    checkpoint: str | Path | None = None,
+    *,
+    formats: str | Sequence[str] = "cpu",
+    out: str | Path | None = None,
+    model: str | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    batch: tuple[int, int, int] = (1, 1, 32),
+    qengine: str = "qnnpack",
+    opset: int = 18,
+    jit: str = "trace",
+    calib_data: str | Path | None = None,
+    calib_size: int = 64,
+    parity_images: int = 128,
+    progress: bool = True,
+) -> Export:
+    """Export a checkpoint (or, without one, seeded random weights) to ``formats`` under ``out``.
+
+    What the checkpoint recorded fills what is not given: the model name, image size, the trainer's
+    crop/interpolation (recorded in the manifest's preprocessing) and its class names. Real images
+    from ``calib_data`` (a folder or ``digits``; default the bundled digits' ``val/``) are split into
+    disjoint parity and calibration sets. Random weights are held to logit movement for reduced
+    precision (:data:`PARITY_RANDOM_WEIGHTS`). ``out`` defaults to ``artifacts/<model>``.
+    """
+    import t2tvit
+    from compress.quantize import check_qengine, load_images
+    from t2tvit.checkpoint import read_checkpoint, recorded_args, recorded_preprocessing
+    from t2tvit.data import eval_transform_for
+
+    fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
+    if calib_size < 1 or parity_images < 1:
+        raise ConfigError("--calib-size and --parity-images must be at least 1")
+    check_qengine(qengine)
+    name, overrides, classes = model, {}, None
+    if checkpoint is not None:
+        ck = read_checkpoint(checkpoint)
+        args = recorded_args(ck)
+        name = name or (args.get("model") if isinstance(args.get("model"), str) else None)
+        if img_size is None and isinstance(args.get("img_size"), int):
+            img_size = args["img_size"]
+        overrides = recorded_preprocessing(args)
+        names = ck.get("classes") if isinstance(ck, dict) else None
+        if isinstance(names, list) and names and num_classes in (None, args.get("num_classes")):
+            classes = [str(c) for c in names]  # kept for `t2t predict` unless a new head is asked for
+        del ck
+    name = name or DEFAULT_MODEL
+    if checkpoint is None:  # random weights: the same ones every run
+        import torch
+
+        torch.manual_seed(0)
+    net = t2tvit.create_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size).eval()
+    hw = tuple(int(s) for s in net.img_size)
+    folder = _image_folder(calib_data)
+    images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), parity_images + calib_size, what="image")
+    parity, calib = images[:parity_images], images[parity_images:]
+    overlap = len(calib) == 0
+    if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
+        calib = parity
+    ctx = ExportContext(img_size=hw, batch=tuple(batch), calib=calib, qengine=qengine, opset=opset, jit=jit)
+    cfg = net.pretrained_cfg | overrides
+    meta: dict[str, Any] = {
+        "preprocessing": {k: cfg.get(k) for k in PREPROCESSING_KEYS},
+        "data": {
+            "folder": str(folder),
+            "parity_images": len(parity),
+            "calibration_images": len(calib),
+            "calibration_is_parity_set": overlap,
+        },
+    }
+    if classes is not None and len(classes) <= net.num_classes:
+        meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
+    out = Path(out) if out is not None else Path("artifacts") / name
+    thresholds = PARITY_RANDOM_WEIGHTS if checkpoint is None else None
+    manifest = export_all(
+        net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress
+    )
+    return Export(out, manifest)
+
+
+def _image_folder(data: str | Path | None) -> Path:
+    """Real images: a folder of any depth, or a dataset's name (then its validation split); default digits."""
+    from t2tvit.data import BUNDLED_DATASETS, dataset_split
+
+    if data is None or (str(data) in BUNDLED_DATASETS and not Path(data).is_dir()):
+        return dataset_split(data or "digits", "val")
+    return Path(data)
+
+
+def verify_export(
+    folder: str | Path, checkpoint: str | Path, data: str | Path, *, images: int = 128, seed: int = 1
+) -> list[dict[str, Any]]:
+    """:func:`verify_artifacts` of an export folder with parity against ``checkpoint`` on ``images`` real
+    images of ``data`` (a folder of images or a dataset name), preprocessed as the manifest records."""
+    import t2tvit
+    from compress.quantize import load_images
+    from t2tvit.data import dataset_path, eval_transform_for
+
+    manifest = read_manifest(folder)
+    h, w = manifest["input"]["shape"][2:]
+    model = t2tvit.create_model(manifest["model"]["model"], checkpoint=checkpoint, img_size=(h, w)).eval()
+    transform = eval_transform_for(model, (h, w), **manifest_preprocessing(manifest))
+    x, _ = load_images(dataset_path(data), transform, images, seed=seed, what="verification")
+    return verify_artifacts(folder, model, x)

@@ -28,7 +28,7 @@ from t2tvit.errors import CheckpointError, ConfigError
 
 from .base import ExportContext, Format, Predictor
 
-__all__ = ["OnnxPredictor", "export", "export_fp32", "fp32_onnx", "load", "opset_of"]
+__all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "load", "opset_of"]
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -98,6 +98,29 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     else:
         raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
     return {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info}
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: the ONNX row (from its quantization nodes), input size and class count."""
+    try:
+        import onnx
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - not a readable ONNX file: the loader says why when it is loaded
+        return None
+    ops = {n.op_type for n in graph.node}
+    name = "onnx-int8-static" if "QuantizeLinear" in ops else "onnx"
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}:
+        name = "onnx-int8-dynamic"
+    inits = {i.name for i in graph.initializer}
+    inp = next((i for i in graph.input if i.name not in inits), None)
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim] if inp is not None else []
+    out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] if graph.output else []
+    return {
+        "format": name,
+        "img_size": (dims[2], dims[3]) if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else None,
+        "num_classes": out[-1] if out and out[-1] > 0 else None,
+    }
 
 
 class OnnxPredictor(Predictor):

@@ -25,9 +25,9 @@ from torch import nn
 from compress.quantize import qengine, quiet_quantization_warnings
 
 from .base import ExportContext, Format, Predictor
-from .torchscript import EXTRA_FILE, capture, read_extra
+from .torchscript import EXTRA_FILE, capture, describe, read_extra
 
-__all__ = ["LitePredictor", "export", "load", "mobile_optimization"]
+__all__ = ["LitePredictor", "describe", "export", "load", "mobile_optimization"]
 
 
 def mobile_optimization(module: torch.jit.ScriptModule) -> tuple[torch.jit.ScriptModule, str]:

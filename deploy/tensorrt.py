@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.base import ExportContext, Format, Predictor, get_format
-from deploy.export import sha256_file
+from deploy.base import ExportContext, Format, Predictor, get_format, sha256_file
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -196,6 +195,16 @@ def sidecar(
 
 def sidecar_path(engine: Path) -> Path:
     return engine.with_name(engine.name + ".json")
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: an engine's sidecar names its precision (engines themselves are opaque)."""
+    try:
+        precision = json.loads(sidecar_path(Path(path)).read_text()).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    name = {"fp32": "tensorrt", "fp16": "tensorrt-fp16", "int8": "tensorrt-int8"}.get(precision)
+    return {"format": name} if name else None
 
 
 # --------------------------------------------------------------------------- fp16 ONNX
@@ -545,6 +554,10 @@ class TensorRTPredictor(Predictor):
         self.backend = "torch" if torch.cuda.is_available() else "pycuda"
         if self.backend == "pycuda":
             self._init_pycuda()
+
+    @property
+    def input_hw(self) -> tuple[int, int] | None:
+        return int(self.max_shape[2]), int(self.max_shape[3])
 
     # -- pycuda buffers, sized once for the profile's max shape
     def _init_pycuda(self) -> None:

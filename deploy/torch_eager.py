@@ -26,7 +26,7 @@ from t2tvit.errors import CheckpointError, ConfigError
 
 from .base import ExportContext, Format, Predictor
 
-__all__ = ["TorchPredictor", "export", "load", "model_spec"]
+__all__ = ["TorchPredictor", "describe", "export", "load", "model_spec"]
 
 _KIND = "t2t-deploy-torch"
 
@@ -86,6 +86,34 @@ def _read(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("kind") != _KIND:
         raise CheckpointError(f"{path} is not an eager artifact written by `t2t export`")
     return obj
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: an eager artifact names its row, model and input size (None: another kind)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path) and _is_torchscript(path):
+            return None
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not readable as plain data: not an eager artifact
+        return None
+    if not isinstance(obj, dict) or obj.get("kind") != _KIND:
+        return None
+    spec = obj.get("args") or {}
+    return {
+        "format": "torch-int8" if "int8_state_dict" in obj else "torch",
+        "model": spec.get("model"),
+        "img_size": spec.get("img_size"),
+        "num_classes": spec.get("num_classes"),
+    }
+
+
+def _is_torchscript(path: Path) -> bool:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("bytecode.pkl") for n in z.namelist())
 
 
 def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:

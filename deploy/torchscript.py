@@ -23,9 +23,9 @@ from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization
 from t2tvit.errors import CheckpointError, ConfigError
 
 from .base import ExportContext, Format
-from .torch_eager import TorchPredictor, _device, model_spec
+from .torch_eager import TorchPredictor, _device, _is_torchscript, model_spec
 
-__all__ = ["EXTRA_FILE", "capture", "export", "load", "read_extra"]
+__all__ = ["EXTRA_FILE", "capture", "describe", "export", "load", "read_extra"]
 
 EXTRA_FILE = "t2t.json"  # metadata stored inside TorchScript / .ptl zip archives
 
@@ -70,6 +70,22 @@ def read_extra(path: Path) -> dict[str, Any]:
             return json.loads(z.read(name)) if name else {}
     except (zipfile.BadZipFile, json.JSONDecodeError, KeyError) as e:
         raise CheckpointError(f"{path} is not a TorchScript archive ({type(e).__name__}: {e})") from None
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook of TorchScript and ``.ptl`` files: the row, model and input size its
+    ``extra/t2t.json`` records (a file without one: fp32, or int8 when it records a quantized engine)."""
+    path = Path(path)
+    try:
+        if not zipfile.is_zipfile(path) or not (path.suffix.lower() == ".ptl" or _is_torchscript(path)):
+            return None
+        extra = read_extra(path)
+    except (OSError, CheckpointError):
+        return None
+    base = "ptl" if path.suffix.lower() == ".ptl" else "torchscript"
+    name = extra.get("format") or (f"{base}-int8" if extra.get("qengine") else base)
+    spec = extra.get("args") or {}
+    return {"format": name, "model": spec.get("model"), "img_size": spec.get("img_size")}
 
 
 def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser", "parse_batch_sizes"]
+__all__ = ["add_check_flags", "add_parser", "checks_from", "parse_batch_sizes"]
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -22,6 +22,39 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or any(b < 1 for b in sizes):
         raise ConfigError(f"--batch-sizes takes comma-separated positive integers (e.g. 1,8), not {text!r}")
     return sizes
+
+
+def add_check_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The user's checks (also on ``t2t compress``): a row that misses one is marked and the exit status is 1."""
+    p.add_argument(
+        "--max-latency-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="check: every artifact's p50 at the smallest batch size is at most MS milliseconds",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        metavar="F",
+        help="check: every artifact agrees with the fp32 torch artifact on at least this share of top-1 "
+        "decisions (0.99 = 99%%)",
+    )
+    p.add_argument(
+        "--min-top1",
+        type=float,
+        default=None,
+        metavar="PCT",
+        help="check: every artifact's top-1 accuracy on --data is at least PCT percent",
+    )
+
+
+def checks_from(args: argparse.Namespace) -> object:
+    """The :class:`deploy.profiler.Checks` the check flags ask for."""
+    from deploy.profiler import Checks
+
+    return Checks(args.max_latency_ms, args.min_agreement, args.min_top1)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--batch-sizes",
         default="1",
         metavar="B[,B...]",
-        help="comma-separated batch sizes to time, e.g. 1,8 (default: 1; the targets use batch 1)",
+        help="comma-separated batch sizes to time, e.g. 1,8 (default: 1)",
     )
     p.add_argument(
         "--threads",
@@ -87,12 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-images", type=int, default=500, help="at most this many --data images, a fixed sample (default: 500)"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact (faster)")
-    p.add_argument(
-        "--reference",
-        action="store_true",
-        help="add a row for the straightforward T2T-ViT formulation with the torch artifact's weights "
-        "(for the fp32 eager / reference latency target)",
-    )
+    add_check_flags(p)
     p.add_argument(
         "--files",
         nargs="+",
@@ -139,15 +167,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from deploy.base import resolve_formats
 
         resolve_formats(args.formats)  # unknown names fail before anything is measured
-    data = args.data
-    if data == "digits":
-        from t2tvit.data import bundled_dataset_path
+    if args.data is not None and args.data != "digits" and not Path(args.data).is_dir():
+        raise ConfigError(
+            f"--data folder {args.data} does not exist; pass a folder of <class>/<image> files or 'digits'"
+        )
 
-        data = bundled_dataset_path() / "val"
-    elif data is not None and not Path(data).is_dir():
-        raise ConfigError(f"--data folder {data} does not exist; pass a folder of <class>/<image> files or 'digits'")
-
-    from benchmarks.profiler import ProfileConfig, profile_folder
+    from deploy.profiler import ProfileConfig, profile_folder
+    from deploy.report import print_table, write_report
 
     config = ProfileConfig(
         batch_sizes=batch_sizes,
@@ -156,25 +182,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         min_runs=args.min_runs,
         warmup=args.warmup,
         rounds=args.rounds,
-        data=data,
+        data=args.data,
         max_images=args.max_images,
         memory=not args.no_memory,
-        reference=args.reference,
         device=args.device,
         formats=args.formats,
+        checks=checks_from(args),
     )
     command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
     report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
     out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
-
-    from benchmarks.report import print_table, write_report
-
     written = write_report(report, out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
         print_table(report)
         from rich.console import Console
 
         Console(stderr=True).print(f"wrote {', '.join(str(p) for p in written)}", soft_wrap=True, highlight=False)
-    return 0
+    return 0 if report.checks is None or report.checks["passed"] else 1

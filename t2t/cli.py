@@ -8,125 +8,48 @@ checkpoint) end in one sentence on stderr and exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "name_clashes"]
 
 DEFAULT_MODEL = "t2t_vit_7"
+# The import names the distribution installs (pyproject.toml); each package's __init__ carries the marker.
+INSTALLED = ("t2tvit", "compress", "deploy", "t2t")
+_MARKER = '__toolkit__ = "t2tvit-edge"'
+
+
+def name_clashes(origins: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The installed names that Python resolves to a package that is not this toolkit's, with its location.
+
+    ``deploy`` and ``compress`` are generic names: another distribution installing one overwrites
+    ours, or shadows it from an earlier ``sys.path`` entry. Each of our packages' ``__init__.py``
+    carries :data:`_MARKER`; its source is read, not imported (so ``t2t --help`` stays instant).
+    ``origins``: name -> ``__init__.py`` path, found with ``importlib.util.find_spec`` when None.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    if origins is None:
+        origins = {}
+        for name in INSTALLED:
+            spec = importlib.util.find_spec(name)
+            origins[name] = spec.origin if spec is not None else None
+    clashes = {}
+    for name, origin in origins.items():
+        try:
+            ours = origin is not None and _MARKER in Path(origin).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            clashes[name] = str(origin)
+    return clashes
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "info",
-        help="describe a T2T-ViT variant: parameters, MACs, tokens per stage",
-        description=(
-            "Describe a T2T-ViT variant: parameter count (frozen random features and position "
-            "table included, as the paper counts), multiply-accumulates of one image, input size "
-            "and the number and width of tokens after every Tokens-to-Token stage. "
-            "With --list, one line per registered variant."
-        ),
-    )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"variant name (default: {DEFAULT_MODEL})")
-    p.add_argument("--img-size", type=int, default=224, help="input height and width, a multiple of 16 (default: 224)")
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="classes of the head (default: 1000, or the checkpoint's)"
-    )
-    p.add_argument("--checkpoint", default=None, help="also load this checkpoint and report how it was mapped")
-    p.add_argument("--list", action="store_true", help="list every registered variant instead")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(func=_cmd_info)
+    from t2t.info_cmd import add_parser
 
-
-def _cmd_info(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    import t2tvit
-    from t2tvit.summary import summarize
-
-    console = Console()
-    if not console.is_terminal:  # piped output: do not squeeze tables into 80 columns
-        console = Console(width=160)
-    if args.list:
-        import timm
-
-        rows = []
-        for name in t2tvit.list_variants():
-            with torch.device("meta"):  # shapes are all that is counted: no memory, no init
-                model = timm.create_model(name, img_size=args.img_size)
-            s = summarize(model)
-            v = t2tvit.VARIANTS[name.removesuffix("_distilled")]
-            rows.append(
-                {
-                    "model": name,
-                    "params": s.params,
-                    "macs": s.macs,
-                    "tokens": v.tokens_type,
-                    "backbone": v.block_type,
-                    "embed_dim": v.embed_dim,
-                    "depth": v.depth,
-                    "heads": v.num_heads,
-                    "official_top1": None if name.endswith("_distilled") else v.paper_top1,
-                    "official_file": None if name.endswith("_distilled") else v.official_file or None,
-                }
-            )
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        table = Table(title=f"T2T-ViT variants at {args.img_size}x{args.img_size}")
-        for col in ("model", "params", "MACs", "T2T", "backbone", "dim", "depth", "heads", "top-1", "official file"):
-            left = col in ("model", "T2T", "backbone", "official file")
-            table.add_column(col, justify="left" if left else "right", no_wrap=True)
-        for r in rows:
-            table.add_row(
-                r["model"],
-                f"{r['params'] / 1e6:.2f}M",
-                f"{r['macs'] / 1e9:.2f}G",
-                r["tokens"],
-                r["backbone"],
-                str(r["embed_dim"]),
-                str(r["depth"]),
-                str(r["heads"]),
-                f"{r['official_top1']}" if r["official_top1"] else "-",
-                r["official_file"] or "-",
-            )
-        console.print(table)
-        return 0
-
-    # Without a checkpoint only shapes matter: build on the meta device (instant even for t2t_vit_24).
-    with torch.device("meta") if args.checkpoint is None else contextlib.nullcontext():
-        model = t2tvit.create_model(
-            args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=args.img_size
-        )
-    s = summarize(model, args.model)
-    report = getattr(model, "load_report", None)
-    if args.json:
-        out = s.as_dict()
-        if report is not None:
-            out["checkpoint"] = {"path": report.path, "source_key": report.source_key, "notes": report.notes}
-        print(json.dumps(out, indent=2))
-        return 0
-    head = Table(title=f"{s.name}", show_header=False)
-    head.add_row("input", f"{s.input_size[0]} x {s.input_size[1]} x {s.input_size[2]} (C x H x W)")
-    head.add_row("classes", str(s.num_classes))
-    head.add_row("parameters", f"{s.params:,} ({s.trainable_params:,} trainable, {s.frozen_params:,} frozen)")
-    head.add_row("MACs", f"{s.macs / 1e9:.3f} G per image")
-    if report is not None:
-        head.add_row("checkpoint", escape(str(report)))
-    console.print(head)
-    stages = Table(title="tokens per stage")
-    for col in ("stage", "tokens", "dim", "grid"):
-        stages.add_column(col, justify="left" if col == "stage" else "right")
-    for st in s.stages:
-        grid = f"{st.grid[0]}x{st.grid[1]}" if st.grid else "-"
-        stages.add_row(st.name, str(st.tokens) if st.tokens else "-", str(st.dim), grid)
-    console.print(stages)
-    return 0
+    add_parser(sub)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -195,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    clashes = name_clashes()
+    if clashes:
+        where = "; ".join(f"`{name}` is {origin}" for name, origin in clashes.items())
+        print(
+            f"t2t: error: another installed package takes this toolkit's import names ({where}); "
+            "install t2tvit-edge in its own virtual environment (python3 -m venv .venv)",
+            file=sys.stderr,
+        )
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -11,35 +11,22 @@ continues an interrupted training stage from its ``last.pth``. ``--redo STAGE`` 
 and every later one again. The settings are kept in ``pipeline.json``; running into the same
 ``--out`` with other settings is refused, so a folder never mixes two pipelines.
 
-This module is the only place that sees every package (trainer, distillation, export,
-profiler); each stage calls the same code as its own command (``t2t train``, ``t2t distill``,
-``t2t export``, ``t2t bench``).
+The pipeline is :func:`deploy.pipeline.run_pipeline`; this module parses (the pass-through flags
+with the underlying command's own parser), calls it and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
+from .bench_cmd import add_check_flags
+
 __all__ = ["STAGES", "add_parser"]
 
-STAGES = ("teacher", "student", "export", "verify", "report")
-DEFAULT_TEACHER = "resnet18"
-
-# --demo: the bundled digits, end to end in a few minutes on 2 CPU cores.
-DEMO = {
-    "data": "digits",
-    "teacher_epochs": 4,
-    "epochs": 8,
-    "formats": "builtin,tensorrt",
-    "batch_sizes": "1,8",
-    "duration": 1.0,
-}
+STAGES = ("teacher", "student", "export", "verify", "report")  # deploy.pipeline.STAGES, for --help
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compress",
         help="the whole pipeline: train a teacher, distil, export, verify, benchmark, report (resumable)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\nThis module")[0]
+        description=__doc__.split("\n\nThe pipeline is")[0]
         + "\n\nExample (the bundled digits, about 5 minutes on 2 CPU cores):\n  t2t compress --demo\n"
         "With your data and teacher:\n  t2t compress DATA --teacher-model resnet50 --teacher-path resnet50.pth "
         "--img-size 224 --epochs 100",
@@ -89,305 +76,80 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the profiler's)")
     g.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch size")
     g.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact")
+    add_check_flags(g)
     p.set_defaults(func=_cmd_compress)
 
 
-# --------------------------------------------------------------------------- settings and stage records
-
-
-def _settings(args: argparse.Namespace, explicit: set[str]) -> dict[str, Any]:
-    """The pipeline's settings; with --demo, the demo values fill what was not given explicitly."""
-    s = {k: v for k, v in vars(args).items() if k not in ("func", "command", "demo", "out", "redo", "stop_after")}
-    if args.demo:
-        for k, v in DEMO.items():
-            if k not in explicit:
-                s[k] = v
-    return s
-
-
-def _explicit(argv_flags: argparse.Namespace, parser_defaults: dict[str, Any]) -> set[str]:
-    return {k for k, v in vars(argv_flags).items() if k in parser_defaults and v != parser_defaults[k]}
-
-
-def _record(folder: Path, stage: str, seconds: float, summary: dict[str, Any]) -> None:
-    (folder / "stage.json").write_text(
-        json.dumps({"stage": stage, "status": "done", "seconds": round(seconds, 1), "summary": summary}, indent=2)
-    )
-
-
-def _done(folder: Path) -> dict[str, Any] | None:
-    path = folder / "stage.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-
-
-# The first stage each setting changes; any other setting is used from the first stage on.
-_FIRST_USE = {
-    "model": "student",
-    "epochs": "student",
-    "student_args": "student",
-    "distillation_alpha": "student",
-    "distillation_tau": "student",
-    "formats": "export",
-    "export_args": "export",
-    "batch_sizes": "report",
-    "threads": "report",
-    "duration": "report",
-    "no_memory": "report",
+# The pass-through flags: parsed by the underlying command's own parser, explicit values only.
+_PASS_THROUGH = {
+    "student_args": ("compress.distill", "t2t distill"),
+    "teacher_args": ("t2tvit.train", "t2t train"),
+    "export_args": ("t2t.export_cmd", "t2t export"),
 }
 
 
-def _first_use(key: str, before: Any, after: Any) -> int:
-    """The index of the first stage a change of ``key`` from ``before`` to ``after`` affects."""
-    if key == "distillation_type" and "none" not in (before, after):
-        return STAGES.index("student")  # hard <-> soft keeps the teacher; none has no teacher stage
-    return STAGES.index(_FIRST_USE.get(key, STAGES[0]))
+def _explicit_flags(key: str, text: str) -> dict[str, Any]:
+    """The options ``text`` gives, by destination name, as the command it is meant for parses them."""
+    import importlib
 
-
-def _check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) -> None:
-    """Refuse settings that differ from the run already in ``out``, unless ``--redo`` reruns every
-    stage they affect (e.g. ``--redo report --duration 5``)."""
     from t2tvit.errors import ConfigError
 
-    path = out / "pipeline.json"
-    if path.is_file():
-        before = json.loads(path.read_text()).get("settings", {})
-        changed = {
-            k: _first_use(k, before.get(k), settings.get(k))
-            for k in set(before) | set(settings)
-            if before.get(k) != settings.get(k)
-        }
-        redo_from = STAGES.index(redo) if redo else len(STAGES)
-        stale = sorted(k for k, first in changed.items() if first < redo_from)
-        if stale:
-            first = min(changed[k] for k in stale)
-            raise ConfigError(
-                f"{out} holds a pipeline run with other settings ({', '.join(stale)}); pass --redo "
-                f"{STAGES[first]} to run again from where they matter, or choose another --out"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"settings": settings}, indent=2))
+    module, command = _PASS_THROUGH[key]
+    if key == "export_args":
+        sub = argparse.ArgumentParser(prog="t2t").add_subparsers()
+        importlib.import_module(module).add_parser(sub)
+        parser = sub.choices["export"]
+    else:
+        parser = importlib.import_module(module).build_parser()
+    for action in parser._actions:  # explicit values only: what the pipeline sets itself must stay its own
+        action.default = argparse.SUPPRESS
+    parser._defaults.clear()  # set_defaults() values (the distiller's --model, the subcommand's func)
+
+    def refuse(message: str) -> None:
+        raise ConfigError(f"--{key.replace('_', '-')} {text!r} is not valid for `{command}`: {message}")
+
+    parser.error = refuse  # one sentence instead of argparse's usage and exit
+    values, rest = parser.parse_known_args(shlex.split(text))
+    if rest:
+        raise ConfigError(f"--{key.replace('_', '-')}: `{command}` has no option {' '.join(rest)}")
+    return {k: v for k, v in vars(values).items() if k != "json"}  # how the command prints: not a setting
 
 
-def _call(what: str, argv: list[str]) -> int:
-    import sys
+def _settings(args: argparse.Namespace) -> Any:
+    """The pipeline's settings; with --demo, the demo values fill what was not given explicitly."""
+    from dataclasses import fields
 
-    from t2t.cli import main
+    from deploy.pipeline import DEMO, PipelineSettings
 
-    print(f"$ t2t {what} {shlex.join(argv)}", file=sys.stderr, flush=True)
-
-    return main([what, *argv])
-
-
-def _train_argv(data: str, s: dict[str, Any], model: str, epochs: int | None, extra: str) -> list[str]:
-    argv = [data, "--config", s["config"], "--model", model]
-    if s["img_size"]:
-        argv += ["--img-size", str(s["img_size"])]
-    if epochs:
-        argv += ["--epochs", str(epochs)]
-    return argv + shlex.split(extra)
-
-
-def _top1(folder: Path) -> float | None:
-    """The val top-1 of the run's best.pth (what the next stage uses; EMA's when EMA is on)."""
-    path = folder / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    if summary.get("best_top1") is not None:
-        return summary["best_top1"]
-    last = summary.get("last") or {}
-    return last.get("ema_top1", last.get("top1"))
-
-
-def _resume(folder: Path) -> list[str]:
-    """Continue an interrupted training stage from its last epoch."""
-    last = folder / "last.pth"
-    return ["--resume", str(last)] if last.is_file() else []
-
-
-# --------------------------------------------------------------------------- the stages
-
-
-def _stage_teacher(s: dict[str, Any], folder: Path) -> dict[str, Any]:
-    from t2tvit.errors import T2TError
-
-    argv = _train_argv(s["data"], s, s["teacher_model"] or DEFAULT_TEACHER, s["teacher_epochs"], s["teacher_args"])
-    if _call("train", [*argv, "--output", str(folder), *_resume(folder)]) != 0:
-        raise T2TError("the teacher stage failed (see above); fix it and run the same command again")
-    return {
-        "checkpoint": str(folder / "best.pth"),
-        "val_top1": _top1(folder),
-        "model": s["teacher_model"] or DEFAULT_TEACHER,
-    }
-
-
-def _stage_student(s: dict[str, Any], folder: Path, teacher: dict[str, Any]) -> dict[str, Any]:
-    from t2tvit.errors import T2TError
-
-    argv = _train_argv(s["data"], s, s["model"], s["epochs"], s["student_args"])
-    argv += ["--distillation-type", s["distillation_type"], "--distillation-alpha", str(s["distillation_alpha"])]
-    argv += ["--distillation-tau", str(s["distillation_tau"])]
-    if teacher.get("checkpoint"):
-        argv += ["--teacher-path", teacher["checkpoint"]]
-        if teacher.get("model"):
-            argv += ["--teacher-model", teacher["model"]]
-    if _call("distill", [*argv, "--output", str(folder), *_resume(folder)]) != 0:
-        raise T2TError("the student stage failed (see above); fix it and run the same command again")
-    return {"checkpoint": str(folder / "best.pth"), "val_top1": _top1(folder), "model": s["model"]}
-
-
-def _val_folder(data: str) -> Path:
-    from t2tvit.data import bundled_dataset_path, find_split
-
-    if data == "digits" and not Path(data).is_dir():
-        return bundled_dataset_path() / "val"
-    return find_split(data, "val")
-
-
-def _stage_export(s: dict[str, Any], folder: Path, checkpoint: str) -> dict[str, Any]:
-    from deploy.export import read_manifest
-    from t2tvit.errors import T2TError
-
-    argv = ["--checkpoint", checkpoint, "--formats", s["formats"], "--calib-data", str(_val_folder(s["data"]))]
-    code = _call("export", [*argv, *shlex.split(s["export_args"]), "--out", str(folder)])
-    if code not in (0, 1):  # 1: some artifact failed, which the manifest and the report show
-        raise T2TError("the export stage failed (see above); fix it and run the same command again")
-    counts: dict[str, int] = {}
-    for a in read_manifest(folder)["artifacts"]:
-        counts[a["status"]] = counts.get(a["status"], 0) + 1
-    return {"folder": str(folder), "artifacts": counts}
-
-
-def _stage_verify(s: dict[str, Any], folder: Path, export: Path, checkpoint: str) -> dict[str, Any]:
-    import t2tvit
-    from compress.quantize import load_images
-    from deploy.export import manifest_preprocessing, read_manifest, verify_artifacts
-    from t2tvit.data import eval_transform_for
-
-    manifest = read_manifest(export)
-    h, w = manifest["input"]["shape"][2:]
-    model = t2tvit.create_model(s["model"], checkpoint=checkpoint, img_size=(h, w)).eval()
-    transform = eval_transform_for(model, (h, w), **manifest_preprocessing(manifest))
-    images, _ = load_images(_val_folder(s["data"]), transform, 128, seed=1, what="verification")
-    results = verify_artifacts(export, model, images)
-    (folder / "verify.json").write_text(json.dumps(results, indent=2))
-    bad = [r for r in results if not r["ok"]]
-    for r in bad:
-        print(f"verify: {r['format']}: {'; '.join(r['problems'])}")
-    print(f"verify: {len(results) - len(bad)} of {len(results)} artifacts load, match their sha256 and pass parity")
-    return {"checked": len(results), "ok": len(results) - len(bad), "failed": [r["format"] for r in bad]}
-
-
-def _stage_report(s: dict[str, Any], folder: Path, export: Path, command: str) -> dict[str, Any]:
-    from benchmarks.profiler import ProfileConfig, profile_folder
-    from benchmarks.report import print_table, write_report
-
-    batch_sizes = tuple(int(b) for b in str(s["batch_sizes"]).split(","))
-    config = ProfileConfig(
-        batch_sizes=batch_sizes,
-        threads=s["threads"],
-        duration=s["duration"],
-        data=str(_val_folder(s["data"])),
-        memory=not s["no_memory"],
-        reference=True,  # the straightforward formulation, for the eager-speed target
-    )
-    report = profile_folder(export, config, command=command)
-    write_report(report, folder)
-    print_table(report)
-    ok = [r for r in report["rows"] if r["status"] == "ok"]
-    return {"folder": str(folder), "rows": len(report["rows"]), "ok": len(ok)}
-
-
-# --------------------------------------------------------------------------- the command
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    defaults = vars(parser.parse_args(["compress"]))
+    values = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)}
+    if args.demo:
+        values |= {k: v for k, v in DEMO.items() if values[k] == defaults[k]}
+    values["data"] = values["data"] or "digits"
+    for key in _PASS_THROUGH:
+        values[key] = _explicit_flags(key, values[key]) if values[key] else {}
+    return PipelineSettings(**values)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     import sys
 
+    from deploy.pipeline import run_pipeline
     from t2tvit.errors import ConfigError
 
     if not args.demo and args.data is None:
         raise ConfigError("give a dataset folder (DATA/train, DATA/val), 'digits', or --demo")
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_parser(sub)
-    defaults = vars(parser.parse_args(["compress"]))
-    s = _settings(args, _explicit(args, defaults))
-    s["data"] = s["data"] or "digits"
-    out = Path(args.out) if args.out else Path("runs") / "compress" / s["model"]
-    _check_same_pipeline(out, s, args.redo)
     command = shlex.join(["t2t", *sys.argv[1:]]) if sys.argv and "t2t" in Path(sys.argv[0]).name else "t2t compress"
-    folders = {stage: out / stage for stage in STAGES}
-    redo_from = STAGES.index(args.redo) if args.redo else len(STAGES)
-    results: dict[str, Any] = {}
-    t_all = time.perf_counter()
-    for i, stage in enumerate(STAGES):
-        folder = folders[stage]
-        earlier = _done(folder)
-        if earlier is not None and i < redo_from:
-            print(f"stage {stage}: done earlier ({folder}), skipped")
-            results[stage] = earlier["summary"]
-        else:
-            if i >= redo_from and folder.exists():  # --redo: afresh, not resumed from an old last.pth
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-            print(f"stage {i + 1}/{len(STAGES)}: {stage} -> {folder}", flush=True)
-            t0 = time.perf_counter()
-            results[stage] = _run_stage(stage, s, folders, results, command)
-            _record(folder, stage, time.perf_counter() - t0, results[stage])
-        if stage == args.stop_after:
-            break
-    _print_summary(out, results, time.perf_counter() - t_all)
-    failed = results.get("export", {}).get("artifacts", {}).get("failed", 0)
-    unverified = results.get("verify", {}).get("failed", [])
-    if failed or unverified:
+    result = run_pipeline(_settings(args), args.out, redo=args.redo, stop_after=args.stop_after, command=command)
+    print("\n".join(result.summary()), flush=True)
+    if result.failed_exports or result.unverified:
         print(
-            f"t2t compress: {failed} artifact(s) failed to export and {len(unverified)} failed verification; "
-            "the report lists them with their reasons",
+            f"t2t compress: {result.failed_exports} artifact(s) failed to export and {len(result.unverified)} failed "
+            "verification; the report lists them with their reasons",
             file=sys.stderr,
         )
-        return 1
-    return 0
-
-
-def _run_stage(
-    stage: str, s: dict[str, Any], folders: dict[str, Path], results: dict[str, Any], command: str
-) -> dict[str, Any]:
-    if stage == "teacher":
-        if s["distillation_type"] == "none":
-            return {"skipped": "--distillation-type none needs no teacher"}
-        if s["teacher_path"]:
-            return {"checkpoint": s["teacher_path"], "provided": True, "model": s["teacher_model"]}
-        return _stage_teacher(s, folders["teacher"])
-    if stage == "student":
-        return _stage_student(s, folders["student"], results["teacher"])
-    checkpoint = results["student"]["checkpoint"]
-    if stage == "export":
-        return _stage_export(s, folders["export"], checkpoint)
-    if stage == "verify":
-        return _stage_verify(s, folders["verify"], folders["export"], checkpoint)
-    return _stage_report(s, folders["report"], folders["export"], command)
-
-
-def _print_summary(out: Path, results: dict[str, Any], seconds: float) -> None:
-    lines = [f"pipeline {out} ({seconds:.0f} s this run)"]
-    t = results.get("teacher", {})
-    if t.get("val_top1") is not None:
-        lines.append(f"  teacher {t['model']}: val top-1 {t['val_top1']:.2f}%")
-    st = results.get("student", {})
-    if st.get("val_top1") is not None:
-        lines.append(f"  student {st['model']}: val top-1 {st['val_top1']:.2f}%  ({st['checkpoint']})")
-    if "export" in results:
-        counts = ", ".join(f"{n} {k}" for k, n in results["export"]["artifacts"].items())
-        lines.append(f"  export: {counts}  ({results['export']['folder']})")
-    if "verify" in results:
-        v = results["verify"]
-        lines.append(f"  verify: {v['ok']} of {v['checked']} artifacts re-checked ok")
-    if "report" in results:
-        lines.append(f"  report: {Path(results['report']['folder']) / 'report.md'}")
-    print("\n".join(lines))
+    if not result.checks_passed:
+        print("t2t compress: the report misses the checks asked for (see its Checks)", file=sys.stderr)
+    return 0 if result.ok else 1

@@ -11,7 +11,7 @@ from typing import Any
 
 __all__ = ["add_parser"]
 
-DEFAULT_MODEL = "t2t_vit_7"
+DEFAULT_MODEL = "t2t_vit_7"  # deploy.export.DEFAULT_MODEL (not imported: `t2t --help` stays instant)
 
 
 def _batch(text: str) -> tuple[int, int, int]:
@@ -103,93 +103,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from deploy.base import resolve_formats
-    from t2tvit.errors import ConfigError
+    from deploy.export import export_checkpoint
 
-    formats = resolve_formats(args.formats)  # unknown names fail before anything heavy loads
-    if args.calib_size < 1 or args.parity_images < 1:
-        raise ConfigError("--calib-size and --parity-images must be at least 1")
-
-    import t2tvit
-    from compress.quantize import check_qengine, load_images
-    from deploy.base import ExportContext
-    from deploy.export import PARITY_RANDOM_WEIGHTS, PREPROCESSING_KEYS, export_all
-    from t2tvit.checkpoint import read_checkpoint
-    from t2tvit.data import bundled_dataset_path, eval_transform_for
-
-    check_qengine(args.qengine)
-    name, img_size, classes = args.model, args.img_size, None
-    overrides: dict[str, Any] = {}  # the trainer's --crop-pct / --interpolation, if it was given them
-    if args.checkpoint is not None:
-        ck = read_checkpoint(args.checkpoint)
-        ck_args = ck.get("args") if isinstance(ck, dict) else None
-        ck_args = vars(ck_args) if isinstance(ck_args, argparse.Namespace) else ck_args or {}
-        name = name or (ck_args.get("model") if isinstance(ck_args.get("model"), str) else None)
-        if img_size is None and isinstance(ck_args.get("img_size"), int):
-            img_size = ck_args["img_size"]
-        overrides = {k: ck_args[k] for k in ("crop_pct", "interpolation") if ck_args.get(k)}
-        # the trainer's class names, kept for `t2t predict` unless --num-classes gives a new head
-        names = ck.get("classes") if isinstance(ck, dict) else None
-        if isinstance(names, list) and names and args.num_classes in (None, ck_args.get("num_classes")):
-            classes = [str(c) for c in names]
-        del ck
-    name = name or DEFAULT_MODEL
-    thresholds = None
-    if args.checkpoint is None:  # random weights: the same ones every run, checked by logit movement
-        import torch
-
-        torch.manual_seed(0)
-        thresholds = PARITY_RANDOM_WEIGHTS
-    model = t2tvit.create_model(name, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=img_size)
-    model.eval()
+    resolve_formats(args.formats)  # unknown names fail before anything heavy loads
     if args.checkpoint is None:
         from rich.console import Console
 
-        Console(stderr=True).print(
-            "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
-            "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
-        )
-    hw = tuple(int(s) for s in model.img_size)
-    folder = Path(args.calib_data) if args.calib_data else bundled_dataset_path() / "val"
-    transform = eval_transform_for(model, hw, **overrides)
-    images, files = load_images(folder, transform, args.parity_images + args.calib_size, what="image")
-    parity, calib = images[: args.parity_images], images[args.parity_images :]
-    overlap = len(calib) == 0
-    if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
-        calib = parity
-    ctx = ExportContext(img_size=hw, batch=args.batch, calib=calib, qengine=args.qengine, opset=args.opset)
-    ctx.jit = args.jit
-    cfg = model.pretrained_cfg | overrides
-    meta = {
-        "preprocessing": {k: cfg.get(k) for k in PREPROCESSING_KEYS},
-        "data": {
-            "folder": str(folder),
-            "parity_images": len(parity),
-            "calibration_images": len(calib),
-            "calibration_is_parity_set": overlap,
-        },
-    }
-    if classes is not None and len(classes) <= model.num_classes:
-        meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
-    out = Path(args.out) if args.out else Path("artifacts") / name
-    manifest = export_all(
-        model,
-        formats,
-        out,
-        ctx,
-        parity,
-        source_checkpoint=args.checkpoint,
-        meta=meta,
-        thresholds=thresholds,
-        progress=not args.json,
-    )
+        import t2tvit
+
+        if (args.model or DEFAULT_MODEL) in t2tvit.list_variants():  # else create_model says what is wrong
+            Console(stderr=True).print(
+                "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
+                "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
+            )
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json")}
+    result = export_checkpoint(**options, progress=not args.json)
     if args.json:
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps(result.manifest, indent=2))
     else:
-        _print_table(manifest, out)
-    return 1 if any(a["status"] == "failed" for a in manifest["artifacts"]) else 0
+        _print_table(result.manifest, result.folder)
+    return 1 if result.failed else 0
 
 
 def _print_table(manifest: dict[str, Any], out: Any) -> None:

@@ -1,26 +1,29 @@
-"""``t2t train``: the trainer's own command line (:mod:`t2tvit.train`), reached from ``t2t``.
+"""``t2t train`` and ``t2t distill``: the trainer's and the distiller's own command lines, reached from ``t2t``.
 
-The trainer keeps its flags in one parser so that ``python -m t2tvit.train`` (what torchrun
-launches) and ``t2t train`` accept exactly the same arguments; this module only forwards.
+Each keeps its flags in one parser so that ``python -m t2tvit.train`` / ``python -m compress.distill``
+(what torchrun launches) and ``t2t train`` / ``t2t distill`` accept exactly the same arguments; this
+module only forwards every token to them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+
+__all__ = ["add_forwarding_parser", "add_parser"]
+
+
+def add_forwarding_parser(sub: argparse._SubParsersAction, name: str, module: str, help: str) -> None:
+    """Subcommand ``name`` whose tokens all go to ``module.main`` untouched (``--help`` included)."""
+    p = sub.add_parser(name, help=help, add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda args: importlib.import_module(module).main(args.args))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    add_forwarding_parser(
+        sub,
         "train",
-        help="train, fine-tune or evaluate a T2T-ViT (DDP, AMP, EMA, resumable); see t2t train --help",
-        add_help=False,
-        prefix_chars="\0",  # every token goes to ARGS untouched, --help included
+        "t2tvit.train",
+        "train, fine-tune or evaluate a T2T-ViT (DDP, AMP, EMA, resumable); see t2t train --help",
     )
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_cmd_train)
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from t2tvit.train import main
-
-    return main(args.args)

@@ -7,6 +7,8 @@ The public API used by the rest of the toolkit::
     t2tvit.load_checkpoint(model, "run/best.pth", use_ema=True, strict=True)
 """
 
+__toolkit__ = "t2tvit-edge"  # read (not imported) by t2t.cli.name_clashes: is this package ours?
+
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 

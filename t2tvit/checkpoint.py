@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ import torch
 
 from .errors import CheckpointError
 
-__all__ = ["read_checkpoint", "read_state_dict"]
+__all__ = [
+    "StateDictFit",
+    "read_checkpoint",
+    "read_state_dict",
+    "recorded_args",
+    "recorded_preprocessing",
+    "state_dict_fit",
+]
 
 _EMA_KEYS = ("state_dict_ema", "model_ema")
 _MODEL_KEYS = ("state_dict", "model", "module", "net")
@@ -105,6 +114,61 @@ def _what_file_is(path: Path) -> str:
     return f"({size:,} bytes) is neither a zip archive (torch.save) nor a pickle"
 
 
+def recorded_args(obj: Any) -> dict[str, Any]:
+    """The training arguments a loaded checkpoint recorded, as a dict (``{}`` when it has none).
+
+    Our trainer stores a dict, the official trainer an ``argparse.Namespace``; every reader of a
+    checkpoint's model name, image size, class count or preprocessing goes through here.
+    """
+    args = obj.get("args") if isinstance(obj, dict) else None
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    return dict(args) if isinstance(args, dict) else {}
+
+
+def recorded_preprocessing(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's ``--crop-pct`` / ``--interpolation`` among recorded ``args`` (unset ones left out,
+    as the trainer then used the model's own), as :func:`t2tvit.data.eval_transform_for` keywords."""
+    return {k: args[k] for k in ("crop_pct", "interpolation") if args.get(k)}
+
+
+@dataclass
+class StateDictFit:
+    """How a state dict fits a model's own: keys it lacks, keys it has extra, shapes that differ."""
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong)
+
+    def problems(self, sd: Mapping[str, Any], own: Mapping[str, Any]) -> list[str]:
+        """One clause per kind of misfit, with a few example keys (for a one-sentence error)."""
+        parts = []
+        if self.missing:
+            parts.append(f"missing {len(self.missing)} keys (e.g. {', '.join(self.missing[:3])})")
+        if self.unexpected:
+            parts.append(f"unexpected {len(self.unexpected)} keys (e.g. {', '.join(self.unexpected[:3])})")
+        if self.wrong:
+            k = self.wrong[0]
+            parts.append(
+                f"{len(self.wrong)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})"
+            )
+        return parts
+
+
+def state_dict_fit(own: Mapping[str, Any], sd: Mapping[str, Any], ignore: set[str] | None = None) -> StateDictFit:
+    """Compare a checkpoint's ``sd`` with a model's ``own`` state dict; ``ignore``: own keys not expected."""
+    expected = [k for k in own if k not in (ignore or set())]
+    return StateDictFit(
+        missing=[k for k in expected if k not in sd],
+        unexpected=[k for k in sd if k not in own],
+        wrong=[k for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)],
+    )
+
+
 def read_state_dict(obj: Any, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], str | None, str | None]:
     """Find the weights in a loaded checkpoint.
 
@@ -116,8 +180,7 @@ def read_state_dict(obj: Any, use_ema: bool = True) -> tuple[dict[str, torch.Ten
     """
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict of weights, found a {type(obj).__name__}")
-    args = obj.get("args")
-    model_name = getattr(args, "model", None) if not isinstance(args, dict) else args.get("model")
+    model_name = recorded_args(obj).get("model")
     keys = (_EMA_KEYS if use_ema else ()) + _MODEL_KEYS
     source = next((k for k in keys if isinstance(obj.get(k), dict) and obj[k]), None)
     sd = obj[source] if source else obj

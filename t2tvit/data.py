@@ -6,7 +6,6 @@
 * a small *real* dataset that ships with the toolkit, so demos and tests run offline:
   scikit-learn's 1,797 handwritten digits (8x8, 10 classes) written out once as an image
   folder, upscaled to 64x64 (:func:`bundled_dataset_path`);
-* synthetic random images for speed benchmarks (:class:`SyntheticImages`);
 * timm's transforms (RandAugment, random erasing) and samplers for DDP (:func:`build_loader`).
 
 A batch from :func:`build_loader` is ``(images, targets, n_skipped)``: the third item counts
@@ -35,10 +34,12 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SafeImageFolder",
     "ShardSampler",
-    "SyntheticImages",
     "build_loader",
     "build_transform",
+    "BUNDLED_DATASETS",
     "bundled_dataset_path",
+    "dataset_path",
+    "dataset_split",
     "collate_skip",
     "eval_transform_for",
     "find_split",
@@ -89,6 +90,23 @@ def bundled_dataset_path(root: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# Dataset names that select a bundled dataset wherever a dataset folder is asked for (DATA, --data,
+# --calib-data, --classes), unless a folder of that name exists.
+BUNDLED_DATASETS = ("digits",)
+
+
+def dataset_path(data: str | Path) -> Path:
+    """The folder ``data`` names: a bundled dataset's name (``digits``), else the path itself."""
+    if str(data) in BUNDLED_DATASETS and not Path(data).is_dir():
+        return bundled_dataset_path()
+    return Path(data)
+
+
+def dataset_split(data: str | Path, split: str) -> Path:
+    """``split`` (``train`` or ``val``) of the dataset ``data`` names (see :func:`dataset_path`)."""
+    return find_split(dataset_path(data), split)
 
 
 def _write_digits(out: Path) -> None:
@@ -193,21 +211,6 @@ class SafeImageFolder(Dataset):
         return img, target
 
 
-class SyntheticImages(Dataset):
-    """Random normalised images and labels, generated per index (reproducible), for speed benchmarks."""
-
-    def __init__(self, length: int, img_size: int = 224, num_classes: int = 1000, seed: int = 0):
-        self.length, self.img_size, self.num_classes, self.seed = length, img_size, num_classes, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        img = torch.randn(3, self.img_size, self.img_size, generator=g)
-        return img, int(torch.randint(self.num_classes, (1,), generator=g))
-
-
 def collate_skip(batch: Sequence[tuple[Any, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Stack the readable samples; the third item is how many were dropped as unreadable."""
     good = [b for b in batch if b is not None]
@@ -293,7 +296,7 @@ def eval_transform_for(
     """The eval transform of ``model`` at ``img_size``: resize, centre crop, normalise.
 
     The one definition of "the model's preprocessing", shared by the trainer's validation set,
-    calibration and parity images (:func:`compress.quantize.eval_transform`) and ``t2t predict``,
+    calibration and parity images and ``t2t predict``,
     so an artifact sees exactly the pixels its model was validated on. ``model`` is a registered
     model name (its timm ``pretrained_cfg`` is read; nothing is built), a cfg mapping, or a model
     with a ``pretrained_cfg``. ``img_size`` defaults to the cfg's input size; the keyword arguments

@@ -115,44 +115,56 @@ class StepLog:
     def __init__(self, enabled: bool, log_interval: int = 50):
         self.enabled, self.log_interval = enabled, max(1, log_interval)
         self._progress: Any = None
-        self._task: Any = None
-        self._desc = ""
-        self._total = 0
 
     def start(self, description: str, total: int) -> None:
         if not self.enabled:
             return
-        self._desc, self._total = description, total
-        from rich.console import Console
+        from .progress import Progress
 
-        console = Console(stderr=True)
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(description, total=total, info="")
+        self._progress = Progress(total, description, info=True, every=self.log_interval, eta=True).__enter__()
 
     def update(self, step: int, info: str) -> None:
-        if not self.enabled:
-            return
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, info=info)
-        elif step % self.log_interval == 0 or step == self._total:
-            print(f"{self._desc} [{step}/{self._total}] {info}", flush=True)
+            self._progress.update(step, info)
 
     def stop(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            self._progress.close()
             self._progress = None
+
+
+def _backward_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    clip_grad: float | None,
+    guard: NonFiniteGuard,
+    epoch: int,
+    step: int,
+) -> str:
+    """Backward and optimizer step; ``"ok"``, ``"overflow"`` (the fp16 scaler skipped it, normal) or
+    ``"nonfinite"`` (non-finite gradients without a scaler: the weights were left untouched)."""
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if clip_grad:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        guard.observe(True, epoch, step)
+        return "overflow" if scaler.get_scale() < scale else "ok"  # inf/NaN gradients: the scaler skipped
+    loss.backward()
+    norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
+    guard.observe(finite, epoch, step, "" if finite else f"gradient norm {float(norm)}")
+    if not finite:  # one bad backward must not write NaN into the weights
+        return "nonfinite"
+    if clip_grad:
+        nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad, norm)
+    optimizer.step()
+    return "ok"
 
 
 def train_one_epoch(
@@ -217,28 +229,11 @@ def train_one_epoch(
             nonfinite += 1
             guard.observe(False, epoch, step, f"loss {value}")
             continue
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scale = scaler.get_scale()
-            scaler.step(optimizer)
-            scaler.update()
-            if scaler.get_scale() < scale:  # inf/NaN gradients: the scaler skipped this step (normal in fp16)
-                overflow += 1
-            guard.observe(True, epoch, step)
-        else:
-            loss.backward()
-            norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
-            guard.observe(finite, epoch, step, "" if finite else f"gradient norm {float(norm)}")
-            if not finite:  # one bad backward must not write NaN into the weights
-                nonfinite += 1
-                continue
-            if clip_grad:
-                nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad, norm)
-            optimizer.step()
+        result = _backward_step(loss, model, optimizer, scaler, clip_grad, guard, epoch, step)
+        overflow += result == "overflow"
+        if result == "nonfinite":
+            nonfinite += 1
+            continue
         num_updates += 1
         if model_ema is not None:
             model_ema.update(model, step=num_updates)

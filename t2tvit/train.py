@@ -18,7 +18,7 @@ import os
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import read_checkpoint, read_state_dict
+from .checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
 from .errors import CheckpointError, ConfigError, T2TError
 
 __all__ = [
@@ -38,13 +38,13 @@ __all__ = [
     "data_config",
     "label_loss",
     "main",
+    "make_args",
     "param_groups",
     "parse_args",
     "run",
 ]
 
 CHECKPOINT_VERSION = 1
-_BUNDLED = "digits"  # the DATA argument that selects the bundled digits dataset
 
 
 # --------------------------------------------------------------------------- arguments
@@ -164,6 +164,26 @@ def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParse
     return parser.parse_args(argv)
 
 
+def make_args(
+    parser: argparse.ArgumentParser | None = None, config: str | None = None, **values: Any
+) -> argparse.Namespace:
+    """The trainer's arguments from Python values, for callers that are not a command line (the pipeline).
+
+    The parser's defaults (``parser``: the trainer's, or one that extends it such as distillation's),
+    then the recipe ``config`` (a bundled name or a YAML file, as ``--config``), then ``values`` by
+    flag destination (``img_size=32``, ``teacher_path=...``); a name the parser does not have is a
+    :class:`ConfigError`.
+    """
+    parser = parser or build_parser()
+    args = parse_args(["--config", config] if config else [], parser)
+    unknown = sorted(set(values) - {a.dest for a in parser._actions})
+    if unknown:
+        raise ConfigError(f"{parser.prog} has no option {', '.join(unknown)}")
+    for key, value in values.items():
+        setattr(args, key, value)
+    return args
+
+
 # --------------------------------------------------------------------------- distributed
 
 
@@ -246,15 +266,13 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         head = _classifier_prefix(model)
         if args.finetune:  # another class count: keep the fresh classifier
             sd = {k: v for k, v in sd.items() if k.split(".")[0] != head}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
-        if args.finetune:
-            missing = [k for k in missing if k.split(".")[0] != head]
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{ckpt} does not fit {args.model}: missing {', '.join(missing[:5]) or 'none'}"
-                f"{' ...' if len(missing) > 5 else ''}; unexpected {', '.join(unexpected[:5]) or 'none'}"
-                f"{' ...' if len(unexpected) > 5 else ''}"
-            )
+        own = model.state_dict()
+        fresh = {k for k in own if k.split(".")[0] == head} if args.finetune else set()
+        fit = state_dict_fit(own, sd, fresh)
+        if fit.missing or fit.unexpected:
+            fit.wrong = []  # load_state_dict reports those itself
+            raise CheckpointError(f"{ckpt} does not fit {args.model}: " + "; ".join(fit.problems(sd, own)))
+        model.load_state_dict(sd, strict=False)
     return model
 
 
@@ -373,13 +391,11 @@ def _plain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data_root(args: argparse.Namespace) -> Path:
-    from .data import bundled_dataset_path
+    from .data import dataset_path
 
     if args.data is None:
         raise ConfigError("give a dataset folder (DATA/train, DATA/val) or 'digits' for the bundled dataset")
-    if args.data == _BUNDLED and not Path(args.data).is_dir():
-        return bundled_dataset_path()
-    return Path(args.data)
+    return dataset_path(args.data)
 
 
 def data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
@@ -477,10 +493,7 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     from .engine import StepLog, evaluate
 
     root = _data_root(args)
-    ckpt = read_checkpoint(args.eval_checkpoint)
-    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
-    if isinstance(saved, argparse.Namespace):
-        saved = vars(saved)
+    saved = recorded_args(read_checkpoint(args.eval_checkpoint))
     if args.model == build_parser().get_default("model") and saved.get("model"):
         args.model = saved["model"]  # the checkpoint knows its architecture
     if saved.get("img_size") and args.img_size == build_parser().get_default("img_size"):
@@ -513,19 +526,183 @@ def label_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
+def _read_resume(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The checkpoint ``--resume`` names, checked to be this trainer's and of the same model."""
+    if not args.resume:
+        return None
+    state = read_checkpoint(args.resume)
+    if not isinstance(state, dict) or "optimizer" not in state:
+        raise CheckpointError(f"{args.resume} is not a training checkpoint of this trainer; use --initial-checkpoint")
+    if state["args"].get("model") != args.model:
+        raise CheckpointError(
+            f"{args.resume} was trained as {state['args'].get('model')}, not {args.model}; pass --model "
+            f"{state['args'].get('model')}"
+        )
+    return state
+
+
+@dataclass
+class _Training:
+    """What one run builds before its first epoch and updates as it goes (the loop's own state)."""
+
+    model: nn.Module
+    optimizer: Any
+    lr_scheduler: Any
+    num_epochs: int
+    model_ema: Any
+    scaler: Any
+    mixup_fn: Any
+    criterion: Any
+    start_epoch: int = 0
+    best: float | None = None
+    num_updates: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _build_training(
+    args: argparse.Namespace, model: nn.Module, num_classes: int, steps: int, criterion_factory: Any
+) -> _Training:
+    """Optimizer, schedule, EMA, scaler, mixup and loss, as ``args`` says."""
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    from .engine import LabelLoss
+
+    groups = param_groups(model, args.weight_decay, args.backbone_lr_scale if args.finetune else None)
+    optimizer = create_optimizer_v2(
+        groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
+    )
+    amp_dtype = _amp_dtype(args)
+    lr_scheduler, num_epochs = create_scheduler_v2(
+        optimizer,
+        sched=args.sched,
+        num_epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs,
+        cooldown_epochs=args.cooldown_epochs,
+        warmup_lr=args.warmup_lr,
+        min_lr=args.min_lr,
+        updates_per_epoch=steps,
+        step_on_epochs=not args.sched_on_updates,
+    )
+    mixup_active = args.mixup > 0 or args.cutmix > 0
+    mixup_fn = None
+    if mixup_active:
+        mixup_fn = Mixup(
+            mixup_alpha=args.mixup,
+            cutmix_alpha=args.cutmix,
+            prob=args.mixup_prob,
+            switch_prob=args.mixup_switch_prob,
+            label_smoothing=args.smoothing,
+            num_classes=num_classes,
+        )
+    if criterion_factory is not None:
+        criterion = criterion_factory(args, model, mixup_active)
+    else:
+        criterion = LabelLoss(label_loss(args, mixup_active))
+    return _Training(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        num_epochs=num_epochs,
+        model_ema=ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None,
+        scaler=torch.amp.GradScaler(next(model.parameters()).device.type, enabled=amp_dtype == torch.float16),
+        mixup_fn=mixup_fn,
+        criterion=criterion,
+    )
+
+
+def _restore(t: _Training, state: dict[str, Any], steps: int, d: Dist, path: str) -> None:
+    """Continue exactly where the checkpoint ``state`` stopped: weights, optimizer, schedule, RNGs."""
+    t.model.load_state_dict(state["model"])
+    if t.model_ema is not None and state.get("model_ema") is not None:
+        t.model_ema.module.load_state_dict(state["model_ema"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.lr_scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    t.start_epoch = state["epoch"] + 1
+    t.best = state.get("best_metric")
+    t.num_updates = state.get("num_updates", t.start_epoch * steps)
+    t.history = list(state.get("history", []))
+    rng = state.get("rng_per_rank", {}).get(d.rank)
+    if rng is not None:
+        _set_rng_state(rng)
+    t.lr_scheduler.step(t.start_epoch)
+    t.lr_scheduler.step_update(t.num_updates)
+    if d.main:
+        print(f"resumed {path} at epoch {t.start_epoch}")
+
+
+def _wrap(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
+    """DDP across processes, then ``torch.compile`` (after DDP, so the compiler sees DDP's buckets)."""
+    train_model: nn.Module = model
+    if d.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
+    if args.compile:
+        train_model = torch.compile(train_model)
+    return train_model
+
+
+def _tensorboard(args: argparse.Namespace, d: Dist, out: Path) -> Any:
+    if not (args.tensorboard and d.main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _checkpoint_state(
+    t: _Training,
+    args: argparse.Namespace,
+    epoch: int,
+    row: dict[str, Any],
+    rngs: list[Any],
+    num_classes: int,
+    classes: Any,
+) -> dict[str, Any]:
+    return {
+        "version": CHECKPOINT_VERSION,
+        "model": t.model.state_dict(),
+        "model_ema": t.model_ema.module.state_dict() if t.model_ema is not None else None,
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.lr_scheduler.state_dict(),
+        "scaler": t.scaler.state_dict() if t.scaler.is_enabled() else None,
+        "epoch": epoch,
+        "num_updates": t.num_updates,
+        "best_metric": t.best,
+        "metrics": row,
+        "history": t.history,
+        "rng_per_rank": dict(enumerate(rngs)),
+        "args": _plain(args) | {"num_classes": num_classes},
+        "classes": classes,
+    }
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    msg = (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}  val top-1 {row['top1']:.2f}%  "
+        f"top-5 {row['top5']:.2f}%  {row['img_per_s']:.1f} img/s"
+    )
+    if "ema_top1" in row:
+        msg += f"  EMA top-1 {row['ema_top1']:.2f}%"
+    if row["skipped_images"]:
+        msg += f"  ({row['skipped_images']} unreadable images skipped)"
+    return msg
+
+
 def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, Any]:
     """Train as ``args`` says and return the final summary (also written to ``summary.json``).
 
     ``criterion_factory(args, model, mixup_active) -> loss`` replaces the label loss; the
     distillation command plugs its teacher in here, so there is one loop.
     """
-    from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-
-    from .data import build_loader, set_epoch
-    from .engine import LabelLoss, NonFiniteGuard, StepLog, evaluate, train_one_epoch
+    from .data import build_loader
 
     d = setup_distributed(args.device)
     if args.eval_checkpoint:
@@ -538,18 +715,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     torch.manual_seed(seed)
 
     root = _data_root(args)
-    resume_state = None
-    if args.resume:
-        resume_state = read_checkpoint(args.resume)
-        if not isinstance(resume_state, dict) or "optimizer" not in resume_state:
-            raise CheckpointError(
-                f"{args.resume} is not a training checkpoint of this trainer; use --initial-checkpoint"
-            )
-        if resume_state["args"].get("model") != args.model:
-            raise CheckpointError(
-                f"{args.resume} was trained as {resume_state['args'].get('model')}, not {args.model}; pass --model "
-                f"{resume_state['args'].get('model')}"
-            )
+    resume_state = _read_resume(args)
     out = _resolve_output(args, d)
 
     train_set, val_set = _datasets(root)
@@ -561,14 +727,6 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     model.to(d.device)
     if getattr(model, "load_report", None) is not None and d.main:
         print(model.load_report)
-
-    groups = param_groups(model, args.weight_decay, args.backbone_lr_scale if args.finetune else None)
-    optimizer = create_optimizer_v2(
-        groups, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum
-    )
-    model_ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-    amp_dtype = _amp_dtype(args)
-    scaler = torch.amp.GradScaler(d.device.type, enabled=amp_dtype == torch.float16)
 
     train_loader = build_loader(
         train_set,
@@ -587,161 +745,100 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
             f"{len(train_set)} training images make no full batch of {args.batch_size} per process; lower -b"
         )
     steps = len(train_loader) if args.steps_per_epoch is None else min(len(train_loader), args.steps_per_epoch)
-    lr_scheduler, num_epochs = create_scheduler_v2(
-        optimizer,
-        sched=args.sched,
-        num_epochs=args.epochs,
-        warmup_epochs=args.warmup_epochs,
-        cooldown_epochs=args.cooldown_epochs,
-        warmup_lr=args.warmup_lr,
-        min_lr=args.min_lr,
-        updates_per_epoch=steps,
-        step_on_epochs=not args.sched_on_updates,
-    )
-
-    mixup_active = args.mixup > 0 or args.cutmix > 0
-    mixup_fn = None
-    if mixup_active:
-        mixup_fn = Mixup(
-            mixup_alpha=args.mixup,
-            cutmix_alpha=args.cutmix,
-            prob=args.mixup_prob,
-            switch_prob=args.mixup_switch_prob,
-            label_smoothing=args.smoothing,
-            num_classes=num_classes,
-        )
-    if criterion_factory is not None:
-        criterion = criterion_factory(args, model, mixup_active)
-    else:
-        criterion = LabelLoss(label_loss(args, mixup_active))
-
-    start_epoch, best, num_updates, history = 0, None, 0, []
+    t = _build_training(args, model, num_classes, steps, criterion_factory)
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        if model_ema is not None and resume_state.get("model_ema") is not None:
-            model_ema.module.load_state_dict(resume_state["model_ema"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        lr_scheduler.load_state_dict(resume_state["scheduler"])
-        if resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        start_epoch = resume_state["epoch"] + 1
-        best = resume_state.get("best_metric")
-        num_updates = resume_state.get("num_updates", start_epoch * steps)
-        history = list(resume_state.get("history", []))
-        rng = resume_state.get("rng_per_rank", {}).get(d.rank)
-        if rng is not None:
-            _set_rng_state(rng)
-        lr_scheduler.step(start_epoch)
-        lr_scheduler.step_update(num_updates)
-        if d.main:
-            print(f"resumed {args.resume} at epoch {start_epoch}")
-
-    train_model: nn.Module = model
-    if d.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[d.device.index] if d.device.type == "cuda" else None
-        )
-    if args.compile:  # after DDP, so the compiler sees DDP's buckets and splits graphs at them
-        train_model = torch.compile(train_model)
-
-    writer = None
-    if args.tensorboard and d.main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        writer = SummaryWriter(str(out / "tensorboard"))
-
-    saver = CheckpointSaver(out, keep=args.keep)
-    guard = NonFiniteGuard(args.max_nonfinite)
-    log = StepLog(d.main, args.log_interval)
+        _restore(t, resume_state, steps, d, args.resume)
     if d.main:
         (out / "args.json").write_text(json.dumps(_plain(args), indent=2))
         print(
             f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
             f"{num_classes} classes) on {len(train_set)} images, {d.world_size} process(es) on {d.device.type}, "
-            f"{num_epochs} epochs of {steps} steps; output {out}"
+            f"{t.num_epochs} epochs of {steps} steps; output {out}"
         )
-    for epoch in range(start_epoch, num_epochs):
+    guard = _epochs(t, args, d, out, train_loader, val_loader, num_classes, train_set.classes)
+    return _summary(t, d, out, guard)
+
+
+def _epochs(
+    t: _Training,
+    args: argparse.Namespace,
+    d: Dist,
+    out: Path,
+    train_loader: Any,
+    val_loader: Any,
+    num_classes: int,
+    classes: Any,
+) -> Any:
+    """The epoch loop: train, evaluate (EMA too), checkpoint, log; returns the non-finite guard."""
+    from .data import set_epoch
+    from .engine import NonFiniteGuard, StepLog, evaluate, train_one_epoch
+
+    train_model = _wrap(t.model, args, d)
+    writer = _tensorboard(args, d, out)
+    saver = CheckpointSaver(out, keep=args.keep)
+    guard = NonFiniteGuard(args.max_nonfinite)
+    log = StepLog(d.main, args.log_interval)
+    amp_dtype = _amp_dtype(args)
+    for epoch in range(t.start_epoch, t.num_epochs):
         set_epoch(train_loader, epoch)
         stats = train_one_epoch(
             train_model,
             train_loader,
-            criterion,
-            optimizer,
+            t.criterion,
+            t.optimizer,
             epoch=epoch,
             device=d.device,
             amp_dtype=amp_dtype,
-            scaler=scaler,
-            mixup_fn=mixup_fn,
-            model_ema=model_ema,
+            scaler=t.scaler,
+            mixup_fn=t.mixup_fn,
+            model_ema=t.model_ema,
             clip_grad=args.clip_grad,
-            lr_scheduler=lr_scheduler,
+            lr_scheduler=t.lr_scheduler,
             guard=guard,
             log=log,
-            num_updates=num_updates,
+            num_updates=t.num_updates,
             max_steps=args.steps_per_epoch,
         )
-        num_updates = int(stats.pop("num_updates"))
-        lr_scheduler.step(epoch + 1)
-        metrics = evaluate(model, val_loader, device=d.device, amp_dtype=amp_dtype)
+        t.num_updates = int(stats.pop("num_updates"))
+        t.lr_scheduler.step(epoch + 1)
+        metrics = evaluate(t.model, val_loader, device=d.device, amp_dtype=amp_dtype)
         row: dict[str, Any] = {"epoch": epoch, **stats, **metrics}
-        if model_ema is not None:
-            ema_metrics = evaluate(model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype)
+        if t.model_ema is not None:
+            ema_metrics = evaluate(t.model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype)
             row.update({"ema_top1": ema_metrics["top1"], "ema_top5": ema_metrics["top5"]})
         # With EMA, the EMA weights are what a checkpoint is read for (create_model prefers them),
         # so they also decide which checkpoint is best (as timm's trainer does).
         score = row.get("ema_top1", row["top1"])
-        is_best = best is None or score > best
-        best = score if is_best else best
-        history.append(row)
+        is_best = t.best is None or score > t.best
+        t.best = score if is_best else t.best
+        t.history.append(row)
         rngs = [_rng_state()]
         if d.distributed:
             gathered: list[Any] = [None] * d.world_size
             dist.all_gather_object(gathered, rngs[0])
             rngs = gathered
         if d.main:
-            state = {
-                "version": CHECKPOINT_VERSION,
-                "model": model.state_dict(),
-                "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": lr_scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "epoch": epoch,
-                "num_updates": num_updates,
-                "best_metric": best,
-                "metrics": row,
-                "history": history,
-                "rng_per_rank": dict(enumerate(rngs)),
-                "args": _plain(args) | {"num_classes": num_classes},
-                "classes": train_set.classes,
-            }
-            saver.save(state, epoch, is_best)
+            saver.save(_checkpoint_state(t, args, epoch, row, rngs, num_classes, classes), epoch, is_best)
             _append_logs(out, row, writer)
-            msg = (
-                f"epoch {epoch}: train loss {row['train_loss']:.4f}  val top-1 {row['top1']:.2f}%  "
-                f"top-5 {row['top5']:.2f}%  {row['img_per_s']:.1f} img/s"
-            )
-            if "ema_top1" in row:
-                msg += f"  EMA top-1 {row['ema_top1']:.2f}%"
-            if row["skipped_images"]:
-                msg += f"  ({row['skipped_images']} unreadable images skipped)"
-            print(msg, flush=True)
-    digests = _ranks_digest(model, d)
+            print(_epoch_line(row), flush=True)
+    if writer is not None:
+        writer.close()
+    return guard
+
+
+def _summary(t: _Training, d: Dist, out: Path, guard: Any) -> dict[str, Any]:
+    digests = _ranks_digest(t.model, d)
     summary = {
         "output": str(out),
-        "epochs": num_epochs,
-        "best_top1": best,  # EMA top-1 when EMA is on (what best.pth was chosen by)
-        "last": history[-1] if history else None,
+        "epochs": t.num_epochs,
+        "best_top1": t.best,  # EMA top-1 when EMA is on (what best.pth was chosen by)
+        "last": t.history[-1] if t.history else None,
         "rank_weight_digests": digests,
         "ranks_in_sync": all(dg == digests[0] for dg in digests),
         "nonfinite_losses": guard.events,
     }
     if d.main:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        if writer is not None:
-            writer.close()
         if not summary["ranks_in_sync"]:
             print("warning: the ranks' weights differ after training; see summary.json", file=sys.stderr)
     return summary
@@ -763,12 +860,19 @@ def _append_logs(out: Path, row: dict[str, Any], writer: Any) -> None:
                 writer.add_scalar(k, v, row["epoch"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+    run_fn: Any = None,
+) -> int:
+    """The command line of the trainer (and, with its ``parser`` and ``run_fn``, of distillation): a user's
+    mistake ends in one sentence and exit status 2; the process group is always torn down."""
+    parser = parser or build_parser()
     try:
-        args = parse_args(argv)
-        run(args)
+        (run_fn or run)(parse_args(argv, parser))
     except T2TError as e:
-        print(f"t2t train: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     finally:
         if dist.is_available() and dist.is_initialized():

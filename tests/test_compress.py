@@ -8,20 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import read_csv, read_report
 from deploy.export import read_manifest
+from deploy.pipeline import STAGES, check_same_pipeline
+from deploy.report import read_csv, read_report
 from t2t.cli import main
-from t2t.compress_cmd import STAGES, _check_same_pipeline
 from t2tvit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("compress") / "demo"
-    t0 = time.perf_counter()
-    assert main(["compress", "--demo", "--out", str(out)]) == 0
-    print(f"t2t compress --demo took {time.perf_counter() - t0:.0f} s")
-    return out
+def demo(compress_demo) -> Path:
+    return compress_demo["out"]
 
 
 @pytest.mark.slow
@@ -43,14 +39,14 @@ def test_demo_runs_every_stage_into_its_own_folder(demo: Path) -> None:
     assert verify and all(r["ok"] for r in verify), verify
 
     report = read_report(demo / "report")
-    rows = {r["name"]: r for r in report["rows"]}
-    assert set(status) <= set(rows) and "reference" in rows  # every manifest entry is a row
-    assert rows["tensorrt"]["status"] == "skipped" and rows["tensorrt"]["reason"]
-    ok = [r for r in report["rows"] if r["status"] == "ok"]
-    assert all(r["latency"]["1"]["p50_ms"] > 0 and r["top1"] is not None for r in ok)
-    assert rows["torch"]["agreement"] == 1.0 and rows["onnx"]["agreement"] >= 0.99
-    assert {t["name"] for t in report["targets"]} and report["machine"]["threads"] >= 1
-    assert len(read_csv(demo / "report" / "report.csv")) >= len(report["rows"])
+    rows = {r.name: r for r in report.rows}
+    assert set(status) == set(rows)  # every manifest entry is a row, and nothing else
+    assert rows["tensorrt"].status == "skipped" and rows["tensorrt"].reason
+    ok = [r for r in report.rows if r.status == "ok"]
+    assert all(r.latency["1"]["p50_ms"] > 0 and r.top1 is not None for r in ok)
+    assert rows["torch"].agreement == 1.0 and rows["onnx"].agreement >= 0.99
+    assert report.checks is None and report.machine["threads"] >= 1  # no checks asked for: none judged
+    assert len(read_csv(demo / "report" / "report.csv")) >= len(report.rows)
     for png in ("latency_vs_accuracy.png", "latency_bars.png"):
         assert (demo / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -73,24 +69,45 @@ def test_a_second_run_skips_finished_stages_and_other_settings_are_refused(demo:
     student = (demo / "student" / "stage.json").read_text()
     assert main(["compress", "--demo", "--redo", "report", "--duration", "0.2", "--no-memory", "--out", str(demo)]) == 0
     assert (demo / "student" / "stage.json").read_text() == student
-    assert read_report(demo / "report")["settings"]["duration_s"] == 0.2
+    assert read_report(demo / "report").settings["duration_s"] == 0.2
+
+    # the user's checks on the report: a ceiling no artifact can meet fails the run (exit 1), rows marked
+    argv = ["compress", "--demo", "--redo", "report", "--duration", "0.2", "--no-memory", "--out", str(demo)]
+    assert main([*argv, "--max-latency-ms", "0.001", "--min-agreement", "0.9"]) == 1
+    report = read_report(demo / "report")
+    assert report.checks["passed"] is False and report.checks["max_latency_ms"] == 0.001
+    assert all(any("p50" in c for c in r.checks) for r in report.rows if r.status == "ok")
+    assert "## Checks" in (demo / "report" / "report.md").read_text()
 
 
 def test_compress_without_data_is_one_sentence(capsys) -> None:
     assert main(["compress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "give a dataset folder" in err and err.count("\n") == 0
+    assert main(["compress", "--demo", "--export-args", "--qengine nope --frobnicate 1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "`t2t export` has no option --frobnicate 1" in err and err.count("\n") == 0, err
+
+
+def test_pass_through_flags_are_parsed_by_their_own_command() -> None:
+    from t2t.compress_cmd import _explicit_flags
+
+    assert _explicit_flags("student_args", "--lr 5e-4 -b 64") == {"lr": 5e-4, "batch_size": 64}
+    assert _explicit_flags("teacher_args", "--no-model-ema") == {"model_ema": False}
+    assert _explicit_flags("export_args", "--qengine x86 --batch 1,2,4") == {"qengine": "x86", "batch": (1, 2, 4)}
+    with pytest.raises(ConfigError, match="invalid float value: 'abc'"):
+        _explicit_flags("student_args", "--lr abc")
 
 
 def test_changed_settings_name_the_first_stage_they_affect(tmp_path: Path) -> None:
-    _check_same_pipeline(tmp_path, {"distillation_type": "hard", "duration": 1.0}, None)
+    check_same_pipeline(tmp_path, {"distillation_type": "hard", "duration": 1.0}, None)
     with pytest.raises(ConfigError, match="--redo student"):  # hard -> soft: the teacher stays
-        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 1.0}, None)
+        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 1.0}, None)
     with pytest.raises(ConfigError, match="--redo teacher"):  # none has no teacher stage at all
-        _check_same_pipeline(tmp_path, {"distillation_type": "none", "duration": 1.0}, "student")
+        check_same_pipeline(tmp_path, {"distillation_type": "none", "duration": 1.0}, "student")
     with pytest.raises(ConfigError, match=r"\(distillation_type, duration\); pass --redo student"):
-        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, None)
+        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, None)
     with pytest.raises(ConfigError, match=r"\(distillation_type\); pass --redo student"):
-        _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "report")
-    _check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "student")
+        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "report")
+    check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "student")
     assert json.loads((tmp_path / "pipeline.json").read_text())["settings"]["distillation_type"] == "soft"

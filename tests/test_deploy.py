@@ -19,8 +19,7 @@ import pytest
 import torch
 
 import t2tvit
-from benchmarks.export_sizes import train_digits
-from compress.quantize import check_qengine, eval_transform, load_images
+from compress.quantize import check_qengine, load_images
 from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext, get_format
 from deploy.export import (
     MANIFEST,
@@ -31,7 +30,7 @@ from deploy.export import (
     sha256_file,
     verify_artifacts,
 )
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
@@ -41,25 +40,14 @@ IMG = 64  # the digits' own size
 N_PARITY, N_CALIB = 200, 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Correctness, not speed, is tested here: one intra-op thread keeps PyTorch's OpenMP workers
-    from spin-waiting when other processes share the CPU (measured 10-20x slower otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> dict:
-    model, acc = train_digits(steps=60, img_size=IMG)
-    assert acc >= 0.6, f"the test model did not learn the digits (val accuracy {acc:.2f}, chance 0.10)"
-    ck = tmp_path_factory.mktemp("ck") / "digits.pth"
-    args = {"model": "t2t_vit_7", "num_classes": 10, "img_size": IMG}
-    torch.save({"model": model.state_dict(), "model_ema": None, "args": args, "epoch": 0}, ck)
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), N_PARITY + N_CALIB)
-    return {"model": model, "acc": acc, "checkpoint": ck, "parity": images[:N_PARITY], "calib": images[N_PARITY:]}
+@pytest.fixture(scope="module")
+def trained(digits_checkpoint) -> dict:
+    t = digits_checkpoint(IMG)
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(t["model"]), N_PARITY + N_CALIB)
+    return {**t, "parity": images[:N_PARITY], "calib": images[N_PARITY:]}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,29 +18,10 @@ from torch import nn
 
 import t2tvit
 from compress.distill import DistillationLoss, Teacher, TeacherInput, build_teacher, main
-from t2tvit.data import bundled_dataset_path
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.train import main as train_main
 
 QUICK = ["--config", "digits", "-j", "0", "--log-interval", "1000"]
-
-
-@pytest.fixture(scope="module")
-def digits() -> Path:
-    return bundled_dataset_path()
-
-
-@pytest.fixture(scope="module")
-def small_digits(digits: Path, tmp_path_factory) -> Path:
-    """80 training and 40 validation digits."""
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, per_class in (("train", 8), ("val", 4)):
-        for cls in range(10):
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
-                shutil.copy(f, dst / f.name)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +170,7 @@ def test_bad_teachers_give_one_clear_sentence(tmp_path: Path, small_digits: Path
     with pytest.raises(ConfigError, match="predicts 1000 classes but the student has 10"):
         build_teacher("resnet18", tmp_path / "r18_1000.pth", 10)
     torch.save(timm.create_model("resnet34", num_classes=10).state_dict(), tmp_path / "r34.pth")
-    with pytest.raises(CheckpointError, match=r"does not fit the teacher resnet18: missing keys none; unexpected keys"):
+    with pytest.raises(CheckpointError, match=r"does not fit the teacher resnet18: unexpected \d+ keys \(e\.g\. layer"):
         build_teacher("resnet18", tmp_path / "r34.pth", 10)
     with pytest.raises(ConfigError, match="unknown teacher model 'resnet_nope'"):
         build_teacher("resnet_nope", tmp_path / "r34.pth", 10)

@@ -1,15 +1,11 @@
 """``t2t predict``: the same answers from a checkpoint and every artifact exported from it.
 
-A T2T-ViT-7 is trained for a few seconds on the bundled digits at 32x32 (val accuracy ~0.9; a
-random-weight model's top-1 would mean nothing), saved as a trainer-style checkpoint with class
-names, and exported by ``t2t export`` to torch, onnx and ptl-int8. Predictions are checked on
-held-out validation digits.
+The T2T-ViT-7 trained on the bundled digits at 32x32 and its export to torch, onnx and ptl-int8
+(``tests/conftest.py``); predictions are checked on held-out validation digits.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -18,44 +14,29 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import NAMES, val_images
 
-from benchmarks.export_sizes import train_digits
 from t2t.cli import main
 from t2tvit.data import bundled_dataset_path, eval_transform_for, open_rgb
 
 IMG = 32
-NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PER_CLASS = 2  # validation images per class used below
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: other processes share the CPU (see tests/test_deploy.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, _one_thread) -> SimpleNamespace:
-    model, acc = train_digits(steps=60, img_size=IMG)
-    assert acc >= 0.6, f"the test model did not learn the digits (val accuracy {acc:.2f}, chance 0.10)"
-    tmp = tmp_path_factory.mktemp("predict")
-    ck = tmp / "digits.pth"
-    args = {"model": "t2t_vit_7", "num_classes": 10, "img_size": IMG, "crop_pct": None, "interpolation": ""}
-    torch.save({"model": model.state_dict(), "model_ema": None, "args": args, "classes": NAMES, "epoch": 0}, ck)
-    out = tmp / "export"
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = main(
-            ["export", "--checkpoint", str(ck), "--formats", "torch,onnx,ptl-int8", "--parity-images", "32"]
-            + ["--calib-size", "8", "--out", str(out), "--json"]
-        )
-    assert rc == 0
-    val = bundled_dataset_path() / "val"
-    images = [p for c in range(10) for p in sorted((val / str(c)).glob("*.png"))[:PER_CLASS]]
+def setup(digits_export) -> SimpleNamespace:
+    images = val_images(PER_CLASS)
     truth = [int(p.parent.name) for p in images]
-    return SimpleNamespace(model=model, checkpoint=ck, out=out, images=images, truth=truth)
+    return SimpleNamespace(
+        model=digits_export["model"],
+        checkpoint=digits_export["checkpoint"],
+        out=digits_export["out"],
+        images=images,
+        truth=truth,
+    )
 
 
 def predict(capsys, *argv: str) -> tuple[int, str, str]:
@@ -194,7 +175,7 @@ def test_missing_or_unknown_artifacts_are_one_line_errors(setup, tmp_path, capsy
 
 
 def test_checkpoint_records_the_trainers_crop_and_interpolation(tmp_path) -> None:
-    from t2t.predict_cmd import resolve_artifact
+    from deploy.artifacts import resolve as resolve_artifact
 
     ck = tmp_path / "ck.pth"
     sd = {"cls_token": torch.zeros(1, 1, 256)}
@@ -209,7 +190,6 @@ def test_checkpoint_records_the_trainers_crop_and_interpolation(tmp_path) -> Non
 def test_shared_eval_transform_is_the_trainers_val_transform(flags) -> None:
     """The trainer's validation pixels, calibration's and predict's are the same tensor."""
     import t2tvit
-    from compress.quantize import eval_transform
     from t2tvit import train
     from t2tvit.train import _set_transforms, build_parser
 
@@ -232,4 +212,4 @@ def test_shared_eval_transform_is_the_trainers_val_transform(flags) -> None:
         assert torch.equal(eval_transform_for("t2t_vit_7", IMG, **overrides)(img), expected)
         assert torch.equal(eval_transform_for(model, **overrides)(img), expected)
         if not flags:
-            assert torch.equal(eval_transform(model)(img), expected)
+            assert torch.equal(eval_transform_for(model)(img), expected)

@@ -1,4 +1,4 @@
-"""The latency profiler (``benchmarks.profiler``) and ``t2t bench``.
+"""The latency profiler (``deploy.profiler``) and ``t2t bench``.
 
 Statistics are checked on hand-computable samples; the interleaving on real callables that record
 the order they ran in; the whole profile on a tiny real export folder (real ONNX Runtime, real
@@ -11,18 +11,22 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
 import t2tvit
-from benchmarks.profiler import (
+from benchmarks.reference_row import REFERENCE
+from benchmarks.targets import compute_targets
+from compress.quantize import load_images
+from deploy.artifacts import identify
+from deploy.base import ExportContext
+from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
+from deploy.profiler import (
+    Checks,
     ProfileConfig,
-    infer_format,
     interleave_schedule,
     latency_stats,
     load_labelled,
@@ -33,24 +37,14 @@ from benchmarks.profiler import (
     profile_folder,
     run_interleaved,
 )
-from compress.quantize import eval_transform, load_images
-from deploy.base import ExportContext
-from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 from t2tvit.summary import summarize
 
 IMG = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Behaviour, not speed, is tested: one intra-op thread keeps spinning worker threads from
-    fighting other processes on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -164,13 +158,14 @@ def test_peak_gemm_rates_say_which_op_and_shape() -> None:
 
 
 def test_format_from_file_name() -> None:
-    assert infer_format("x/model-onnx-int8-dynamic.onnx") == (infer_format("model-onnx-int8-dynamic.onnx")[0], None)
-    assert infer_format("model-onnx-int8-dynamic.onnx")[0].name == "onnx-int8-dynamic"
-    assert infer_format("mine-onnx-int8-static.onnx")[0].name == "onnx-int8-static"
-    fmt, note = infer_format("whatever.onnx")
-    assert fmt.name == "onnx" and "guessed" in note
-    with pytest.raises(ConfigError, match="cannot tell the format"):
-        infer_format("weights.bin")
+    assert identify("x/model-onnx-int8-dynamic.onnx") == (identify("model-onnx-int8-dynamic.onnx")[0], {})
+    assert identify("model-onnx-int8-dynamic.onnx")[0].name == "onnx-int8-dynamic"
+    assert identify("mine-onnx-int8-static.onnx")[0].name == "onnx-int8-static"
+    fmt, info = identify("whatever.onnx")
+    assert fmt.name == "onnx" and "guessed" in info["note"]
+    assert identify("weights.bin") == (None, {})  # a checkpoint suffix: not an artifact
+    with pytest.raises(ConfigError, match="cannot tell what weights.xyz is"):
+        identify("weights.xyz")
 
 
 # -- a real export folder ----------------------------------------------------------------------
@@ -180,7 +175,7 @@ def test_format_from_file_name() -> None:
 def export_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = t2tvit.create_model("t2t_vit_7", img_size=IMG, num_classes=10).eval()
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), 16)
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model), 16)
     out = tmp_path_factory.mktemp("profile") / "export"
     ctx = ExportContext(img_size=(IMG, IMG), calib=images)
     # random weights: int8 agreement is meaningless, so held to logit movement as `t2t export` does
@@ -218,9 +213,11 @@ def test_profile_has_a_row_for_every_artifact(export_dir, tmp_path) -> None:
         data=bundled_dataset_path() / "val",
         max_images=40,
         memory=False,  # measured in test_t2t_bench_writes_the_report (each probe is a fresh Python)
-        reference=True,
     )
-    report = profile_folder(export_dir, config, files=[corrupt], command="test", progress=False)
+    # the project's baseline, a row outside the format table (benchmarks/), measured like any artifact
+    files = [corrupt, (REFERENCE, export_dir / "model-torch.pt")]
+    typed = profile_folder(export_dir, config, files=files, command="test", progress=False)
+    report = typed.to_dict()
     json.dumps(report, allow_nan=False)  # plain JSON types only
     rows = {r["name"]: r for r in report["rows"]}
     assert list(rows) == [
@@ -260,13 +257,14 @@ def test_profile_has_a_row_for_every_artifact(export_dir, tmp_path) -> None:
         assert r["peak_share"] == pytest.approx(r["gmacs_per_s"] / peak)
         assert 0 <= r["top1"] <= r["top5"] <= 100
     assert rows["torch"]["file_bytes"] == (export_dir / "model-torch.pt").stat().st_size
-    assert rows["reference"]["file_bytes"] is None and rows["reference"]["precision"] == "fp32"
+    assert rows["reference"]["file_bytes"] == rows["torch"]["file_bytes"] and rows["reference"]["precision"] == "fp32"
     assert rows["torch"]["agreement"] == 1.0
     # same arithmetic in another runtime or formulation: the same decisions
     assert rows["onnx"]["agreement"] >= 0.95 and rows["reference"]["agreement"] >= 0.95
     assert 0 <= rows["onnx-int8-dynamic"]["agreement"] <= 1
 
-    eager, int8, share = report["targets"]
+    assert "targets" not in report and report["schema"] == 2  # the project's goals are not the user's report
+    eager, int8, share = compute_targets(report)
     assert eager["name"].startswith("fp32 eager") and eager["target"] == "<= 0.8"
     p50 = {n: rows[n]["latency"]["1"]["p50_ms"] for n in rows if rows[n]["latency"]}
     assert eager["value"] == pytest.approx(p50["torch"] / p50["reference"])
@@ -286,9 +284,9 @@ def test_files_without_a_manifest_and_user_errors(export_dir, tmp_path) -> None:
         shutil.copy(export_dir / f.name, f)
     config = ProfileConfig(threads=1, duration=0.0, min_runs=2, warmup=0, rounds=1, memory=False)
     report = profile_folder(None, config, files=files, progress=False)
-    assert [(r["name"], r["status"]) for r in report["rows"]] == [("torch", "ok"), ("onnx-int8-dynamic", "ok")]
-    assert report["model"]["name"] == "t2t_vit_7" and report["settings"]["img_size"] == IMG
-    assert report["rows"][1]["agreement"] is None  # no data and no manifest parity to fall back on
+    assert [(r.name, r.status) for r in report.rows] == [("torch", "ok"), ("onnx-int8-dynamic", "ok")]
+    assert report.model["name"] == "t2t_vit_7" and report.settings["img_size"] == IMG
+    assert report.rows[1].agreement is None  # no data and no manifest parity to fall back on
 
     with pytest.raises(ConfigError, match="does not exist"):
         profile_folder(tmp_path / "nowhere", config, progress=False)
@@ -298,33 +296,13 @@ def test_files_without_a_manifest_and_user_errors(export_dir, tmp_path) -> None:
         profile_folder(export_dir, ProfileConfig(batch_sizes=(0,)), progress=False)
     with pytest.raises(ConfigError, match="class sub-folders"):
         load_labelled(tmp_path, None)
+    with pytest.raises(ConfigError, match="--min-top1 needs labelled images"):
+        profile_folder(export_dir, ProfileConfig(checks=Checks(min_top1=50)), progress=False)
 
 
-def _report_module() -> types.ModuleType | None:
-    """The real ``benchmarks.report`` when it is there; else a stand-in writing only report.json."""
-    try:
-        import benchmarks.report  # noqa: F401
-
-        return None
-    except ImportError:
-        stub = types.ModuleType("benchmarks.report")
-
-        def write_report(report, out_dir):
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            path = Path(out_dir) / "report.json"
-            path.write_text(json.dumps(report, indent=2))
-            return [path]
-
-        stub.write_report, stub.print_table = write_report, lambda report: print(json.dumps(report["rows"]))
-        return stub
-
-
-def test_t2t_bench_writes_the_report(export_dir, tmp_path, monkeypatch, capsys) -> None:
+def test_t2t_bench_writes_the_report(export_dir, tmp_path, capsys) -> None:
     from t2t.cli import main
 
-    stub = _report_module()
-    if stub is not None:
-        monkeypatch.setitem(sys.modules, "benchmarks.report", stub)
     out = tmp_path / "bench"
     args = ["bench", str(export_dir), "--formats", "torch,onnx-int8-dynamic,tensorrt", "--threads", "1"]
     args += ["--duration", "0.02", "--min-runs", "2", "--warmup", "0", "--rounds", "2"]
@@ -338,7 +316,27 @@ def test_t2t_bench_writes_the_report(export_dir, tmp_path, monkeypatch, capsys) 
     for r in report["rows"][:2]:  # the weights are resident after loading: at least half the file
         assert r["peak_rss_mb"] * 2**20 >= 0.5 * r["file_bytes"], r
         assert r["peak_rss_mb"] < 1000 and r["cuda_peak_mb"] is None
+    assert "checks" not in report
     capsys.readouterr()
+
+    # the user's checks mark rows and set the exit status; the compact table fits 120 columns
+    args = ["bench", str(export_dir), "--formats", "torch,onnx-int8-dynamic", "--threads", "1", "--no-memory"]
+    args += ["--duration", "0", "--min-runs", "2", "--warmup", "0", "--rounds", "1", "--out", str(out)]
+    # random weights: the export's own parity agreement means nothing, so a gate on it needs --data
+    assert main([*args, "--min-agreement", "0.0"]) == 1
+    assert "torch: agreement with fp32 not measured" in capsys.readouterr().out
+    assert main([*args, "--min-top1", "50"]) == 2
+    assert "--min-top1 needs labelled images" in capsys.readouterr().err
+    args += ["--data", "digits", "--max-images", "10"]
+    assert main([*args, "--max-latency-ms", "10000", "--min-agreement", "0.0"]) == 0
+    table = capsys.readouterr().out
+    assert "Checks (p50 <= 10000 ms, agreement >= 0): passed" in table
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert main([*args, "--max-latency-ms", "0.0001"]) == 1
+    table = capsys.readouterr().out
+    assert "FAILED" in table and "torch: p50" in table
+    report = json.loads((out / "report.json").read_text())
+    assert report["checks"]["passed"] is False and all("p50" in r["checks"][0] for r in report["rows"])
 
     assert main(["bench", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

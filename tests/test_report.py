@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.report import (
+from deploy.report import (
     BARS_NAME,
     CSV_NAME,
     JSON_NAME,
@@ -68,6 +68,7 @@ def _row(name: str, fmt: str, precision: str, p50: float | None, **kw: Any) -> d
         "top1": None,
         "top5": None,
         "agreement": None,
+        "checks": [],
     }
     row.update(kw)
     return row
@@ -78,12 +79,22 @@ def make_report() -> dict[str, Any]:
         _row("reference", "pytorch", "fp32", 24.1, top1=71.2, top5=90.1, agreement=1.0),
         _row("torchscript", "torchscript", "fp32", 22.5, top1=71.2, top5=90.1, agreement=1.0),
         _row("onnx-fp32", "onnx", "fp32", 18.3, top1=71.2, top5=90.1, agreement=1.0),
-        _row("onnx-int8-static", "onnx", "int8", 9.7, top1=69.8, top5=89.4, agreement=0.962, peak_share=0.18),
+        _row(
+            "onnx-int8-static",
+            "onnx",
+            "int8",
+            9.7,
+            top1=69.8,
+            top5=89.4,
+            agreement=0.962,
+            peak_share=0.18,
+            checks=["agreement 0.962 < 0.97"],
+        ),
         _row("onnx-int8-dynamic", "onnx", "int8", None, status="failed", reason=FAIL_REASON),
         _row("tensorrt-fp16", "tensorrt", "fp16", None, device="cuda", status="skipped", reason=SKIP_REASON),
     ]
     return {
-        "schema": 1,
+        "schema": 2,
         "created": "2025-01-02T03:04:05+00:00",
         "command": "t2t bench --model t2t_vit_7 --artifacts artifacts/ --batch 1 8",
         "machine": {
@@ -119,11 +130,12 @@ def make_report() -> dict[str, Any]:
             "int8": {"gmacs_per_s": 402.9, "op": "torch._int_mm", "shape": "1024x1024x1024"},
         },
         "rows": rows,
-        "targets": [
-            {"name": "onnx-int8 / fp32 p50", "value": 0.53, "target": "<= 0.8", "met": True, "note": "batch 1"},
-            {"name": "int8 top-1 drop", "value": 1.4, "target": "<= 1.0", "met": False, "note": "points, vs fp32"},
-            {"name": "int8 size / fp32", "value": 0.27, "target": "<= 0.3", "met": True, "note": ""},
-        ],
+        "checks": {
+            "max_latency_ms": 12.0,
+            "min_agreement": 0.97,
+            "passed": False,
+            "failures": ["onnx-int8-static: agreement 0.962 < 0.97"],
+        },
     }
 
 
@@ -158,7 +170,7 @@ def test_every_file_is_written(written: tuple[dict[str, Any], Path, list[Path]])
 def test_json_round_trips(written: tuple[dict[str, Any], Path, list[Path]]) -> None:
     report, out, _ = written
     assert json.loads((out / JSON_NAME).read_text()) == report
-    assert read_report(out) == report == read_report(out / JSON_NAME)
+    assert read_report(out).to_dict() == report == read_report(out / JSON_NAME).to_dict()
 
 
 def test_csv_has_one_line_per_row_and_batch(written: tuple[dict[str, Any], Path, list[Path]]) -> None:
@@ -185,7 +197,7 @@ def _md_table(md: str) -> list[str]:
     return [line for line in md.splitlines() if line.startswith("|")]
 
 
-def test_markdown_holds_rows_targets_machine_and_plots(written: tuple[dict[str, Any], Path, list[Path]]) -> None:
+def test_markdown_holds_rows_checks_machine_and_plots(written: tuple[dict[str, Any], Path, list[Path]]) -> None:
     report, out, _ = written
     md = (out / MD_NAME).read_text()
     assert md.startswith("# Latency report: t2t_vit_7 on Intel(R) Xeon(R) Platinum 8480+")
@@ -193,9 +205,8 @@ def test_markdown_holds_rows_targets_machine_and_plots(written: tuple[dict[str, 
         assert row["name"] in md
     assert "Intel(R) Xeon(R) Platinum 8480+" in md and f"`{report['command']}`" in md
     assert "2 physical cores" in md and "onnxruntime 1.31.1" in md and report["created"] in md
-    assert "onnx-int8 / fp32 p50: 0.530 (target <= 0.8) met — batch 1" in md
-    assert "int8 top-1 drop: 1.400 (target <= 1.0) NOT MET — points, vs fp32" in md
-    assert "int8 size / fp32: 0.270 (target <= 0.3) met" in md
+    assert "- Checks (p50 <= 12 ms, agreement >= 0.97): FAILED" in md
+    assert "- onnx-int8-static: agreement 0.962 < 0.97" in md and "target" not in md
     assert "fp32 147.2 GMAC/s (torch.mm, 1024x1024x1024)" in md and "int8 402.9 GMAC/s" in md
     assert f"**onnx-int8-dynamic** failed: {FAIL_REASON}" in md
     assert f"**tensorrt-fp16** skipped: {SKIP_REASON}" in md
@@ -265,15 +276,15 @@ def test_report_without_ok_rows_still_writes_everything(tmp_path: Path) -> None:
     assert len(read_csv(tmp_path / CSV_NAME)) == 6
     md = (tmp_path / MD_NAME).read_text()
     assert all(r["name"] in md for r in report["rows"]) and md.count("not plotted:") == 2
-    assert read_report(tmp_path) == report
+    assert read_report(tmp_path).to_dict() == report
 
 
 def test_sparse_report_does_not_crash(tmp_path: Path) -> None:
     """Every optional field None or absent: dashes in the table, still every file."""
-    report = {"schema": 1, "rows": [{"name": "x", "status": "ok", "latency": {"1": {"p50_ms": 2.0}}}, {"name": "y"}]}
+    report = {"schema": 2, "rows": [{"name": "x", "status": "ok", "latency": {"1": {"p50_ms": 2.0}}}, {"name": "y"}]}
     write_report(report, tmp_path)
     md = render_markdown(report)
-    assert "| x |" in md and "| y |" in md and "no targets" in md
+    assert "| x |" in md and "| y |" in md and "## Checks" not in md
     assert len(read_csv(tmp_path / CSV_NAME)) == 2
 
 
@@ -283,8 +294,16 @@ def test_print_table(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for row in report["rows"]:
         assert row["name"] in text
-    assert "NOT MET" in text and "Unsupported op | DequantizeLinear (opset 21) [int8]" in text
+    assert "FAILED" in text and "Unsupported op | DequantizeLinear (opset 21) [int8]" in text
     assert "9.70 [9.51, 9.89]" in text  # not squeezed into a wrapped cell when piped
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 120  # a normal terminal, no wrapping
+    header = next(line for line in lines if "p50 ms" in line)
+    assert [h.strip() for h in header.strip("│┃ ").split("┃")] == [
+        "name", "precision", "MB", "batch", "p50 ms [95% CI]", "img/s", "top-1 %", "agree %", "checks"
+    ]  # fmt: skip
+    int8 = next(line for line in lines if line.lstrip("│ ").startswith("onnx-int8-static"))
+    assert "FAIL" in int8  # the row that misses a check is marked
 
 
 @pytest.mark.parametrize(
@@ -293,7 +312,7 @@ def test_print_table(capsys: pytest.CaptureFixture[str]) -> None:
         (None, "No profiler report"),
         ("{not json", "not a readable JSON report"),
         ('["a", "list"]', "not a profiler report"),
-        ('{"schema": 2, "rows": []}', "schema 2"),
+        ('{"schema": 1, "rows": []}', "schema 1"),
     ],
 )
 def test_read_report_errors(tmp_path: Path, content: str | None, match: str) -> None:

@@ -35,25 +35,6 @@ def _metrics(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in timing}
 
 
-@pytest.fixture(scope="module")
-def digits() -> Path:
-    return bundled_dataset_path()
-
-
-@pytest.fixture(scope="module")
-def small_digits(digits: Path, tmp_path_factory) -> Path:
-    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, per_class in (("train", 8), ("val", 4)):
-        for cls in range(10):
-            src = sorted((digits / split / str(cls)).iterdir())[:per_class]
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in src:
-                shutil.copy(f, dst / f.name)
-    return root
-
-
 def test_bundled_dataset_is_real_digits(digits: Path) -> None:
     from t2tvit.data import SafeImageFolder
 

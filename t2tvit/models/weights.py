@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import read_checkpoint, read_state_dict
+from ..checkpoint import read_checkpoint, read_state_dict, state_dict_fit
 from ..errors import CheckpointError, ConfigError
 from .layers import sinusoid_table
 from .variants import DISTILLED_SUFFIX, VARIANTS, list_variants
@@ -155,29 +155,20 @@ def _apply_state_dict(
         if ck_model and own_name and ck_model.lower() != own_name.removesuffix(DISTILLED_SUFFIX):
             notes.append(f"checkpoint was trained as {ck_model}, loading into {own_name}")
     own = model.state_dict()
-    expected = [k for k in own if not (head_reset and k in _HEAD_KEYS)]
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [k for k in sd if k in own and sd[k].shape != own[k].shape]
+    fit = state_dict_fit(own, sd, _HEAD_KEYS if head_reset else None)
+    missing, unexpected, wrong = fit.missing, fit.unexpected, fit.wrong
     if strict and "head.weight" in wrong and not set(wrong) - _HEAD_KEYS:
         raise CheckpointError(
             f"{path} has a {sd['head.weight'].shape[0]}-class head but the model has {own['head.weight'].shape[0]} "
             "classes; pass num_classes to get a new head (create_model(..., num_classes=N) or reset_head=True)"
         )
-    if strict and (missing or unexpected or wrong):
+    if strict and not fit.ok:
         target = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         parts = [f"{path} does not fit {target}"]
         if is_t2t_vit(model):
             guess = ck_model or guess_variant(sd)
             parts.append(f"it looks like {guess}" if guess else "its architecture is not a known T2T-ViT variant")
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError("; ".join(parts + fit.problems(sd, own)))
     # Cast to the model's dtypes (a half-precision file still loads into an fp32 model).
     load_sd = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(load_sd, strict=False, assign=assign)

@@ -1,7 +1,7 @@
-"""Report writers of the latency profiler: one report dict in, ``report.json`` / ``.csv`` / ``.md`` and two PNGs out.
+"""Report writers of the latency profiler: one report in, ``report.json`` / ``.csv`` / ``.md`` and two PNGs out.
 
-The profiler (``benchmarks.profiler``) measures; this module only presents. It works from the report dict
-alone (schema 1, documented in ``benchmarks/profiler.py``) so a saved ``report.json`` can be re-rendered
+The profiler (:mod:`deploy.profiler`) measures; this module only presents. It works from the report alone
+(a :class:`~deploy.profiler.schema.Report` or its JSON dict) so a saved ``report.json`` can be re-rendered
 later (``write_report(read_report(path), out_dir)``) and so the writers can be tested without measuring.
 
 Every row appears in every output whatever its status: a failed or skipped row is in the JSON, has one CSV
@@ -12,8 +12,8 @@ Files written by :func:`write_report`:
 
 - ``report.json`` -- the dict itself (indent 2); :func:`read_report` parses it back.
 - ``report.csv`` -- one line per row x batch size (raw, unrounded numbers); :func:`read_csv` parses it back.
-- ``report.md`` -- machine and settings, the results table, the peak GEMM line, targets, failed/skipped
-  rows, and both plots embedded by relative link.
+- ``report.md`` -- machine and settings, the full results table, the peak GEMM line, the user's checks,
+  failed/skipped rows, and both plots embedded by relative link.
 - ``latency_vs_accuracy.png`` -- p50 latency at the smallest batch size against top-1 (or, when no row has a
   top-1, top-1 agreement with fp32 x 100), one labelled point per row, the Pareto front as a step line.
 - ``latency_bars.png`` -- p50 at the smallest batch size per row, fastest first, coloured by precision;
@@ -27,14 +27,16 @@ directly (no pyplot, no global backend switch), imported lazily so importing thi
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA = 1
+from .profiler.schema import SCHEMA, Report
+
 JSON_NAME, CSV_NAME, MD_NAME = "report.json", "report.csv", "report.md"
 SCATTER_NAME, BARS_NAME = "latency_vs_accuracy.png", "latency_bars.png"
 PRECISION_COLORS = {"fp32": "tab:blue", "fp16": "tab:orange", "bf16": "tab:purple", "int8": "tab:green"}
@@ -74,9 +76,10 @@ CSV_FIELDS = (
     "top1",
     "top5",
     "agreement",
+    "checks",
 )
 _CSV_INTS = {"file_bytes", "batch", "runs"}
-_CSV_STRS = {"model", "name", "format", "precision", "device", "status", "reason", "file"}
+_CSV_STRS = {"model", "name", "format", "precision", "device", "status", "reason", "file", "checks"}
 _TABLE_REASON_CHARS = 80  # longer reasons are cut in table cells; the full text is listed below the table
 _PLOT_REASON_CHARS = 70
 
@@ -84,11 +87,27 @@ _PLOT_REASON_CHARS = 70
 # ---------------------------------------------------------------- reading and writing
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+def as_dict(report: Report | dict[str, Any]) -> dict[str, Any]:
+    """The JSON document of a report (a dict passes through)."""
+    return report.to_dict() if isinstance(report, Report) else report
+
+
+def _document(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Let a writer that reads the JSON document take a :class:`Report` too."""
+
+    @functools.wraps(fn)
+    def wrapper(report: Report | dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(as_dict(report), *args, **kwargs)
+
+    return wrapper
+
+
+def write_report(report: Report | dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write ``report.json``, ``report.csv``, both PNGs and ``report.md`` into ``out_dir``; return their paths.
 
     The JSON is written first: whatever fails later, the measured numbers are on disk.
     """
+    report = as_dict(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / JSON_NAME, out / CSV_NAME]
@@ -101,8 +120,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return [*paths, md, out / SCATTER_NAME, out / BARS_NAME]
 
 
-def read_report(path_or_dir: str | Path) -> dict[str, Any]:
-    """Parse a ``report.json`` (or the one inside a directory) back into the report dict.
+def read_report(path_or_dir: str | Path) -> Report:
+    """Parse a ``report.json`` (or the one inside a directory) back into the :class:`Report`.
 
     Raises ``t2tvit.errors.ConfigError`` (one sentence naming the fix) when it is missing, not JSON, not a
     report or of another schema.
@@ -125,10 +144,11 @@ def read_report(path_or_dir: str | Path) -> dict[str, Any]:
             f"{path} has report schema {report.get('schema')!r} but this version reads schema {SCHEMA}; "
             "re-run `t2t bench` to write it again."
         )
-    return report
+    return Report.from_dict(report)
 
 
-def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+@_document
+def csv_rows(report: Report | dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per row x batch size (CSV_FIELDS keys); rows without latency get one line with ``batch`` None."""
     model = (report.get("model") or {}).get("name")
     out = []
@@ -142,12 +162,14 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
             line["batch"] = batch
             for k in LATENCY_FIELDS:
                 line[k] = stats.get(k)
+            line["checks"] = "; ".join(row.get("checks") or []) or None
             line["p50_ci_lo_ms"], line["p50_ci_hi_ms"] = _ci(stats) or (None, None)
             out.append(line)
     return out
 
 
-def write_csv(report: dict[str, Any], path: str | Path) -> Path:
+@_document
+def write_csv(report: Report | dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -232,7 +254,8 @@ def _ci(stats: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
-def batch_sizes(report: dict[str, Any]) -> list[int]:
+@_document
+def batch_sizes(report: Report | dict[str, Any]) -> list[int]:
     """The batch sizes of the settings, plus any a row measured that the settings do not name."""
     sizes = {int(b) for b in (report.get("settings") or {}).get("batch_sizes") or [] if _finite(b)}
     for row in report.get("rows") or []:
@@ -259,7 +282,8 @@ def _why_not(row: dict[str, Any], batch: int | None, what: str = "") -> str | No
     return None
 
 
-def accuracy_points(report: dict[str, Any]) -> dict[str, Any]:
+@_document
+def accuracy_points(report: Report | dict[str, Any]) -> dict[str, Any]:
     """What ``latency_vs_accuracy.png`` shows: batch, y metric and label, points and the rows left out.
 
     y is top-1 when any row has one, else top-1 agreement with fp32 x 100, else nothing can be plotted.
@@ -287,7 +311,8 @@ def accuracy_points(report: dict[str, Any]) -> dict[str, Any]:
     return {"batch": batch, "metric": metric, "ylabel": ylabel, "points": points, "skipped": skipped}
 
 
-def latency_bars_data(report: dict[str, Any]) -> dict[str, Any]:
+@_document
+def latency_bars_data(report: Report | dict[str, Any]) -> dict[str, Any]:
     """What ``latency_bars.png`` shows: per plottable row p50, its CI and mean/std, fastest first."""
     batch = _plot_batch(report)
     bars, skipped = [], []
@@ -391,7 +416,8 @@ def _status_cell(row: dict[str, Any], reason: bool = True) -> str:
 # ---------------------------------------------------------------- the results table (markdown and terminal)
 
 
-def table(report: dict[str, Any], reasons: bool = True) -> tuple[list[str], list[list[str]], list[bool]]:
+@_document
+def table(report: Report | dict[str, Any], reasons: bool = True) -> tuple[list[str], list[list[str]], list[bool]]:
     """Header, cell lines and, per line, whether it starts a new row (one line per row x batch size).
 
     With ``reasons`` a failed/skipped row's status cell also says why (cut to 80 characters).
@@ -487,15 +513,23 @@ def _peak_line(report: dict[str, Any]) -> str:
     return line + (f". CUDA: {'; '.join(cuda)}." if cuda else ".")
 
 
-def _target_lines(report: dict[str, Any]) -> list[tuple[str, bool | None]]:
-    out = []
-    for t in report.get("targets") or []:
-        met = t.get("met")
-        verdict = "met" if met is True else "NOT MET" if met is False else "not measured"
-        note = _one_line(t.get("note") or "")
-        text = f"{t.get('name')}: {_fmt_value(t.get('value'))} (target {t.get('target') or '-'}) {verdict}"
-        out.append((text + (f" — {note}" if note else ""), met))
-    return out
+def _check_lines(report: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The user's checks: what was asked, the verdict, then one line per row that missed one."""
+    checks = report.get("checks")
+    if not isinstance(checks, dict):
+        return []
+    asked = [
+        f"{label} {checks[key]:g}{unit}"
+        for key, label, unit in (
+            ("max_latency_ms", "p50 <=", " ms"),
+            ("min_agreement", "agreement >=", ""),
+            ("min_top1", "top-1 >=", "%"),
+        )
+        if checks.get(key) is not None
+    ]
+    passed = bool(checks.get("passed"))
+    out = [(f"Checks ({', '.join(asked)}): {'passed' if passed else 'FAILED'}", passed)]
+    return out + [(f"{_one_line(f)}", False) for f in checks.get("failures") or []]
 
 
 def _not_ok(report: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -565,8 +599,10 @@ def _plot_note(skipped: Sequence[tuple[str, str]]) -> str:
     return "not plotted: " + "; ".join(f"{n} ({why})" for n, why in skipped) if skipped else ""
 
 
-def render_markdown(report: dict[str, Any], plots: Sequence[str] = (SCATTER_NAME, BARS_NAME)) -> str:
-    """``report.md``: title, machine and settings, results table, peak, targets, failed rows, plots."""
+@_document
+def render_markdown(report: Report | dict[str, Any], plots: Sequence[str] = (SCATTER_NAME, BARS_NAME)) -> str:
+    """``report.md``: title, machine and settings, the full results table, peak, the user's checks, failed rows,
+    plots."""
     header, lines, _ = table(report)
     out = [f"# {_title(report)}", "", *_machine_md(report), "## Results", ""]
     out += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
@@ -580,12 +616,10 @@ def render_markdown(report: dict[str, Any], plots: Sequence[str] = (SCATTER_NAME
         "",
         _peak_line(report),
         "",
-        "## Targets",
-        "",
     ]
-    targets = _target_lines(report)
-    out += [f"- {text}" for text, _ in targets] or ["- no targets in this report"]
-    out.append("")
+    checks = _check_lines(report)
+    if checks:
+        out += ["## Checks", "", *[f"- {text}" for text, _ in checks], ""]
     not_ok = _not_ok(report)
     if not_ok:
         out += ["## Failed and skipped", ""]
@@ -618,39 +652,69 @@ def render_markdown(report: dict[str, Any], plots: Sequence[str] = (SCATTER_NAME
 # ---------------------------------------------------------------- terminal
 
 
-def print_table(report: dict[str, Any], console: Any = None) -> None:
-    """The results table on the terminal (rich), then the peak line, targets and failed/skipped reasons."""
+def compact_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The terminal's table: header, one line per row x batch size, and each line's status (for colour).
+
+    Name, precision, size, batch, p50 with its interval, img/s, top-1, agreement (and the user's
+    checks when there are some): what fits 120 columns. A row that did not run says its status in
+    the p50 cell; the reasons, and everything else, are in ``report.md``.
+    """
+    rows = report.get("rows") or []
+    checked = isinstance(report.get("checks"), dict)
+    header = ["name", "precision", "MB", "batch", f"p50 ms [{_ci_label(report)}]", "img/s", "top-1 %", "agree %"]
+    header += ["checks"] if checked else []
+    lines, states = [], []
+    for row in rows:
+        status = str(row.get("status") or "unknown")
+        verdict = ("ok" if not row.get("checks") else "FAIL") if status == "ok" else "-"
+        for i, (batch, s) in enumerate(_latency_items(row) or [(None, {})]):
+            first = i == 0
+            line = [
+                str(row.get("name")) if first else "",
+                str(row.get("precision") or "-") if first else "",
+                _fmt_mb(row.get("file_bytes")) if first else "",
+                "-" if batch is None else str(batch),
+                _p50_ci(s) if status == "ok" else status,
+                _fmt_ips(s.get("throughput_ips")),
+                _fmt(row.get("top1"), 2) if first else "",
+                _fmt(row.get("agreement"), 1, 100.0) if first else "",
+            ]
+            lines.append(line + ([verdict if first else ""] if checked else []))
+            states.append(status if first else "ok")
+    return header, lines, states
+
+
+@_document
+def print_table(report: Report | dict[str, Any], console: Any = None) -> None:
+    """The compact results table on the terminal (rich), then the peak line, the user's checks and the
+    failed/skipped reasons. The full table is in ``report.md``."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    header, lines, starts = table(report, reasons=False)  # the reasons follow the table in full
+    header, lines, states = compact_table(report)
     t = Table(title=escape(_title(report)), title_justify="left")
-    left = {"name", "format", "precision", "device", "status"}
     for h in header:
-        if h in left:
-            t.add_column(escape(h), justify="left", overflow="fold", min_width=len(h) + 8 if h == "name" else None)
-        else:
-            t.add_column(escape(h), justify="right", no_wrap=True)
-    for i, (line, start) in enumerate(zip(lines, starts, strict=True)):
-        if start and i:
+        left = h in ("name", "precision")
+        t.add_column(escape(h), justify="left" if left else "right", no_wrap=not left, overflow="fold")
+    for i, (line, state) in enumerate(zip(lines, states, strict=True)):
+        if line[0] and i:
             t.add_section()
-        style = None if line[4] == "ok" or not start else "red" if line[4] == "failed" else "yellow"
+        failed_check = "checks" in header and line[-1] == "FAIL"
+        style = "red" if state == "failed" or failed_check else "yellow" if state != "ok" else None
         t.add_row(*(escape(c) for c in line), style=style)
     if console is None:
         console = Console()
-        if not console.is_terminal:  # piped: as wide as the table needs rather than squeezed into 80 columns
-            from rich.measure import Measurement
-
-            width = Measurement.get(console, console.options.update(width=1000), t).maximum
-            console = Console(width=max(100, width))
+        if not console.is_terminal:  # piped: the width the table is made for, not squeezed into 80 columns
+            console = Console(width=120)
     console.print(t)
     console.print(escape(_peak_line(report)))
-    for text, met in _target_lines(report):
-        color = "green" if met is True else "red" if met is False else "yellow"
+    for text, passed in _check_lines(report):
+        color = "green" if passed else "red"
         console.print(f"[{color}]{escape(text)}[/{color}]")
     for name, status, reason in _not_ok(report):
         console.print(f"[yellow]{escape(name)} {status}:[/yellow] {escape(reason)}")
+    console.print(f"[dim]the full table: {MD_NAME}[/dim]")
 
 
 # ---------------------------------------------------------------- plots
@@ -726,7 +790,8 @@ def _label_points(ax: Any, points: Sequence[tuple[str, float, float]], fontsize:
         )
 
 
-def plot_latency_vs_accuracy(report: dict[str, Any], path: str | Path) -> Path:
+@_document
+def plot_latency_vs_accuracy(report: Report | dict[str, Any], path: str | Path) -> Path:
     """Scatter of p50 latency (smallest batch) against accuracy, each point labelled, Pareto front stepped."""
     from matplotlib.lines import Line2D
 
@@ -787,7 +852,8 @@ def plot_latency_vs_accuracy(report: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_latency_bars(report: dict[str, Any], path: str | Path) -> Path:
+@_document
+def plot_latency_bars(report: Report | dict[str, Any], path: str | Path) -> Path:
     """Horizontal p50 bars (smallest batch), fastest on top, CI whiskers and mean +- std markers."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch

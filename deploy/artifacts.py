@@ -1,0 +1,231 @@
+"""What a path is: the one resolver of artifacts, export folders and training checkpoints.
+
+:func:`resolve` answers for ``deploy.open``, ``t2t predict`` and the pipeline; :func:`identify`,
+the one file sniffer, answers for a lone file (also for the profiler's ``--files``). Facts come
+from the most authoritative place available:
+
+1. the export folder's ``manifest.json`` entry whose ``file`` is the artifact (an export folder
+   itself: the entry of ``format``, else the first built-ok of :data:`DEFAULT_FORMATS`);
+2. what the file says about itself, through its format row's ``describe`` hook (eager ``.pt``: the
+   model's name and arguments; TorchScript and ``.ptl``: ``extra/t2t.json``; ONNX: its input shape
+   and quantization nodes; a TensorRT engine: its sidecar), else its name (``model-<format><suffix>``);
+3. a training checkpoint's recorded ``args`` (model, ``img_size``, the trainer's ``--crop-pct`` and
+   ``--interpolation``) and ``classes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2tvit.errors import ConfigError
+
+from .base import FORMATS, Format, get_format
+
+__all__ = ["CHECKPOINT_SUFFIXES", "DEFAULT_FORMATS", "Artifact", "identify", "resolve"]
+
+# An export folder without a format: the first of these the manifest lists as built ok (the fp32
+# reference first, then the runtimes a CPU always has), else its first ok artifact.
+DEFAULT_FORMATS = ("torch", "onnx", "torchscript", "ptl", "executorch", "tensorrt")
+CHECKPOINT_SUFFIXES = (".pth", ".tar", ".safetensors", ".bin", ".ckpt")
+
+
+@dataclass
+class Artifact:
+    """What :func:`resolve` found out about the thing to run."""
+
+    path: Path
+    fmt: Format | None  # None: a training checkpoint (run by PyTorch eager)
+    source: str  # where the facts below come from: "manifest", "file" or "checkpoint"
+    model: str | None = None  # registered model name (its preprocessing)
+    img_size: tuple[int, int] | None = None  # (H, W)
+    classes: list[str] | None = None
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # overrides of the model's cfg
+    batch: tuple[int, int, int] | None = None  # min, opt, max batch the artifact was built for
+    status: str | None = None  # the manifest's status of the artifact
+    reason: str | None = None  # and why, when it is not ok
+    num_classes: int | None = None
+    note: str | None = None  # how the format was guessed, when it was
+
+
+def _size(value: Any) -> tuple[int, int] | None:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    return None
+
+
+def _claims(path: Path, rows: list[Format]) -> tuple[Format, dict[str, Any]] | None:
+    """The first row whose module's ``describe`` recognises ``path`` (each module asked once)."""
+    asked: set[str] = set()
+    for row in rows:
+        if row.module in asked:
+            continue
+        asked.add(row.module)
+        info = row.describe(path) if path.is_file() else None
+        if info and info.get("format") in FORMATS:
+            return FORMATS[info["format"]], info
+    return None
+
+
+def identify(path: str | Path, want: str | Format | None = None) -> tuple[Format | None, dict[str, Any]]:
+    """The format row of a lone artifact file and what it says about itself (``model``, ``img_size``,
+    ``num_classes``, and ``note`` when the format had to be guessed from the suffix).
+
+    ``want`` (a row name) is checked against what the file says. A file no row recognises that has a
+    checkpoint suffix (or ``.pt`` with ``want`` None or ``torch``) is a training checkpoint: ``(None, {})``.
+    """
+    path = Path(path)
+    want_row = get_format(want) if want is not None else None
+    suffix = path.suffix.lower()
+    rows = [f for f in FORMATS.values() if f.suffix == suffix]
+    exact = next((f for f in FORMATS.values() if f.filename == path.name), None)
+    order = ([want_row] if want_row else []) + ([exact] if exact else []) + rows
+    claim = _claims(path, order)
+    if want_row is not None:
+        if claim is not None and claim[0].module != want_row.module:
+            raise ConfigError(f"{path} is a {claim[0].name} artifact, not {want_row.name}; drop --format")
+        if (
+            claim is None
+            and path.is_file()
+            and suffix in (".pt", *CHECKPOINT_SUFFIXES)
+            and want_row.describe(path) is None
+        ):
+            if want_row.name == "torch":
+                return None, {}
+            raise ConfigError(
+                f"{path} is not a {want_row.name} artifact (it holds no program of that kind); drop --format"
+            )
+        return want_row, dict(claim[1]) if claim else {}
+    if claim is not None:
+        return claim[0] if exact is None or exact.module != claim[0].module else exact, dict(claim[1])
+    if exact is not None:
+        return exact, {}
+    if suffix in CHECKPOINT_SUFFIXES or path.name.lower().endswith(".pth.tar") or (suffix == ".pt" and path.is_file()):
+        return None, {}
+    if not rows:
+        suffixes = sorted({f.suffix for f in FORMATS.values()} | set(CHECKPOINT_SUFFIXES))
+        raise ConfigError(
+            f"cannot tell what {path.name} is from its suffix; pass a file ending in {', '.join(suffixes)}, "
+            "an export folder, or name the format"
+        )
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    named = [f for f in rows if stem.endswith(f.name)]
+    if named:
+        return max(named, key=lambda f: len(f.name)), {}
+    note = (
+        f"format guessed from the suffix {suffix} as {rows[0].name}; name the file "
+        f"model-<format>{suffix} or pass FORMAT=PATH to choose"
+    )
+    return rows[0], {"note": note}
+
+
+def resolve(
+    path: str | Path, format: str | Format | None = None, *, model: str | None = None, img_size: int | None = None
+) -> Artifact:
+    """Find out what ``path`` is (see the module docstring); raises ConfigError in one sentence."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(
+            f"artifact {path} does not exist; pass an exported file, an export folder or a training checkpoint"
+        )
+    art = _resolve(path, get_format(format) if format else None, model)
+    if img_size is not None:
+        if art.fmt is not None and art.img_size not in (None, (img_size, img_size)):
+            raise ConfigError(
+                f"{path} takes {art.img_size[0]}x{art.img_size[1]} images, not {img_size}; drop --img-size"
+            )
+        art.img_size = (img_size, img_size)
+    return art
+
+
+def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
+    from .export import MANIFEST, read_manifest
+
+    if path.is_dir():
+        manifest = read_manifest(path)
+        return _from_manifest(path, manifest, _pick_entry(path, manifest, want))
+    if (path.parent / MANIFEST).is_file():
+        manifest = read_manifest(path.parent)
+        entry = next((a for a in manifest.get("artifacts", []) if a.get("file") == path.name), None)
+        if entry is not None:
+            if want is not None and want.name != entry.get("format"):
+                raise ConfigError(
+                    f"{path} is the {entry.get('format')} artifact of its manifest, not {want.name}; drop --format"
+                )
+            return _from_manifest(path.parent, manifest, entry)
+    fmt, info = identify(path, want)
+    if fmt is None:
+        return _from_checkpoint(path, model)
+    return Artifact(
+        path,
+        fmt,
+        "file",
+        info.get("model") or model,
+        _size(info.get("img_size")),
+        num_classes=info.get("num_classes"),
+        note=info.get("note"),
+    )
+
+
+def _pick_entry(folder: Path, manifest: dict[str, Any], want: Format | None) -> dict[str, Any]:
+    arts = manifest.get("artifacts", [])
+    ok = [a for a in arts if a.get("status") == "ok" and a.get("file")]
+    if want is not None:
+        entry = next((a for a in arts if a.get("format") == want.name), None)
+        if entry is None or not entry.get("file"):
+            state = "not in" if entry is None else f"{entry.get('status')} ({entry.get('reason')}) in"
+            choose = f"; choose one of: {', '.join(a['format'] for a in ok)}" if ok else ""
+            raise ConfigError(f"{want.name} is {state} {folder}/manifest.json{choose}")
+        return entry
+    if not ok:
+        raise ConfigError(f"{folder}/manifest.json lists no artifact that was built ok; run `t2t export` again")
+    by_name = {a["format"]: a for a in ok}
+    return next((by_name[n] for n in DEFAULT_FORMATS if n in by_name), ok[0])
+
+
+def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Artifact:
+    from .export import manifest_preprocessing
+
+    m = manifest.get("model") or {}
+    shape = entry.get("input_shape") or (manifest.get("input") or {}).get("shape") or []
+    size = tuple(int(s) for s in shape[2:4]) if len(shape) == 4 else _size(m.get("img_size"))
+    classes = manifest.get("classes")
+    return Artifact(
+        path=folder / entry["file"],
+        fmt=get_format(entry["format"]),
+        source="manifest",
+        model=m.get("model"),
+        img_size=size,
+        classes=[str(c) for c in classes] if isinstance(classes, list) else None,
+        preprocessing=manifest_preprocessing(manifest),
+        batch=tuple(entry["batch"]) if len(entry.get("batch") or ()) == 3 else None,
+        status=entry.get("status"),
+        reason=entry.get("reason"),
+        num_classes=m.get("num_classes"),
+    )
+
+
+def _from_checkpoint(path: Path, model: str | None) -> Artifact:
+    from t2tvit.checkpoint import read_checkpoint, read_state_dict, recorded_args, recorded_preprocessing
+    from t2tvit.models import guess_variant
+
+    obj = read_checkpoint(path)
+    args = recorded_args(obj)
+    name = model or (args.get("model") if isinstance(args.get("model"), str) else None)
+    if name is None:
+        name = guess_variant(read_state_dict(obj)[0])
+    if name is None:
+        raise ConfigError(f"cannot tell which T2T-ViT variant {path} holds; pass --model NAME")
+    classes = obj.get("classes") if isinstance(obj, dict) else None
+    return Artifact(
+        path,
+        None,
+        "checkpoint",
+        name,
+        _size(args.get("img_size")),
+        [str(c) for c in classes] if isinstance(classes, list) and classes else None,
+        recorded_preprocessing(args),  # falsy: the model's own, as the trainer reads them
+    )

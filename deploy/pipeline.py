@@ -1,0 +1,338 @@
+"""The whole pipeline, one subfolder per stage, resumable: what ``t2t compress`` runs.
+
+    teacher/   train the CNN teacher (skipped with ``teacher_path``, or distillation type ``none``)
+    student/   distil the ``*_distilled`` T2T-ViT student from it (the trainer, resumable by epoch)
+    export/    every deployment format + manifest.json, each artifact checked against the student
+    verify/    every artifact loaded again, its sha256 and parity re-checked (verify.json)
+    report/    the latency profiler: report.md/.json/.csv and the PNG plots, and the user's checks
+
+Each stage calls the library function of its own command with Python values and uses what it
+returns: :func:`t2tvit.train.run`, :func:`compress.distill.run`, :func:`deploy.export.export_checkpoint`,
+:func:`deploy.export.verify_export`, :func:`deploy.profiler.profile_folder`. A finished stage leaves
+``stage.json``; running again skips finished stages and continues an interrupted training stage from
+its ``last.pth``. ``redo=STAGE`` runs that stage and every later one again, from scratch. The
+settings are kept in ``pipeline.json``; running into the same folder with other settings is refused
+unless ``redo`` reruns every stage they affect, so a folder never mixes two pipelines.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2tvit.errors import ConfigError, T2TError
+
+__all__ = ["DEMO", "STAGES", "PipelineResult", "PipelineSettings", "check_same_pipeline", "run_pipeline"]
+
+STAGES = ("teacher", "student", "export", "verify", "report")
+DEFAULT_TEACHER = "resnet18"
+
+# The demo: the bundled digits, end to end in a few minutes on 2 CPU cores.
+DEMO: dict[str, Any] = {
+    "data": "digits",
+    "teacher_epochs": 4,
+    "epochs": 8,
+    "formats": "builtin,tensorrt",
+    "batch_sizes": "1,8",
+    "duration": 1.0,
+}
+
+
+@dataclass
+class PipelineSettings:
+    """Everything that decides what the stages produce (recorded in ``pipeline.json``).
+
+    ``*_args``: more options of the stage's own command, by destination name (``{"lr": 5e-4}`` for the
+    student, ``{"qengine": "x86"}`` for the export), as that command's parser would give them.
+    """
+
+    data: str = "digits"  # dataset folder (train/, val/) or a bundled dataset's name
+    model: str = "t2t_vit_7_distilled"
+    config: str = "digits"  # trainer recipe: bundled name or YAML file
+    img_size: int | None = None
+    epochs: int | None = None
+    student_args: dict[str, Any] = field(default_factory=dict)
+    distillation_type: str = "hard"
+    distillation_alpha: float = 0.5
+    distillation_tau: float = 1.0
+    teacher_model: str | None = None
+    teacher_path: str | None = None
+    teacher_epochs: int | None = None
+    teacher_args: dict[str, Any] = field(default_factory=dict)
+    formats: str = "cpu"
+    export_args: dict[str, Any] = field(default_factory=dict)
+    batch_sizes: str = "1,8"
+    threads: int | None = None
+    duration: float = 2.0
+    no_memory: bool = False
+    max_latency_ms: float | None = None
+    min_agreement: float | None = None
+    min_top1: float | None = None
+
+
+# The first stage each setting changes; any other setting is used from the first stage on.
+_FIRST_USE = {
+    "model": "student",
+    "epochs": "student",
+    "student_args": "student",
+    "distillation_alpha": "student",
+    "distillation_tau": "student",
+    "formats": "export",
+    "export_args": "export",
+    **dict.fromkeys(
+        ("batch_sizes", "threads", "duration", "no_memory", "max_latency_ms", "min_agreement", "min_top1"), "report"
+    ),
+}
+
+
+def _first_use(key: str, before: Any, after: Any) -> int:
+    """The index of the first stage a change of ``key`` from ``before`` to ``after`` affects."""
+    if key == "distillation_type" and "none" not in (before, after):
+        return STAGES.index("student")  # hard <-> soft keeps the teacher; none has no teacher stage
+    return STAGES.index(_FIRST_USE.get(key, STAGES[0]))
+
+
+def check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) -> None:
+    """Refuse settings that differ from the run already in ``out``, unless ``redo`` reruns every
+    stage they affect (e.g. ``redo="report"`` with another ``duration``); then record them."""
+    path = out / "pipeline.json"
+    if path.is_file():
+        before = json.loads(path.read_text()).get("settings", {})
+        changed = {
+            k: _first_use(k, before.get(k), settings.get(k))
+            for k in set(before) | set(settings)
+            if before.get(k) != settings.get(k)
+        }
+        redo_from = STAGES.index(redo) if redo else len(STAGES)
+        stale = sorted(k for k, first in changed.items() if first < redo_from)
+        if stale:
+            first = min(changed[k] for k in stale)
+            raise ConfigError(
+                f"{out} holds a pipeline run with other settings ({', '.join(stale)}); pass --redo "
+                f"{STAGES[first]} to run again from where they matter, or choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings}, indent=2))
+
+
+@dataclass
+class PipelineResult:
+    """Each stage's summary (this run's, or the one recorded when it was skipped), and the verdict."""
+
+    out: Path
+    stages: dict[str, dict[str, Any]]
+    seconds: float
+
+    @property
+    def failed_exports(self) -> int:
+        return int(self.stages.get("export", {}).get("artifacts", {}).get("failed", 0))
+
+    @property
+    def unverified(self) -> list[str]:
+        return list(self.stages.get("verify", {}).get("failed", []))
+
+    @property
+    def checks_passed(self) -> bool:
+        checks = self.stages.get("report", {}).get("checks")
+        return checks is None or bool(checks.get("passed"))
+
+    @property
+    def ok(self) -> bool:
+        """Every artifact exported and verified, and the report meets the user's checks."""
+        return not self.failed_exports and not self.unverified and self.checks_passed
+
+    def summary(self) -> list[str]:
+        lines = [f"pipeline {self.out} ({self.seconds:.0f} s this run)"]
+        t, st = self.stages.get("teacher", {}), self.stages.get("student", {})
+        if t.get("val_top1") is not None:
+            lines.append(f"  teacher {t['model']}: val top-1 {t['val_top1']:.2f}%")
+        if st.get("val_top1") is not None:
+            lines.append(f"  student {st['model']}: val top-1 {st['val_top1']:.2f}%  ({st['checkpoint']})")
+        if "export" in self.stages:
+            counts = ", ".join(f"{n} {k}" for k, n in self.stages["export"]["artifacts"].items())
+            lines.append(f"  export: {counts}  ({self.stages['export']['folder']})")
+        if "verify" in self.stages:
+            v = self.stages["verify"]
+            lines.append(f"  verify: {v['ok']} of {v['checked']} artifacts re-checked ok")
+        if "report" in self.stages:
+            lines.append(f"  report: {Path(self.stages['report']['folder']) / 'report.md'}")
+        return lines
+
+
+def _done(folder: Path) -> dict[str, Any] | None:
+    path = folder / "stage.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def run_pipeline(
+    settings: PipelineSettings,
+    out: str | Path | None = None,
+    *,
+    redo: str | None = None,
+    stop_after: str | None = None,
+    command: str = "t2t compress",
+    echo: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run the stages into ``out`` (default ``runs/compress/<model>``), skipping the finished ones.
+
+    ``redo``: run this stage and every later one again, from scratch; ``stop_after``: stop after this
+    stage. ``echo`` gets the stage lines and the results (``print`` by default). Raises
+    :class:`~t2tvit.errors.T2TError` (one sentence naming the fix) when a stage cannot run.
+    """
+    for name, stage in (("redo", redo), ("stop_after", stop_after)):
+        if stage is not None and stage not in STAGES:
+            raise ConfigError(f"{name} must be one of {', '.join(STAGES)}, not {stage!r}")
+    out = Path(out) if out is not None else Path("runs") / "compress" / settings.model
+    check_same_pipeline(out, asdict(settings), redo)
+    folders = {stage: out / stage for stage in STAGES}
+    redo_from = STAGES.index(redo) if redo else len(STAGES)
+    results: dict[str, dict[str, Any]] = {}
+    t_all = time.perf_counter()
+    for i, stage in enumerate(STAGES):
+        folder = folders[stage]
+        earlier = _done(folder)
+        if earlier is not None and i < redo_from:
+            echo(f"stage {stage}: done earlier ({folder}), skipped")
+            results[stage] = earlier["summary"]
+        else:
+            if i >= redo_from and folder.exists():  # redo: afresh, not resumed from an old last.pth
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            echo(f"stage {i + 1}/{len(STAGES)}: {stage} -> {folder}")
+            t0 = time.perf_counter()
+            results[stage] = _STAGE_RUNNERS[stage](settings, folders, results, command, echo)
+            record = {"stage": stage, "status": "done", "seconds": round(time.perf_counter() - t0, 1)}
+            (folder / "stage.json").write_text(json.dumps(record | {"summary": results[stage]}, indent=2))
+        if stage == stop_after:
+            break
+    return PipelineResult(out, results, time.perf_counter() - t_all)
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def _val_folder(data: str) -> Path:
+    from t2tvit.data import dataset_split
+
+    return dataset_split(data, "val")
+
+
+def _best_top1(summary: dict[str, Any]) -> float | None:
+    """The val top-1 of the run's best.pth (what the next stage uses; EMA's when EMA is on)."""
+    if summary.get("best_top1") is not None:
+        return summary["best_top1"]
+    last = summary.get("last") or {}
+    return last.get("ema_top1", last.get("top1"))
+
+
+def _train(stage: str, s: PipelineSettings, folder: Path, parser: Any, run: Any, **values: Any) -> dict[str, Any]:
+    """One training stage through its library ``run``; continues from ``last.pth`` when there is one."""
+    from t2tvit.train import make_args
+
+    if s.img_size:
+        values["img_size"] = s.img_size
+    last = folder / "last.pth"
+    values |= {"data": s.data, "output": str(folder), "resume": str(last) if last.is_file() else None}
+    try:
+        return run(make_args(parser, s.config, **values))
+    except T2TError as e:
+        raise T2TError(f"the {stage} stage failed: {e}; fix it and run the same command again") from None
+
+
+def _teacher(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from t2tvit.train import build_parser, run
+
+    if s.distillation_type == "none":
+        return {"skipped": "--distillation-type none needs no teacher"}
+    if s.teacher_path:
+        return {"checkpoint": s.teacher_path, "provided": True, "model": s.teacher_model}
+    model = s.teacher_model or DEFAULT_TEACHER
+    values = {"model": model, **({"epochs": s.teacher_epochs} if s.teacher_epochs else {}), **s.teacher_args}
+    summary = _train("teacher", s, folders["teacher"], build_parser(), run, **values)
+    return {"checkpoint": str(folders["teacher"] / "best.pth"), "val_top1": _best_top1(summary), "model": model}
+
+
+def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from compress.distill import build_parser, run
+
+    teacher = results["teacher"]
+    values: dict[str, Any] = {
+        "model": s.model,
+        **({"epochs": s.epochs} if s.epochs else {}),
+        "distillation_type": s.distillation_type,
+        "distillation_alpha": s.distillation_alpha,
+        "distillation_tau": s.distillation_tau,
+        **s.student_args,
+    }
+    if teacher.get("checkpoint"):
+        values["teacher_path"] = teacher["checkpoint"]
+        if teacher.get("model"):
+            values["teacher_model"] = teacher["model"]
+    summary = _train("student", s, folders["student"], build_parser(), run, **values)
+    return {"checkpoint": str(folders["student"] / "best.pth"), "val_top1": _best_top1(summary), "model": s.model}
+
+
+def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from .export import export_checkpoint
+
+    options = {"checkpoint": results["student"]["checkpoint"], "formats": s.formats}
+    options |= {"calib_data": str(_val_folder(s.data)), **s.export_args, "out": folders["export"]}
+    try:
+        manifest = export_checkpoint(**options).manifest
+    except T2TError as e:
+        raise T2TError(f"the export stage failed: {e}; fix it and run the same command again") from None
+    counts: dict[str, int] = {}
+    for a in manifest["artifacts"]:
+        counts[a["status"]] = counts.get(a["status"], 0) + 1
+    return {"folder": str(folders["export"]), "artifacts": counts}
+
+
+def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from .export import verify_export
+
+    checks = verify_export(folders["export"], results["student"]["checkpoint"], _val_folder(s.data))
+    (folders["verify"] / "verify.json").write_text(json.dumps(checks, indent=2))
+    bad = [r for r in checks if not r["ok"]]
+    for r in bad:
+        echo(f"verify: {r['format']}: {'; '.join(r['problems'])}")
+    echo(f"verify: {len(checks) - len(bad)} of {len(checks)} artifacts load, match their sha256 and pass parity")
+    return {"checked": len(checks), "ok": len(checks) - len(bad), "failed": [r["format"] for r in bad]}
+
+
+def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from .profiler import Checks, ProfileConfig, profile_folder
+    from .report import print_table, write_report
+
+    config = ProfileConfig(
+        batch_sizes=tuple(int(b) for b in str(s.batch_sizes).split(",")),
+        threads=s.threads,
+        duration=s.duration,
+        data=_val_folder(s.data),
+        memory=not s.no_memory,
+        checks=Checks(s.max_latency_ms, s.min_agreement, s.min_top1),
+    )
+    report = profile_folder(folders["export"], config, command=command)
+    write_report(report, folders["report"])
+    if echo is print:
+        print_table(report)
+    ok = [r for r in report.rows if r.status == "ok"]
+    return {"folder": str(folders["report"]), "rows": len(report.rows), "ok": len(ok), "checks": report.checks}
+
+
+_STAGE_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
+    "teacher": _teacher,
+    "student": _student,
+    "export": _export,
+    "verify": _verify,
+    "report": _report,
+}

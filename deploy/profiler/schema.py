@@ -1,0 +1,80 @@
+"""The profiler's report as typed structures, and its one schema version.
+
+:class:`Report` is what :func:`deploy.profiler.profile_folder` returns and what
+:func:`deploy.report.read_report` gives back from a ``report.json``; :meth:`Report.to_dict` is
+the JSON document (plain types only). A row's ``latency`` maps a batch size (as a string, the JSON
+key) to :func:`deploy.profiler.stats.latency_stats`'s summary.
+
+Schema 2 (this one) replaced schema 1's project targets with the user's own ``checks``: the
+report says whether the limits *they* asked for hold, and marks the rows that miss them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["SCHEMA", "Report", "Row"]
+
+SCHEMA = 2
+
+
+@dataclass
+class Row:
+    """One artifact (or extra variant): what it is, whether it ran, and what it measured."""
+
+    name: str
+    format: str
+    precision: str
+    device: str
+    file: str | None = None
+    file_bytes: int | None = None
+    status: str = "ok"  # "ok", "failed" or "skipped"
+    reason: str | None = None  # why it is not ok, and notes (batch sizes not timed, ...)
+    load_s: float | None = None
+    first_inference_ms: float | None = None
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)  # str(batch) -> latency_stats(...)
+    peak_rss_mb: float | None = None
+    cuda_peak_mb: float | None = None
+    gmacs_per_s: float | None = None  # model MACs per image / p50 at batch 1
+    peak_share: float | None = None  # gmacs_per_s / the measured peak of its precision
+    top1: float | None = None  # percent
+    top5: float | None = None  # percent
+    agreement: float | None = None  # share of top-1 decisions equal to the fp32 torch artifact's (0..1)
+    checks: list[str] = field(default_factory=list)  # the user's checks this row misses, one sentence each
+
+
+@dataclass
+class Report:
+    """Everything one profile measured: machine, versions, settings, peak rates and one row per artifact."""
+
+    created: str = ""
+    command: str = ""
+    machine: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    peak: dict[str, Any] = field(default_factory=dict)
+    rows: list[Row] = field(default_factory=list)
+    peak_cuda: dict[str, Any] | None = None
+    checks: dict[str, Any] | None = None  # the limits asked for, "passed" and "failures" (see deploy.profiler.checks)
+    schema: int = SCHEMA
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` left out when absent."""
+        out = asdict(self)
+        for key in ("peak_cuda", "checks"):
+            if out[key] is None:
+                del out[key]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        """The report of a parsed ``report.json`` (unknown keys are ignored, missing row fields default)."""
+        row_keys = {f.name for f in fields(Row)}
+        rows = [Row(**{k: v for k, v in r.items() if k in row_keys}) for r in data.get("rows") or []]
+        keys = {f.name for f in fields(cls)} - {"rows"}
+        return cls(rows=rows, **{k: data[k] for k in keys if k in data})

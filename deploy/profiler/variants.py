@@ -1,0 +1,350 @@
+"""The variants a profile measures: one per manifest entry or artifact file, loaded through its format row.
+
+Everything format-specific comes from the row (:class:`deploy.base.Format`): whether the artifact
+accepts only its export's batch range, which runtime modules to import before a load is timed,
+how its threads are set. An artifact that failed at export, cannot run here (missing package,
+needs a GPU) or fails to load or run is a variant with its status and reason, never a missing row.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from t2tvit.errors import ConfigError
+
+from ..base import FORMATS, Format, first_line, get_format, resolve_formats, sha256_file
+from .schema import Row
+from .timing import make_timer
+
+__all__ = ["Variant", "collect", "load_labelled", "model_info"]
+
+
+@dataclass
+class Variant:
+    """One row in the making."""
+
+    name: str
+    format: str
+    precision: str
+    device: str
+    file: str | None = None
+    path: Path | None = None
+    fmt: Format | None = None
+    batch_range: tuple[int, int] | None = None
+    status: str = "ok"
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    manifest_agreement: float | None = None
+    sha256: str | None = None  # what the manifest recorded
+    predictor: Any = None
+    load_s: float | None = None
+    first_ms: float | None = None
+    latency: dict[str, Any] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+    cuda_peak_mb: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    agreement: float | None = None
+    preds: np.ndarray | None = None  # top-1 class per data image
+
+    def fail(self, status: str, reason: str) -> None:
+        self.status, self.reason, self.predictor = status, reason, None
+
+    def accepts(self, batch: int) -> bool:
+        return self.batch_range is None or self.batch_range[0] <= batch <= self.batch_range[1]
+
+    def row(self, macs: int | None, peak: dict[str, Any], peak_cuda: dict[str, Any] | None) -> Row:
+        b1 = self.latency.get("1")
+        gmacs = macs / (b1["p50_ms"] / 1e3) / 1e9 if (b1 and macs and b1["p50_ms"] > 0) else None
+        table = peak_cuda if self.device == "cuda" and peak_cuda else peak
+        ref = (table or {}).get(self.precision) or {}
+        share = gmacs / ref["gmacs_per_s"] if gmacs is not None and ref.get("gmacs_per_s") else None
+        reason = "; ".join([*([self.reason] if self.reason else []), *self.notes]) or None
+        return Row(
+            name=self.name,
+            format=self.format,
+            precision=self.precision,
+            device=self.device,
+            file=self.file,
+            file_bytes=self.path.stat().st_size if self.path is not None and self.path.is_file() else None,
+            status=self.status,
+            reason=reason,
+            load_s=self.load_s,
+            first_inference_ms=self.first_ms,
+            latency=self.latency,
+            peak_rss_mb=self.peak_rss_mb,
+            cuda_peak_mb=self.cuda_peak_mb,
+            gmacs_per_s=gmacs,
+            peak_share=share,
+            top1=self.top1,
+            top5=self.top5,
+            agreement=self.agreement,
+        )
+
+
+class _Names:
+    """Row names, unique within a report (a second ``onnx`` file becomes ``onnx-2``)."""
+
+    def __init__(self) -> None:
+        self.taken: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        k, candidate = 2, name
+        while candidate in self.taken:
+            candidate, k = f"{name}-{k}", k + 1
+        self.taken.add(candidate)
+        return candidate
+
+
+def _from_entry(entry: dict[str, Any], folder: Path | None, device: str, unique: _Names) -> Variant:
+    name = entry.get("format", "?")
+    fmt = FORMATS.get(name)
+    v = Variant(
+        name=unique(name),
+        format=name,
+        precision=entry.get("precision") or (fmt.precision if fmt else "fp32"),
+        device=fmt.device_for(device) if fmt else device,
+        file=entry.get("file"),
+        fmt=fmt,
+    )
+    batch = entry.get("batch")
+    if fmt is not None and fmt.bounded_batch and isinstance(batch, list | tuple) and len(batch) == 3:
+        v.batch_range = (int(batch[0]), int(batch[2]))
+    parity = entry.get("parity") or {}
+    v.manifest_agreement, v.sha256 = parity.get("top1_agreement"), entry.get("sha256")
+    if v.file and folder is not None:
+        v.path = folder / v.file
+    status = entry.get("status")
+    if status != "ok":
+        v.fail(status if status in ("failed", "skipped") else "failed", entry.get("reason") or f"status {status}")
+    elif fmt is None:
+        v.fail("failed", f"unknown format {name!r} in the manifest")
+    return v
+
+
+def _from_file(spec: str | Path | tuple[Format, str | Path], device: str, unique: _Names) -> Variant:
+    """A file given directly: ``PATH``, ``FORMAT=PATH``, or ``(row, PATH)`` for a row outside the table
+    (e.g. a benchmark script's variant that runs another artifact's file)."""
+    from ..artifacts import identify
+
+    if isinstance(spec, tuple):
+        fmt, path, note = spec[0], Path(spec[1]), None
+    else:
+        text = str(spec)
+        forced = text.split("=", 1)[0] if "=" in text and text.split("=", 1)[0] in FORMATS else None
+        path = Path(text.split("=", 1)[1] if forced else text).expanduser()
+        try:
+            fmt, info = (get_format(forced), {}) if forced else identify(path)
+            if fmt is None:
+                raise ConfigError(f"{path.name} is a training checkpoint, not an exported artifact; export it first")
+        except ConfigError as e:
+            v = Variant(name=unique(path.name), format="?", precision="fp32", device=device, file=str(path), path=path)
+            v.fail("failed", str(e))
+            return v
+        note = info.get("note")
+    v = Variant(unique(fmt.name), fmt.name, fmt.precision, fmt.device_for(device), str(path), path, fmt)
+    if note:
+        v.notes.append(note)
+    return v
+
+
+def collect(
+    folder: Path | None,
+    manifest: dict[str, Any] | None,
+    files: Sequence[Any],
+    device: str,
+    formats: str | Sequence[str] | None = None,
+) -> list[Variant]:
+    """Every variant to profile, in manifest order then ``files`` order; each with what keeps it from running."""
+    wanted = {f.name for f in resolve_formats(formats)} if formats else None
+    unique = _Names()
+    out: list[Variant] = []
+    seen: set[Path] = set()
+    for entry in (manifest or {}).get("artifacts", []):
+        if wanted is None or entry.get("format") in wanted:
+            out.append(_from_entry(entry, folder, device, unique))
+            if out[-1].path is not None:
+                seen.add(out[-1].path.resolve())
+    for spec in files:
+        path = Path(spec[1] if isinstance(spec, tuple) else str(spec).split("=", 1)[-1]).expanduser()
+        if not isinstance(spec, tuple) and path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        v = _from_file(spec, device, unique)
+        if wanted is None or v.fmt is None or v.fmt.name in wanted or v.fmt.name not in FORMATS:
+            out.append(v)
+    for v in out:
+        if v.status == "ok":
+            _check_runnable(v)
+    return out
+
+
+def _check_runnable(v: Variant) -> None:
+    """What this machine can run at all."""
+    why = v.fmt.missing()
+    if why:
+        v.fail("skipped", why)
+    elif v.device == "cuda" and not v.fmt.needs_gpu and not _cuda_available():
+        v.fail("skipped", "needs a CUDA GPU; none is visible on this machine")
+    elif v.path is None or not v.path.is_file():
+        v.fail("failed", f"artifact file {v.file} is missing")
+    elif v.sha256 and sha256_file(v.path) != v.sha256:
+        v.notes.append("sha256 differs from the manifest: the file changed after export and parity")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def model_info(manifest: dict[str, Any] | None, variants: Sequence[Variant]) -> dict[str, Any]:
+    """Name, classes and input size of the model: from the manifest, else from what a given file says about
+    itself (its format row's ``describe``: an eager artifact names its model, an ONNX file its input shape)."""
+    if manifest and isinstance(manifest.get("model"), dict):
+        m = manifest["model"]
+        return {
+            "name": m.get("model"),
+            "num_classes": m.get("num_classes"),
+            "img_size": tuple(int(s) for s in m.get("img_size", (224, 224))),
+            "source": manifest.get("source_checkpoint"),
+        }
+    for v in variants:
+        if v.fmt is None or v.path is None or not v.path.is_file() or v.fmt.name not in FORMATS:
+            continue
+        try:
+            info = v.fmt.describe(v.path) or {}
+        except Exception:  # noqa: BLE001 - a broken file becomes a failed row later; try the next one
+            continue
+        size = info.get("img_size")
+        if size:
+            hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+            return {"name": info.get("model"), "num_classes": info.get("num_classes"), "img_size": hw,
+                    "source": str(v.path)}  # fmt: skip
+    raise ConfigError(
+        "cannot tell the model's input size from the files given; pass the export folder with its manifest.json "
+        "or add its model-torch.pt to --files"
+    )
+
+
+def load(v: Variant, hw: tuple[int, int], batch_sizes: Sequence[int], threads: int) -> None:
+    """Load ``v`` (timed; its runtime modules imported first, so imports are not counted) and time its first call."""
+    import importlib
+
+    usable = [b for b in batch_sizes if v.accepts(b)]
+    if not usable:
+        lo, hi = v.batch_range or (0, 0)
+        v.fail("skipped", f"accepts batch sizes {lo}..{hi}, none of the requested {list(batch_sizes)}")
+        return
+    with warnings.catch_warnings():  # the runtimes' own deprecation chatter says nothing about the artifact
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            v.fmt.impl()
+            for name in v.fmt.runtime_imports:
+                importlib.import_module(name)
+            t0 = time.perf_counter()
+            v.predictor = v.fmt.load(v.path, v.device, threads)
+            v.load_s = time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - a bad file is a failed row, not a crash
+            v.fail("failed", f"load failed: {first_line(e)}")
+            return
+        try:
+            v.first_ms = make_timer(v.predictor, inputs(usable[0], hw), v.device)()
+        except Exception as e:  # noqa: BLE001
+            v.fail("failed", f"run failed (batch {usable[0]}): {first_line(e)}")
+
+
+_INPUTS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def inputs(batch: int, hw: tuple[int, int]) -> np.ndarray:
+    """The same fixed-seed random batch for every variant (latency does not depend on the pixels)."""
+    key = (batch, *hw)
+    if key not in _INPUTS:
+        _INPUTS.clear()
+        _INPUTS[key] = np.random.default_rng(0).standard_normal((batch, 3, *hw), dtype=np.float32)
+    return _INPUTS[key]
+
+
+def accuracy(v: Variant, images: np.ndarray, labels: np.ndarray) -> None:
+    """Top-1/top-5 of ``v`` on labelled images, in the batches its artifact accepts."""
+    lo, hi = v.batch_range or (1, 32)
+    chunk = max(lo, min(32, hi))
+    outs = []
+    try:
+        for i in range(0, len(images), chunk):
+            x = images[i : i + chunk]
+            n = len(x)
+            if n < lo:  # an artifact with a fixed batch: pad, then drop the padding
+                x = np.concatenate([x, np.zeros((lo - n, *x.shape[1:]), np.float32)])
+            outs.append(v.predictor(x)[:n])
+    except Exception as e:  # noqa: BLE001
+        v.notes.append(f"accuracy not measured: {first_line(e)}")
+        return
+    logits = np.concatenate(outs)
+    k = min(5, logits.shape[1])
+    topk = np.argsort(-logits, axis=1)[:, :k]
+    v.preds = topk[:, 0]
+    v.top1 = float((topk[:, 0] == labels).mean() * 100)
+    v.top5 = float((topk == labels[:, None]).any(axis=1).mean() * 100)
+
+
+def agreements(variants: Sequence[Variant], measured: bool, use_manifest: bool = True) -> None:
+    """Top-1 agreement with the fp32 ``torch`` artifact on the data images; without data (or without a
+    usable torch row) the export's own parity agreement with the fp32 model, from the manifest
+    (unless ``use_manifest`` is False)."""
+    ref = next((v for v in variants if v.format == "torch" and v.preds is not None), None) if measured else None
+    for v in variants:
+        if v.status != "ok":
+            continue
+        if ref is not None and v.preds is not None:
+            v.agreement = float((v.preds == ref.preds).mean())
+        elif use_manifest and v.manifest_agreement is not None:
+            v.agreement = float(v.manifest_agreement)
+            if measured:
+                v.notes.append("agreement from the export's parity check (no fp32 torch predictions here)")
+
+
+def data_classes(folder: str | Path, num_classes: int | None = None) -> list[str]:
+    """The class names of a labelled folder (sorted sub-folders), or a ConfigError saying what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"data folder {folder} does not exist; pass a folder of <class>/<image> files or 'digits'")
+    classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ConfigError(f"data folder {folder} has no class sub-folders; lay it out as {folder}/<class>/<image>")
+    if num_classes is not None and len(classes) > num_classes:
+        raise ConfigError(
+            f"data folder {folder} has {len(classes)} classes but the model has {num_classes}; "
+            "pass the validation folder of the dataset it was trained on"
+        )
+    return classes
+
+
+def load_labelled(
+    folder: str | Path, transform: Any, max_images: int | None = None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Up to ``max_images`` images of ``folder/<class>/<image>`` (a fixed random sample across classes),
+    transformed, with their labels: the index of the class among the sorted sub-folder names, as in
+    training. Returns ``(images, labels, classes)``."""
+    from compress.quantize import load_images
+
+    folder = Path(folder)
+    classes = data_classes(folder, num_classes)
+    index = {c: i for i, c in enumerate(classes)}
+    images, files = load_images(folder, transform, max_images, what="data")
+    labels = [
+        index.get(f.relative_to(folder).parts[0], -1) if len(f.relative_to(folder).parts) > 1 else -1 for f in files
+    ]
+    keep = np.array([lab >= 0 for lab in labels], dtype=bool)
+    if not keep.any():
+        raise ConfigError(f"data folder {folder} has no images inside its class sub-folders")
+    return images[keep], np.array(labels)[keep], classes

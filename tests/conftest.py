@@ -1,0 +1,126 @@
+"""Fixtures shared by the test files: one thread, a T2T-ViT-7 trained on the digits, its export folder.
+
+Training is the slow part of the deploy, predict, toy-format and README tests, so one model per
+image size is trained once per session (a few seconds at 32 px: val accuracy ~0.9, where a
+random-weight model's top-1 would mean nothing) and saved as a trainer-style checkpoint with
+class names; :func:`digits_export` is its export to torch, onnx and ptl-int8 by ``t2t export``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Correctness, not speed, is tested: one intra-op thread keeps PyTorch's OpenMP workers from
+    spin-waiting when other processes share the CPU (measured 10-20x slower otherwise)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Path:
+    """The bundled digits dataset (train/ and val/), written on first use."""
+    from t2tvit.data import bundled_dataset_path
+
+    return bundled_dataset_path()
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("small_digits")
+    for split, per_class in (("train", 8), ("val", 4)):
+        for cls in range(10):
+            dst = root / split / str(cls)
+            dst.mkdir(parents=True)
+            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
+                shutil.copy(f, dst / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], dict[str, Any]]:
+    """``digits_checkpoint(img_size)``: ``{"model", "acc", "checkpoint"}`` of a T2T-ViT-7 trained on the
+    digits at that size, trained once per size per session."""
+    from benchmarks.export_sizes import train_digits
+
+    cache: dict[int, dict[str, Any]] = {}
+
+    def get(img_size: int) -> dict[str, Any]:
+        if img_size not in cache:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                model, acc = train_digits(steps=60, img_size=img_size)
+            finally:
+                torch.set_num_threads(before)
+            assert acc >= 0.6, f"the test model did not learn the digits (val accuracy {acc:.2f}, chance 0.10)"
+            ck = tmp_path_factory.mktemp("digits-checkpoint") / "digits.pth"
+            args = {
+                "model": "t2t_vit_7",
+                "num_classes": 10,
+                "img_size": img_size,
+                "crop_pct": None,
+                "interpolation": "",
+            }
+            state = {"model": model.state_dict(), "model_ema": None, "args": args, "classes": NAMES, "epoch": 0}
+            torch.save(state, ck)
+            cache[img_size] = {"model": model, "acc": acc, "checkpoint": ck}
+        return cache[img_size]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_factory) -> dict[str, Any]:
+    """The 32 px digits checkpoint exported by ``t2t export`` to torch, onnx and ptl-int8."""
+    from t2t.cli import main
+
+    trained = digits_checkpoint(32)
+    out = tmp_path_factory.mktemp("digits-export") / "export"
+    argv = ["export", "--checkpoint", str(trained["checkpoint"]), "--formats", "torch,onnx,ptl-int8"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*argv, "--parity-images", "32", "--calib-size", "8", "--out", str(out), "--json"]) == 0
+    return {**trained, "out": out, "img_size": 32}
+
+
+@pytest.fixture(scope="session")
+def compress_demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``t2t compress --demo`` run once per session, exactly as the README's quick start runs it.
+
+    ``records``: its ``pipeline.json`` and each stage's ``stage.json`` as they were right after the
+    run (later tests re-run stages with other settings; a resumed pipeline reads only these files).
+    """
+    import time
+
+    from t2t.cli import main
+
+    out = tmp_path_factory.mktemp("compress") / "demo"
+    t0 = time.perf_counter()
+    assert main(["compress", "--demo", "--out", str(out)]) == 0
+    print(f"t2t compress --demo took {time.perf_counter() - t0:.0f} s")
+    records = {p.relative_to(out): p.read_text() for p in [out / "pipeline.json", *out.glob("*/stage.json")]}
+    return {"out": out, "records": records}
+
+
+def val_images(per_class: int) -> list[Path]:
+    """The first ``per_class`` validation digits of each class, in class order."""
+    from t2tvit.data import bundled_dataset_path
+
+    val = bundled_dataset_path() / "val"
+    return [p for c in range(10) for p in sorted((val / str(c)).glob("*.png"))[:per_class]]

@@ -1,0 +1,68 @@
+"""The README's text is what is tested: its quick start is what ``.ci/run`` runs, and its Python
+examples run as written.
+
+The examples are the README's ``python`` blocks that start with ``# example:``, run in order in one
+namespace from a scratch folder holding what the README says they follow: ``runs/digits/best.pth``
+(the session's digits checkpoint) and an image ``some_digit.png``. The pipeline example resumes the
+session's ``t2t compress --demo`` run (every stage done), so it checks the function the command calls
+and its resume path without training again; ``tests/test_compress.py`` runs that pipeline from scratch.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import NAMES, val_images
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_ci_runs_exactly_the_quick_start() -> None:
+    install, tests = (block.strip() for block in _blocks(_section("Quick start"), "bash"))
+    assert install.endswith("&& t2t compress --demo")  # the first command runs the main job
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert install in ci and tests in ci
+    assert ci.index(install) < ci.index(tests)
+
+
+@pytest.mark.slow
+def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_path, monkeypatch, capsys) -> None:
+    examples = [b for b in _blocks(_section("From Python"), "python") if b.startswith("# example:")]
+    assert [b.splitlines()[0] for b in examples] == [
+        "# example: export", "# example: predict", "# example: bench", "# example: pipeline"
+    ]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    shutil.copy(digits_checkpoint(32)["checkpoint"], tmp_path / "runs" / "digits" / "best.pth")
+    shutil.copy(val_images(1)[3], tmp_path / "some_digit.png")  # a three
+    demo = tmp_path / "runs" / "compress" / "t2t_vit_7_distilled"  # run_pipeline's default folder
+    for rel, text in compress_demo["records"].items():
+        (demo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (demo / rel).write_text(text)
+
+    scope: dict = {}
+    for block in examples:
+        exec(compile(block, f"README.md [{block.splitlines()[0]}]", "exec"), scope)
+
+    assert scope["result"].ok and scope["result"].stages["student"]["val_top1"] >= 80  # the pipeline's
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[]"  # export: nothing failed
+    image, name, probability = out[1].split()  # predict: the class name the checkpoint recorded
+    assert image == "some_digit.png" and name in NAMES and 0 < float(probability) <= 1
+    assert (tmp_path / "artifacts" / "digits" / "bench" / "report.md").is_file()
+    assert out[2].startswith("[('torch', ") and out[2].endswith("True")  # bench: the checks passed
+    assert all(f"stage {s}: done earlier" in "\n".join(out) for s in ("teacher", "student", "report"))
