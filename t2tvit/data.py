@@ -1,17 +1,18 @@
 """Datasets, transforms and loaders for training, evaluation, calibration and benchmarks.
 
 * ImageNet-style folders (``ROOT/train/<class>/*.jpg``, ``ROOT/val/<class>/*.jpg``) through
-  :class:`SafeImageFolder`, which skips an unreadable image (and counts it) instead of
-  crashing mid-epoch;
+  :class:`SafeImageFolder`, which turns a sample that cannot be decoded or whose transform
+  raises into a :class:`SkippedSample` instead of crashing the epoch;
 * a small *real* dataset that ships with the toolkit, so demos and tests run offline:
   scikit-learn's 1,797 handwritten digits (8x8, 10 classes) written out once as an image
   folder, upscaled to 64x64 (:func:`bundled_dataset_path`);
 * synthetic random images for speed benchmarks (:class:`SyntheticImages`);
 * timm's transforms (RandAugment, random erasing) and samplers for DDP (:func:`build_loader`).
 
-A batch from :func:`build_loader` is ``(images, targets, n_skipped)``: the third item counts
-the unreadable images dropped from that batch, so the trainer can report them per epoch
-even when the images are decoded in worker processes.
+A batch from :func:`build_loader` is ``(images, targets, skipped)``: the third item lists the
+:class:`SkippedSample` records dropped from that batch (file, reason, error), so the trainer's
+main process can count them per epoch and name each file once, even when the samples are
+decoded in worker processes that forget everything at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SafeImageFolder",
     "ShardSampler",
+    "SkippedSample",
     "SyntheticImages",
     "build_loader",
     "build_transform",
@@ -138,26 +141,57 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def _read_rgb(path: str | Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def open_rgb(path: str | Path, warn: bool = True) -> Any:
     """The image at ``path`` as an RGB PIL image, or None (with a warning naming it) if it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return _read_rgb(path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         if warn:
             warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=3)
         return None
 
 
-class SafeImageFolder(Dataset):
-    """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad files.
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample dropped from its batch: which file, why (``"unreadable"`` or ``"transform"``), the error.
 
-    An image that cannot be decoded yields ``None`` (dropped by :func:`collate_skip`, which
-    counts it) and one warning naming the file, instead of an exception that would kill the
-    epoch. Classes are the sorted sub-folder names; ``class_to_idx`` can force another order
-    (e.g. a validation split missing a class).
+    Returned by :class:`SafeImageFolder` in place of ``(image, target)`` and gathered by
+    :func:`collate_skip`; plain data, so it crosses from loader workers to the trainer, which
+    counts it and names the file once (:class:`t2tvit.engine.SkipGuard`).
+    """
+
+    path: str
+    reason: str
+    error: str
+
+    def __str__(self) -> str:
+        what = "unreadable image" if self.reason == "unreadable" else "image whose transform failed"
+        return f"skipped {what} {self.path}: {self.error}"
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class SafeImageFolder(Dataset):
+    """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad samples.
+
+    A sample whose file cannot be decoded, or whose transform raises (any ``Exception``: a
+    library augmentation meeting an image it was not written for, a corrupt file that decodes
+    to nonsense), yields a :class:`SkippedSample` naming the file and the error instead of an
+    exception: in a loader worker, an exception kills the whole run, and a multi-day DDP run
+    must not die of one sample. :func:`collate_skip` drops it from the batch; the trainer counts
+    it per epoch and names it once. Classes are the sorted sub-folder names; ``class_to_idx``
+    can force another order (e.g. a validation split missing a class).
     """
 
     def __init__(self, root: str | Path, transform: Any = None, class_to_idx: dict[str, int] | None = None):
@@ -177,19 +211,21 @@ class SafeImageFolder(Dataset):
         if not self.samples:
             raise ConfigError(f"image folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.transform = transform
-        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+    def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         path, target = self.samples[index]
-        img = open_rgb(path, warn=index not in self._warned)
-        if img is None:
-            self._warned.add(index)
-            return None
+        try:
+            img = _read_rgb(path)
+        except Exception as e:  # noqa: BLE001 - any decoder failure (incl. decompression bombs) skips this file
+            return SkippedSample(path, "unreadable", _describe(e))
         if self.transform is not None:
-            img = self.transform(img)
+            try:
+                img = self.transform(img)
+            except Exception as e:  # noqa: BLE001 - one sample's augmentation must not end the run
+                return SkippedSample(path, "transform", _describe(e))
         return img, target
 
 
@@ -208,10 +244,16 @@ class SyntheticImages(Dataset):
         return img, int(torch.randint(self.num_classes, (1,), generator=g))
 
 
-def collate_skip(batch: Sequence[tuple[Any, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; the third item is how many were dropped as unreadable."""
-    good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+def collate_skip(
+    batch: Sequence[tuple[Any, int] | SkippedSample | None],
+) -> tuple[torch.Tensor, torch.Tensor, list[SkippedSample]]:
+    """Stack the good samples; the third item lists the skipped ones (a bare None counts as unreadable)."""
+    good = [b for b in batch if b is not None and not isinstance(b, SkippedSample)]
+    skipped = [
+        b if isinstance(b, SkippedSample) else SkippedSample("<unnamed sample>", "unreadable", "dataset returned None")
+        for b in batch
+        if b is None or isinstance(b, SkippedSample)
+    ]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([b[0] for b in good])
@@ -354,7 +396,7 @@ def build_loader(
     world_size: int = 1,
     seed: int = 0,
 ) -> DataLoader:
-    """A loader yielding ``(images, targets, n_skipped)``, sharded over ``world_size`` ranks.
+    """A loader yielding ``(images, targets, skipped)``, sharded over ``world_size`` ranks.
 
     Training shuffles with a ``DistributedSampler`` (also for one process) whose order
     depends only on ``seed`` and the epoch, and drops the last incomplete batch. Call

@@ -194,7 +194,7 @@ def test_corrupt_image_is_skipped_and_counted(small_digits: Path, tmp_path: Path
         assert main([str(data), *QUICK, "-b", "16", "--epochs", "1", "--output", str(out)]) == 0
     row = _rows(out)[0]
     assert row["skipped_images"] == 1 and row["train_images"] == 79
-    assert "1 unreadable images skipped" in capsys.readouterr().out
+    assert "(images skipped: train: 1 unreadable;" in capsys.readouterr().out
 
 
 class _NaNAfter(nn.Module):
@@ -267,18 +267,24 @@ def test_nonfinite_gradient_skips_the_step_without_touching_the_weights(capsys) 
 
 
 def test_a_batch_with_no_readable_image_is_skipped() -> None:
-    from t2tvit.data import collate_skip
-    from t2tvit.engine import LabelLoss
+    from t2tvit.data import SkippedSample, collate_skip
+    from t2tvit.engine import LabelLoss, SkipGuard
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    good = (torch.randn(3, 2, 2), 1)
-    batches = [collate_skip([good, good]), collate_skip([None, None]), collate_skip([good, None])]
-    stats = train_one_epoch(
-        model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
-        device=torch.device("cpu"), log=StepLog(False),
-    )  # fmt: skip
-    assert stats["skipped_images"] == 3 and stats["train_images"] == 3 and stats["num_updates"] == 2
+    good, bad = (torch.randn(3, 2, 2), 1), SkippedSample("a.png", "unreadable", "OSError: truncated")
+    batches = [collate_skip([good, good]), collate_skip([bad, None]), collate_skip([good, bad])]
+    with pytest.warns(RuntimeWarning) as caught:
+        stats = train_one_epoch(
+            model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
+            device=torch.device("cpu"), log=StepLog(False), skip_guard=SkipGuard(max_fraction=1.0),
+        )  # fmt: skip
+    assert stats["skipped_images"] == stats["skipped_unreadable"] == 3 and stats["skipped_transform"] == 0
+    assert stats["train_images"] == 3 and stats["num_updates"] == 2
+    assert sorted(str(w.message) for w in caught) == [
+        "skipped unreadable image <unnamed sample>: dataset returned None",
+        "skipped unreadable image a.png: OSError: truncated",  # named once, though skipped twice
+    ]
 
 
 def test_nan_weights_stop_the_cli_cleanly_and_keep_the_good_checkpoint(small_digits: Path, tmp_path: Path, capsys):
