@@ -7,7 +7,8 @@
   scikit-learn's 1,797 handwritten digits (8x8, 10 classes) written out once as an image
   folder, upscaled to 64x64 (:func:`bundled_dataset_path`);
 * synthetic random images for speed benchmarks (:class:`SyntheticImages`);
-* timm's transforms (RandAugment, random erasing) and samplers for DDP (:func:`build_loader`).
+* timm's transforms (RandAugment, random erasing), with the RandAugment ops that today's
+  Pillow refuses repaired (:func:`repair_augment_ops`), and samplers for DDP (:func:`build_loader`).
 
 A batch from :func:`build_loader` is ``(images, targets, skipped)``: the third item lists the
 :class:`SkippedSample` records dropped from that batch (file, reason, error), so the trainer's
@@ -21,7 +22,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "find_split",
     "list_images",
     "open_rgb",
+    "posterize",
+    "repair_augment_ops",
     "set_epoch",
 ]
 
@@ -261,6 +264,72 @@ def collate_skip(
     return images, targets, skipped
 
 
+def posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's RandAugment posterize, keeping Pillow's old meaning of 0 bits: a black image.
+
+    timm's ``PosterizeIncreasing`` asks for ``4 - int(magnitude / 10 * 4)`` bits, which is 0 at
+    the top magnitude; with ``rand-m9-mstd0.5`` the magnitude is drawn from N(9, 0.5) and clipped
+    at 10, so about 0.15% of training samples ask for 0 bits (24 of the 20,000 samples of
+    ``tests/test_data.py``). Pillow used to mask every bit then (``i & ~(2**8 - 1) == 0``: a black
+    image, which is what the official recipe trained on); Pillow 13's ``ImageOps.posterize``
+    raises ``ValueError`` instead and kills a loader worker. 1..7 bits are Pillow's own
+    posterize, 8 or more the image itself (as timm does); fewer than 1 (only reachable with
+    ``mmax`` > 10) is black, as before.
+    """
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep >= 1:
+        return ImageOps.posterize(img, bits_to_keep)
+    return img.point([0] * 256 * len(img.getbands()))
+
+
+# timm RandAugment / AutoAugment / AugMix op names whose function breaks under today's libraries,
+# and the function that restores its old behaviour.
+_REPAIRED_OPS: dict[str, Any] = {
+    "Posterize": posterize,
+    "PosterizeIncreasing": posterize,
+    "PosterizeOriginal": posterize,
+}
+
+
+def _augment_ops(transform: Any) -> Iterator[Any]:
+    """Every timm ``AugmentOp`` inside ``transform``: Compose, RandAugment, AutoAugment policies, AugMix."""
+    from timm.data.auto_augment import AugmentOp
+
+    if isinstance(transform, AugmentOp):
+        yield transform
+        return
+    if isinstance(transform, (list, tuple)):
+        for item in transform:
+            yield from _augment_ops(item)
+        return
+    for attr in ("transforms", "ops", "policy"):
+        children = getattr(transform, attr, None)
+        if isinstance(children, (list, tuple)):
+            yield from _augment_ops(children)
+
+
+def repair_augment_ops(transform: Any) -> int:
+    """Give the timm augmentation ops inside ``transform`` the fixed functions of ``_REPAIRED_OPS``.
+
+    Done on the built transform rather than on timm's module tables, so importing the toolkit
+    changes nothing for other timm users, and every transform :func:`build_transform` returns
+    is repaired however timm built it. Only posterize needs it: every other RandAugment /
+    AutoAugment / AugMix op runs on the RGB images the loaders feed it (any file mode after
+    :func:`open_rgb`'s conversion, 1x1 and 1x1000 images, constant images), which
+    ``tests/test_data.py`` checks. Returns how many ops were repaired.
+    """
+    repaired = 0
+    for op in _augment_ops(transform):
+        fixed = _REPAIRED_OPS.get(op.name)
+        if fixed is not None:
+            op.aug_fn = fixed
+            repaired += 1
+    return repaired
+
+
 def build_transform(
     is_training: bool,
     img_size: int,
@@ -275,11 +344,15 @@ def build_transform(
     scale: Sequence[float] = (0.08, 1.0),
     color_jitter: float | None = None,
 ) -> Any:
-    """timm's train (random-resized crop, flip, RandAugment, random erasing) or eval transform."""
+    """timm's train (random-resized crop, flip, RandAugment, random erasing) or eval transform.
+
+    The training transform's augmentation ops are repaired for today's Pillow
+    (:func:`repair_augment_ops`).
+    """
     from timm.data import create_transform
 
     if is_training:
-        return create_transform(
+        transform = create_transform(
             img_size,
             is_training=True,
             scale=tuple(scale),
@@ -292,6 +365,8 @@ def build_transform(
             mean=tuple(mean),
             std=tuple(std),
         )
+        repair_augment_ops(transform)
+        return transform
     return create_transform(
         img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean), std=tuple(std)
     )

@@ -416,8 +416,9 @@ def build_transforms(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[Any
     """The trainer's ``(train, eval)`` transforms for ``args`` and the model's data config ``cfg``.
 
     timm's training augmentation (crop, flip, RandAugment ``--aa``, colour jitter, random
-    erasing) and the model's eval resize/crop, both normalised as the model expects. Public so
-    that tests and tools apply exactly what ``t2t train`` applies.
+    erasing; its ops repaired for today's Pillow by :func:`t2tvit.data.build_transform`) and the
+    model's eval resize/crop, both normalised as the model expects. Public so that tests and
+    tools apply exactly what ``t2t train`` applies.
     """
     from .data import build_transform, eval_transform_for
 

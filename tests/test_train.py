@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -147,6 +148,40 @@ def test_torchrun_two_gloo_processes_keep_identical_weights(small_digits: Path, 
     rows = _rows(out)
     assert rows[-1]["val_images"] == 40  # sharded evaluation sees each image exactly once
     assert rows[-1]["train_images"] == 80  # 2 ranks x 5 steps x 8 images
+
+
+@pytest.mark.slow
+def test_torchrun_default_recipe_trains_an_epoch_on_digits(digits: Path, tmp_path: Path) -> None:
+    # The official recipe with every default (RandAugment rand-m9-mstd0.5-inc1, random erasing, mixup,
+    # cutmix, EMA, 4 loader workers per rank): under Pillow 13 its 0-bit posterize killed rank 1 in
+    # epoch 0 (ValueError in a DataLoader worker). Only run-control flags are given; --epochs 1 still
+    # means 11 epochs (10 of cool-down), so the run is stopped once epoch 0 is logged.
+    out = tmp_path / "default"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "t2tvit.train", str(digits), "--model", "t2t_vit_7", "--img-size", "64",
+        "--epochs", "1", "--device", "cpu", "--log-interval", "1000", "--output", str(out),
+    ]  # fmt: skip
+    console = tmp_path / "console.txt"
+    with open(console, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 540
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "epoch 0: train loss" in console.read_text():
+                break
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a run that died on its own has no group left
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun, both ranks and their loader workers
+        proc.wait()
+    text = console.read_text()
+    assert "epoch 0: train loss" in text, text[-3000:]
+    assert "Traceback" not in text and "Error" not in text, text[-3000:]
+    row = _rows(out)[0]
+    assert row["epoch"] == 0 and row["skipped_images"] == 0 and row["nonfinite_steps"] == 0
+    assert row["train_images"] == 2 * 11 * 64  # 1,438 images: 719 per rank, 11 full batches of 64
+    assert row["val_images"] == 359 and 0.0 <= row["ema_top1"] <= 100.0
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
