@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 import t2tvit.train
-from t2tvit.data import SkippedSample, bundled_dataset_path, collate_skip
+from t2tvit.data import SkippedSample, collate_skip
 from t2tvit.engine import LabelLoss, SkipGuard, StepLog, TooManySkipped, train_one_epoch
 from t2tvit.train import main
 
@@ -43,18 +43,10 @@ def _inject(monkeypatch, size: tuple[int, int] | None) -> None:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def tiny_digits(tmp_path_factory) -> Path:
+@pytest.fixture
+def tiny_digits(digits_subset) -> Path:
     """20 training and 10 validation digits (64x64): two batches of the loop, quick on 2 cores."""
-    digits = bundled_dataset_path()
-    root = tmp_path_factory.mktemp("tiny_digits")
-    for split, per_class in (("train", 2), ("val", 1)):
-        for cls in range(10):
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
-                shutil.copy(f, dst / f.name)
-    return root
+    return digits_subset(2, 1)
 
 
 def _rows(out: Path) -> list[dict]:

@@ -42,17 +42,9 @@ def digits() -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_digits(digits: Path, tmp_path_factory) -> Path:
+def small_digits(digits_subset) -> Path:
     """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, per_class in (("train", 8), ("val", 4)):
-        for cls in range(10):
-            src = sorted((digits / split / str(cls)).iterdir())[:per_class]
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in src:
-                shutil.copy(f, dst / f.name)
-    return root
+    return digits_subset(8, 4)
 
 
 def test_bundled_dataset_is_real_digits(digits: Path) -> None:
