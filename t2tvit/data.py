@@ -36,6 +36,7 @@ from .errors import ConfigError
 __all__ = [
     "BUNDLED_IMG_SIZE",
     "IMAGE_EXTENSIONS",
+    "SKIP_REASONS",
     "SafeImageFolder",
     "ShardSampler",
     "SkippedSample",
@@ -163,6 +164,9 @@ def open_rgb(path: str | Path, warn: bool = True) -> Any:
         return None
 
 
+SKIP_REASONS = ("unreadable", "transform")  # why a sample was skipped: its file, or its transform
+
+
 @dataclass(frozen=True)
 class SkippedSample:
     """A sample dropped from its batch: which file, why (``"unreadable"`` or ``"transform"``), the error.
@@ -175,6 +179,10 @@ class SkippedSample:
     path: str
     reason: str
     error: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in SKIP_REASONS:  # the trainer counts skips per reason; an unknown one would be lost
+            raise ValueError(f"SkippedSample reason must be one of {SKIP_REASONS}, not {self.reason!r}")
 
     def __str__(self) -> str:
         what = "unreadable image" if self.reason == "unreadable" else "image whose transform failed"

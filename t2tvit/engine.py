@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .data import SKIP_REASONS
 from .errors import T2TError
 
 __all__ = [
@@ -97,9 +98,6 @@ class NonFiniteGuard:
 
 class TooManySkipped(T2TError):
     """So many samples of an epoch were skipped that the data or the transform is broken: the run stops."""
-
-
-SKIP_REASONS = ("unreadable", "transform")
 
 
 class SkipGuard:
