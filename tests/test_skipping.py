@@ -140,7 +140,8 @@ def _rank_main(rank: int, port: int, out: str, scenarios: list[tuple[list[str], 
             model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
             try:
                 stats = _epoch(model, _batches(patterns[rank]), SkipGuard(max_fraction, min_samples=8))
-                results.append({"stats": stats, "weights": [float(p.double().sum()) for p in model.parameters()]})
+                weights = [float(p.detach().double().sum()) for p in model.parameters()]
+                results.append({"stats": stats, "weights": weights})
             except TooManySkipped as e:
                 results.append({"error": str(e)})
     except Exception:  # noqa: BLE001 - reported to the test, which fails with it
