@@ -1,16 +1,18 @@
 """Datasets, transforms and loaders for training, evaluation, calibration and benchmarks.
 
 * ImageNet-style folders (``ROOT/train/<class>/*.jpg``, ``ROOT/val/<class>/*.jpg``) through
-  :class:`SafeImageFolder`, which skips an unreadable image (and counts it) instead of
-  crashing mid-epoch;
+  :class:`SafeImageFolder`, which turns a sample that cannot be decoded or whose transform
+  raises into a :class:`SkippedSample` instead of crashing the epoch;
 * a small *real* dataset that ships with the toolkit, so demos and tests run offline:
   scikit-learn's 1,797 handwritten digits (8x8, 10 classes) written out once as an image
   folder, upscaled to 64x64 (:func:`bundled_dataset_path`);
-* timm's transforms (RandAugment, random erasing) and samplers for DDP (:func:`build_loader`).
+* timm's transforms (RandAugment, random erasing), with the RandAugment ops that today's
+  Pillow refuses repaired (:func:`repair_augment_ops`), and samplers for DDP (:func:`build_loader`).
 
-A batch from :func:`build_loader` is ``(images, targets, n_skipped)``: the third item counts
-the unreadable images dropped from that batch, so the trainer can report them per epoch
-even when the images are decoded in worker processes.
+A batch from :func:`build_loader` is ``(images, targets, skipped)``: the third item lists the
+:class:`SkippedSample` records dropped from that batch (file, reason, error), so the trainer's
+main process can count them per epoch and name each file once, even when the samples are
+decoded in worker processes that forget everything at the end of each epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,10 @@ from .errors import ConfigError
 __all__ = [
     "BUNDLED_IMG_SIZE",
     "IMAGE_EXTENSIONS",
+    "SKIP_REASONS",
     "SafeImageFolder",
     "ShardSampler",
+    "SkippedSample",
     "build_loader",
     "build_transform",
     "BUNDLED_DATASETS",
@@ -45,6 +50,8 @@ __all__ = [
     "find_split",
     "list_images",
     "open_rgb",
+    "posterize",
+    "repair_augment_ops",
     "set_epoch",
 ]
 
@@ -156,26 +163,64 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+def _read_rgb(path: str | Path) -> Any:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
 def open_rgb(path: str | Path, warn: bool = True) -> Any:
     """The image at ``path`` as an RGB PIL image, or None (with a warning naming it) if it cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return _read_rgb(path)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         if warn:
             warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=3)
         return None
 
 
-class SafeImageFolder(Dataset):
-    """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad files.
+SKIP_REASONS = ("unreadable", "transform")  # why a sample was skipped: its file, or its transform
 
-    An image that cannot be decoded yields ``None`` (dropped by :func:`collate_skip`, which
-    counts it) and one warning naming the file, instead of an exception that would kill the
-    epoch. Classes are the sorted sub-folder names; ``class_to_idx`` can force another order
-    (e.g. a validation split missing a class).
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample dropped from its batch: which file, why (``"unreadable"`` or ``"transform"``), the error.
+
+    Returned by :class:`SafeImageFolder` in place of ``(image, target)`` and gathered by
+    :func:`collate_skip`; plain data, so it crosses from loader workers to the trainer, which
+    counts it and names the file once (:class:`t2tvit.engine.SkipGuard`).
+    """
+
+    path: str
+    reason: str
+    error: str
+
+    def __post_init__(self) -> None:
+        if self.reason not in SKIP_REASONS:  # the trainer counts skips per reason; an unknown one would be lost
+            raise ValueError(f"SkippedSample reason must be one of {SKIP_REASONS}, not {self.reason!r}")
+
+    def __str__(self) -> str:
+        what = "unreadable image" if self.reason == "unreadable" else "image whose transform failed"
+        return f"skipped {what} {self.path}: {self.error}"
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class SafeImageFolder(Dataset):
+    """``ROOT/<class>/<image>`` like torchvision's ``ImageFolder``, tolerant of bad samples.
+
+    A sample whose file cannot be decoded, or whose transform raises (any ``Exception``: a
+    library augmentation meeting an image it was not written for, a corrupt file that decodes
+    to nonsense), yields a :class:`SkippedSample` naming the file and the error instead of an
+    exception: in a loader worker, an exception kills the whole run, and a multi-day DDP run
+    must not die of one sample. :func:`collate_skip` drops it from the batch; the trainer counts
+    it per epoch and names it once. Classes are the sorted sub-folder names; ``class_to_idx``
+    can force another order (e.g. a validation split missing a class).
     """
 
     def __init__(self, root: str | Path, transform: Any = None, class_to_idx: dict[str, int] | None = None):
@@ -195,31 +240,105 @@ class SafeImageFolder(Dataset):
         if not self.samples:
             raise ConfigError(f"image folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.transform = transform
-        self._warned: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Any, int] | None:
+    def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         path, target = self.samples[index]
-        img = open_rgb(path, warn=index not in self._warned)
-        if img is None:
-            self._warned.add(index)
-            return None
+        try:
+            img = _read_rgb(path)
+        except Exception as e:  # noqa: BLE001 - any decoder failure (incl. decompression bombs) skips this file
+            return SkippedSample(path, "unreadable", _describe(e))
         if self.transform is not None:
-            img = self.transform(img)
+            try:
+                img = self.transform(img)
+            except Exception as e:  # noqa: BLE001 - one sample's augmentation must not end the run
+                return SkippedSample(path, "transform", _describe(e))
         return img, target
 
 
-def collate_skip(batch: Sequence[tuple[Any, int] | None]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the readable samples; the third item is how many were dropped as unreadable."""
-    good = [b for b in batch if b is not None]
-    skipped = len(batch) - len(good)
+def collate_skip(
+    batch: Sequence[tuple[Any, int] | SkippedSample | None],
+) -> tuple[torch.Tensor, torch.Tensor, list[SkippedSample]]:
+    """Stack the good samples; the third item lists the skipped ones (a bare None counts as unreadable)."""
+    good = [b for b in batch if b is not None and not isinstance(b, SkippedSample)]
+    skipped = [
+        b if isinstance(b, SkippedSample) else SkippedSample("<unnamed sample>", "unreadable", "dataset returned None")
+        for b in batch
+        if b is None or isinstance(b, SkippedSample)
+    ]
     if not good:
         return torch.empty(0), torch.empty(0, dtype=torch.long), skipped
     images = torch.stack([b[0] for b in good])
     targets = torch.as_tensor([b[1] for b in good], dtype=torch.long)
     return images, targets, skipped
+
+
+def posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's RandAugment posterize, keeping Pillow's old meaning of 0 bits: a black image.
+
+    timm's ``PosterizeIncreasing`` asks for ``4 - int(magnitude / 10 * 4)`` bits, which is 0 at
+    the top magnitude; with ``rand-m9-mstd0.5`` the magnitude is drawn from N(9, 0.5) and clipped
+    at 10, so about 0.15% of training samples ask for 0 bits (24 of the 20,000 samples of
+    ``tests/test_data.py``). Pillow used to mask every bit then (``i & ~(2**8 - 1) == 0``: a black
+    image, which is what the official recipe trained on); Pillow 13's ``ImageOps.posterize``
+    raises ``ValueError`` instead and kills a loader worker. 1..7 bits are Pillow's own
+    posterize, 8 or more the image itself (as timm does); fewer than 1 (only reachable with
+    ``mmax`` > 10) is black, as before.
+    """
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep >= 1:
+        return ImageOps.posterize(img, bits_to_keep)
+    return img.point([0] * 256 * len(img.getbands()))
+
+
+# timm RandAugment / AutoAugment / AugMix op names whose function breaks under today's libraries,
+# and the function that restores its old behaviour.
+_REPAIRED_OPS: dict[str, Any] = {
+    "Posterize": posterize,
+    "PosterizeIncreasing": posterize,
+    "PosterizeOriginal": posterize,
+}
+
+
+def _augment_ops(transform: Any) -> Iterator[Any]:
+    """Every timm ``AugmentOp`` inside ``transform``: Compose, RandAugment, AutoAugment policies, AugMix."""
+    from timm.data.auto_augment import AugmentOp
+
+    if isinstance(transform, AugmentOp):
+        yield transform
+        return
+    if isinstance(transform, (list, tuple)):
+        for item in transform:
+            yield from _augment_ops(item)
+        return
+    for attr in ("transforms", "ops", "policy"):
+        children = getattr(transform, attr, None)
+        if isinstance(children, (list, tuple)):
+            yield from _augment_ops(children)
+
+
+def repair_augment_ops(transform: Any) -> int:
+    """Give the timm augmentation ops inside ``transform`` the fixed functions of ``_REPAIRED_OPS``.
+
+    Done on the built transform rather than on timm's module tables, so importing the toolkit
+    changes nothing for other timm users, and every transform :func:`build_transform` returns
+    is repaired however timm built it. Only posterize needs it: every other RandAugment /
+    AutoAugment / AugMix op runs on the RGB images the loaders feed it (any file mode after
+    :func:`open_rgb`'s conversion, 1x1 and 1x1000 images, constant images), which
+    ``tests/test_data.py`` checks. Returns how many ops were repaired.
+    """
+    repaired = 0
+    for op in _augment_ops(transform):
+        fixed = _REPAIRED_OPS.get(op.name)
+        if fixed is not None:
+            op.aug_fn = fixed
+            repaired += 1
+    return repaired
 
 
 def build_transform(
@@ -236,11 +355,15 @@ def build_transform(
     scale: Sequence[float] = (0.08, 1.0),
     color_jitter: float | None = None,
 ) -> Any:
-    """timm's train (random-resized crop, flip, RandAugment, random erasing) or eval transform."""
+    """timm's train (random-resized crop, flip, RandAugment, random erasing) or eval transform.
+
+    The training transform's augmentation ops are repaired for today's Pillow
+    (:func:`repair_augment_ops`).
+    """
     from timm.data import create_transform
 
     if is_training:
-        return create_transform(
+        transform = create_transform(
             img_size,
             is_training=True,
             scale=tuple(scale),
@@ -253,6 +376,8 @@ def build_transform(
             mean=tuple(mean),
             std=tuple(std),
         )
+        repair_augment_ops(transform)
+        return transform
     return create_transform(
         img_size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, mean=tuple(mean), std=tuple(std)
     )
@@ -357,7 +482,7 @@ def build_loader(
     world_size: int = 1,
     seed: int = 0,
 ) -> DataLoader:
-    """A loader yielding ``(images, targets, n_skipped)``, sharded over ``world_size`` ranks.
+    """A loader yielding ``(images, targets, skipped)``, sharded over ``world_size`` ranks.
 
     Training shuffles with a ``DistributedSampler`` (also for one process) whose order
     depends only on ``seed`` and the epoch, and drops the last incomplete batch. Call

@@ -5,13 +5,20 @@ distillation command and tests drive the same loop. The loss is called as
 ``criterion(images, outputs, targets)``: a plain loss ignores ``images``, a distillation loss
 (``compress.distill``) feeds them to its teacher. Under DDP every rank runs these functions;
 metrics come back already reduced across ranks.
+
+A batch is ``(images, targets, skipped)``: ``skipped`` lists the samples the dataset dropped
+(:class:`t2tvit.data.SkippedSample`: unreadable file or failed transform), or is a plain count.
+:class:`SkipGuard` names each skipped file once per run, counts them per epoch by reason, and
+stops a run where so many samples fail that the data or the transform must be broken.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .data import SKIP_REASONS
 from .errors import T2TError
 
 __all__ = [
     "LabelLoss",
     "NonFiniteGuard",
+    "SkipGuard",
     "StepLog",
+    "TooManySkipped",
     "TrainingDiverged",
     "accuracy_counts",
     "autocast",
@@ -84,6 +94,68 @@ class NonFiniteGuard:
                 f"step {step}); "
                 "lower --lr, set --clip-grad, or use --amp-dtype bf16; the last good checkpoint is kept"
             )
+
+
+class TooManySkipped(T2TError):
+    """So many samples of an epoch were skipped that the data or the transform is broken: the run stops."""
+
+
+class SkipGuard:
+    """Names each skipped sample's file once per run, counts skips by reason, and stops a broken run.
+
+    One bad file among millions, or a library augmentation that fails on one sample in a
+    thousand, must not end a multi-day run: such samples are dropped from their batch and
+    counted. But a genuine bug (a transform that fails on every image, a dataset of corrupt
+    files) must not train for days on nothing either, so the run stops with one sentence when
+    more than ``max_fraction`` of the samples tried in an epoch (all ranks together) were
+    skipped. The training loop checks this after every step once ``min_samples`` samples were
+    tried (1,000 is enough that a dataset with 5% bad files never trips a 10% limit by chance:
+    that is 7 standard deviations), and every pass checks it at its end. Every rank decides on
+    the same all-reduced counts, so all ranks stop together and none waits in a collective.
+
+    The warning naming a file is issued in the process that iterates the loader, not in a
+    loader worker: workers are recreated every epoch and would forget what they had named.
+    """
+
+    def __init__(self, max_fraction: float = 0.1, min_samples: int = 1000):
+        self.max_fraction, self.min_samples = max_fraction, min_samples
+        self.named: set[str] = set()
+        self.last: str | None = None
+
+    def note(self, skipped: int | Sequence[Any]) -> Counter[str]:
+        """Count one batch's skipped samples by reason, warning once for each file not named before."""
+        if isinstance(skipped, int):  # a plain count from a loader without records
+            return Counter({"unreadable": skipped} if skipped else {})
+        counts: Counter[str] = Counter()
+        for sample in skipped:
+            counts[sample.reason] += 1
+            self.last = f"{sample.path} ({sample.error})"
+            if sample.path not in self.named:
+                self.named.add(sample.path)
+                warnings.warn(str(sample), RuntimeWarning, stacklevel=3)
+        return counts
+
+    def check(self, skipped: float, tried: float, what: str, final: bool) -> None:
+        """Stop if more than ``max_fraction`` of the ``tried`` samples of ``what`` ("training epoch 3") were skipped.
+
+        Before the end of a pass (``final`` False) only once ``min_samples`` were tried, so a few
+        bad files early in an epoch cannot stop a healthy run.
+        """
+        if tried <= 0 or (not final and tried < self.min_samples) or skipped <= self.max_fraction * tried:
+            return
+        last = f"; last on this rank: {self.last}" if self.last else ""
+        raise TooManySkipped(
+            f"stopped: {int(skipped)} of the {int(tried)} samples tried in {what} were skipped "
+            f"({100 * skipped / tried:.0f}%, more than --max-skipped-fraction {self.max_fraction:g}){last}; "
+            "fix the data or the transform named in the warnings, or raise --max-skipped-fraction"
+        )
+
+
+def _skip_metrics(prefix: str, counts: Sequence[float]) -> dict[str, int]:
+    """``{prefix}skipped_images`` and one ``{prefix}skipped_{reason}`` per reason, from per-reason counts."""
+    out = {f"{prefix}skipped_images": int(sum(counts))}
+    out |= {f"{prefix}skipped_{reason}": int(n) for reason, n in zip(SKIP_REASONS, counts, strict=True)}
+    return out
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -185,46 +257,59 @@ def train_one_epoch(
     log: StepLog | None = None,
     num_updates: int = 0,
     max_steps: int | None = None,
+    skip_guard: SkipGuard | None = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns rank-averaged metrics and the update count.
 
     ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); a step whose gradients
     overflow is skipped by the scaler and counted in ``overflow_steps``. A non-finite loss,
-    or a batch with no readable image on any rank, is agreed on by all ranks and the step
+    or a batch with no usable sample on any rank, is agreed on by all ranks and the step
     skipped everywhere (so DDP's collective backward never hangs); non-finite ones are
-    reported through ``guard``.
+    reported through ``guard``. Skipped samples are counted by reason (``skipped_unreadable``,
+    ``skipped_transform``, total ``skipped_images``), named once and limited by ``skip_guard``.
     """
     model.train()
     guard = guard or NonFiniteGuard()
+    skip_guard = skip_guard or SkipGuard()
     log = log or StepLog(False)
     total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
     log.start(f"epoch {epoch}", total)
-    loss_sum, seen, skipped, overflow, nonfinite = 0.0, 0, 0, 0, 0
+    loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
+    skips: Counter[str] = Counter()
+    tried_all, skipped_all = 0.0, 0.0  # over all ranks, for the skip guard
     t0 = time.perf_counter()
-    for step, (images, targets, n_bad) in enumerate(loader, start=1):
+    for step, (images, targets, dropped) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
             break
-        skipped += n_bad
-        empty = len(images) == 0  # every image of the batch was unreadable
-        value = 0.0
-        if not empty:
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            if mixup_fn is not None and len(images) > 1:
-                if len(images) % 2:  # timm's Mixup needs an even batch; drop one sample
-                    images, targets = images[:-1], targets[:-1]
-                images, targets = mixup_fn(images, targets)
-            with autocast(device, amp_dtype):
-                outputs = model(images)
-                loss = criterion(images, outputs, targets)
-            value = float(loss.detach())
-        # Every rank skips together, so DDP's collective backward never waits for a rank that skipped.
-        any_empty, any_bad = _all_reduce(
-            [float(empty), 0.0 if math.isfinite(value) else 1.0], device, dist.ReduceOp.MAX
+        batch_skips = skip_guard.note(dropped)
+        skips.update(batch_skips)
+        n_skipped = sum(batch_skips.values())
+        empty = len(images) == 0  # every sample of the batch was skipped
+        # Agree before the forward pass: DDP's forward runs collectives of its own (the bucket rebuild
+        # after the first backward; a buffer broadcast every step for models with buffers, e.g. BatchNorm),
+        # so a rank that skipped it would leave the others waiting. Every rank sees the same skip counts,
+        # so the skip guard stops all ranks at the same step.
+        any_empty, step_skipped, step_tried = _all_reduce(
+            [float(empty), float(n_skipped), float(len(images) + n_skipped)], device
         )
+        skipped_all, tried_all = skipped_all + step_skipped, tried_all + step_tried
+        skip_guard.check(skipped_all, tried_all, f"training epoch {epoch}", final=False)
         optimizer.zero_grad(set_to_none=True)
         if any_empty:
             continue
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None and len(images) > 1:
+            if len(images) % 2:  # timm's Mixup needs an even batch; drop one sample
+                images, targets = images[:-1], targets[:-1]
+            images, targets = mixup_fn(images, targets)
+        with autocast(device, amp_dtype):
+            outputs = model(images)
+            loss = criterion(images, outputs, targets)
+        value = float(loss.detach())
+        # A non-finite loss on any rank skips the backward everywhere, so DDP's collective backward
+        # never waits for a rank that skipped it.
+        (any_bad,) = _all_reduce([0.0 if math.isfinite(value) else 1.0], device)
         if any_bad:
             nonfinite += 1
             guard.observe(False, epoch, step, f"loss {value}")
@@ -246,14 +331,17 @@ def train_one_epoch(
         log.update(step, f"loss {loss_sum / max(seen, 1):.4f} lr {lr:.2e} {seen / elapsed:.1f} img/s")
     log.stop()
     elapsed = time.perf_counter() - t0
-    loss_sum, seen_all, skipped, overflow = _all_reduce([loss_sum, seen, skipped, overflow], device)
+    loss_sum, seen_all, overflow, *skipped = _all_reduce(
+        [loss_sum, seen, overflow, *(skips[r] for r in SKIP_REASONS)], device
+    )
+    skip_guard.check(skipped_all, tried_all, f"training epoch {epoch}", final=True)
     return {
         "train_loss": loss_sum / max(seen_all, 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),
         "train_images": int(seen_all),
         "img_per_s": seen_all / elapsed if elapsed > 0 else 0.0,
         "epoch_time_s": elapsed,
-        "skipped_images": int(skipped),
+        **_skip_metrics("", skipped),
         "overflow_steps": int(overflow),
         "nonfinite_steps": nonfinite,
         "num_updates": num_updates,
@@ -268,14 +356,21 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     log: StepLog | None = None,
+    skip_guard: SkipGuard | None = None,
 ) -> dict[str, float]:
-    """Cross-entropy, top-1 and top-5 (in %) over every image of ``loader``, summed over ranks."""
+    """Cross-entropy, top-1 and top-5 (in %) over every image of ``loader``, summed over ranks.
+
+    Skipped samples are counted by reason (``val_skipped_*``) and named once through
+    ``skip_guard``, which also stops the run if more than its fraction of the pass was skipped.
+    """
     model.eval()
+    skip_guard = skip_guard or SkipGuard()
     log = log or StepLog(False)
     log.start("eval", len(loader))  # type: ignore[arg-type]
-    loss_sum, top1, top5, n, skipped = 0.0, 0, 0, 0, 0
-    for step, (images, targets, n_bad) in enumerate(loader, start=1):
-        skipped += n_bad
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    skips: Counter[str] = Counter()
+    for step, (images, targets, dropped) in enumerate(loader, start=1):
+        skips.update(skip_guard.note(dropped))
         if len(images) == 0:
             continue
         images = images.to(device, non_blocking=True)
@@ -288,11 +383,14 @@ def evaluate(
         top1, top5, n = top1 + c1, top5 + c5, n + len(images)
         log.update(step, f"top-1 {100.0 * top1 / n:.2f}%")
     log.stop()
-    loss_sum, top1, top5, n, skipped = _all_reduce([loss_sum, top1, top5, n, skipped], device)
+    loss_sum, top1, top5, n, *skipped = _all_reduce(
+        [loss_sum, top1, top5, n, *(skips[r] for r in SKIP_REASONS)], device
+    )
+    skip_guard.check(sum(skipped), n + sum(skipped), "the validation pass", final=True)
     return {
         "val_loss": loss_sum / max(n, 1),
         "top1": 100.0 * top1 / max(n, 1),
         "top5": 100.0 * top5 / max(n, 1),
         "val_images": int(n),
-        "val_skipped_images": int(skipped),
+        **_skip_metrics("val_", skipped),
     }

@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointSaver",
     "atomic_save",
     "build_parser",
+    "build_transforms",
     "data_config",
     "label_loss",
     "main",
@@ -125,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-interval", type=int, default=50, help="steps between log lines without a terminal")
     g.add_argument("--keep", type=int, default=3, help="epoch checkpoints kept besides last and best")
     g.add_argument("--max-nonfinite", type=int, default=10, help="consecutive NaN/inf losses before stopping")
+    g.add_argument(
+        "--max-skipped-fraction",
+        type=float,
+        default=0.1,
+        help="stop when more than this fraction of an epoch's samples (or of a validation pass) were skipped "
+        "as unreadable or failing their transform; checked every step once 1,000 were tried; 1 never stops",
+    )
     g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
     g.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
     return p
@@ -420,23 +428,35 @@ def _datasets(root: Path) -> tuple[Any, Any]:
     return train, val
 
 
-def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, val: Any) -> None:
-    """timm's training augmentation and the model's eval resize/crop, normalised as the model expects."""
+def build_transforms(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[Any, Any]:
+    """The trainer's ``(train, eval)`` transforms for ``args`` and the model's data config ``cfg``.
+
+    timm's training augmentation (crop, flip, RandAugment ``--aa``, colour jitter, random
+    erasing; its ops repaired for today's Pillow by :func:`t2tvit.data.build_transform`) and the
+    model's eval resize/crop, both normalised as the model expects. Public so that tests and
+    tools apply exactly what ``t2t train`` applies.
+    """
     from .data import build_transform, eval_transform_for
 
-    norm = {"mean": cfg["mean"], "std": cfg["std"], "interpolation": cfg["interpolation"]}
+    train = build_transform(
+        True,
+        args.img_size,
+        mean=cfg["mean"],
+        std=cfg["std"],
+        interpolation=cfg["interpolation"],
+        auto_augment=args.aa,
+        re_prob=args.reprob,
+        hflip=args.hflip,
+        scale=args.scale,
+        color_jitter=args.color_jitter or None,
+    )
+    return train, eval_transform_for(cfg, args.img_size)
+
+
+def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, val: Any) -> None:
+    train_transform, val.transform = build_transforms(args, cfg)
     if train is not None:
-        train.transform = build_transform(
-            True,
-            args.img_size,
-            **norm,
-            auto_augment=args.aa,
-            re_prob=args.reprob,
-            hflip=args.hflip,
-            scale=args.scale,
-            color_jitter=args.color_jitter or None,
-        )
-    val.transform = eval_transform_for(cfg, args.img_size)
+        train.transform = train_transform
 
 
 # --------------------------------------------------------------------------- the run
@@ -490,7 +510,7 @@ def _ranks_digest(model: nn.Module, d: Dist) -> list[list[float]]:
 def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     """``--eval-checkpoint``: top-1/top-5 of a checkpoint (its EMA weights when it has them)."""
     from .data import build_loader
-    from .engine import StepLog, evaluate
+    from .engine import SkipGuard, StepLog, evaluate
 
     root = _data_root(args)
     saved = recorded_args(read_checkpoint(args.eval_checkpoint))
@@ -505,11 +525,20 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     loader = build_loader(
         val, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
     )
-    metrics = evaluate(model, loader, device=d.device, amp_dtype=_amp_dtype(args), log=StepLog(d.main))
+    metrics = evaluate(
+        model,
+        loader,
+        device=d.device,
+        amp_dtype=_amp_dtype(args),
+        log=StepLog(d.main),
+        skip_guard=SkipGuard(args.max_skipped_fraction),
+    )
     if d.main:
+        skipped = _skip_note(metrics, "val_", "")
         print(
             f"{args.eval_checkpoint}: top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  "
-            f"loss {metrics['val_loss']:.4f}  ({metrics['val_images']} images)"
+            f"loss {metrics['val_loss']:.4f}  ({metrics['val_images']} images"
+            f"{'; skipped ' + skipped if skipped else ''})"
         )
     return metrics
 
@@ -691,8 +720,9 @@ def _epoch_line(row: dict[str, Any]) -> str:
     )
     if "ema_top1" in row:
         msg += f"  EMA top-1 {row['ema_top1']:.2f}%"
-    if row["skipped_images"]:
-        msg += f"  ({row['skipped_images']} unreadable images skipped)"
+    skipped = "; ".join(filter(None, (_skip_note(row, "", "train"), _skip_note(row, "val_", "val"))))
+    if skipped:
+        msg += f"  (images skipped: {skipped}; each file named once in a warning)"
     return msg
 
 
@@ -704,6 +734,11 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     """
     from .data import build_loader
 
+    if not 0.0 <= args.max_skipped_fraction <= 1.0:
+        raise ConfigError(
+            f"--max-skipped-fraction {args.max_skipped_fraction:g} is not a fraction; give a value from 0 "
+            "(stop on skipped samples) to 1 (never stop)"
+        )
     d = setup_distributed(args.device)
     if args.eval_checkpoint:
         return evaluate_checkpoint(args, d)
@@ -771,12 +806,13 @@ def _epochs(
 ) -> Any:
     """The epoch loop: train, evaluate (EMA too), checkpoint, log; returns the non-finite guard."""
     from .data import set_epoch
-    from .engine import NonFiniteGuard, StepLog, evaluate, train_one_epoch
+    from .engine import NonFiniteGuard, SkipGuard, StepLog, evaluate, train_one_epoch
 
     train_model = _wrap(t.model, args, d)
     writer = _tensorboard(args, d, out)
     saver = CheckpointSaver(out, keep=args.keep)
     guard = NonFiniteGuard(args.max_nonfinite)
+    skip_guard = SkipGuard(args.max_skipped_fraction)  # one per run: each skipped file is named once
     log = StepLog(d.main, args.log_interval)
     amp_dtype = _amp_dtype(args)
     for epoch in range(t.start_epoch, t.num_epochs):
@@ -798,13 +834,16 @@ def _epochs(
             log=log,
             num_updates=t.num_updates,
             max_steps=args.steps_per_epoch,
+            skip_guard=skip_guard,
         )
         t.num_updates = int(stats.pop("num_updates"))
         t.lr_scheduler.step(epoch + 1)
-        metrics = evaluate(t.model, val_loader, device=d.device, amp_dtype=amp_dtype)
+        metrics = evaluate(t.model, val_loader, device=d.device, amp_dtype=amp_dtype, skip_guard=skip_guard)
         row: dict[str, Any] = {"epoch": epoch, **stats, **metrics}
         if t.model_ema is not None:
-            ema_metrics = evaluate(t.model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype)
+            ema_metrics = evaluate(
+                t.model_ema.module, val_loader, device=d.device, amp_dtype=amp_dtype, skip_guard=skip_guard
+            )
             row.update({"ema_top1": ema_metrics["top1"], "ema_top5": ema_metrics["top5"]})
         # With EMA, the EMA weights are what a checkpoint is read for (create_model prefers them),
         # so they also decide which checkpoint is best (as timm's trainer does).
@@ -842,6 +881,13 @@ def _summary(t: _Training, d: Dist, out: Path, guard: Any) -> dict[str, Any]:
         if not summary["ranks_in_sync"]:
             print("warning: the ranks' weights differ after training; see summary.json", file=sys.stderr)
     return summary
+
+
+def _skip_note(row: dict[str, Any], prefix: str, split: str) -> str:
+    """E.g. "train: 1 unreadable, 2 failed their transform", or "" when nothing was skipped."""
+    why = {"unreadable": "unreadable", "transform": "failed their transform"}
+    parts = [f"{row[f'{prefix}skipped_{r}']} {text}" for r, text in why.items() if row.get(f"{prefix}skipped_{r}")]
+    return f"{split}: {', '.join(parts)}" if split and parts else ", ".join(parts)
 
 
 def _append_logs(out: Path, row: dict[str, Any], writer: Any) -> None:

@@ -39,18 +39,36 @@ def digits() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_digits(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
+def digits_subset(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
+    """``make(train_per_class, val_per_class)``: a folder with the first images of each digit class.
+
+    Small real datasets run the trainer's loop in seconds; each size is written once per session
+    and must be copied before a test changes it.
+    """
     import shutil
 
-    root = tmp_path_factory.mktemp("small_digits")
-    for split, per_class in (("train", 8), ("val", 4)):
-        for cls in range(10):
-            dst = root / split / str(cls)
-            dst.mkdir(parents=True)
-            for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
-                shutil.copy(f, dst / f.name)
-    return root
+    made: dict[tuple[int, int], Path] = {}
+
+    def make(train_per_class: int, val_per_class: int) -> Path:
+        key = (train_per_class, val_per_class)
+        if key not in made:
+            root = tmp_path_factory.mktemp(f"digits_{train_per_class}_{val_per_class}")
+            for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+                for cls in range(10):
+                    dst = root / split / str(cls)
+                    dst.mkdir(parents=True)
+                    for f in sorted((digits / split / str(cls)).iterdir())[:per_class]:
+                        shutil.copy(f, dst / f.name)
+            made[key] = root
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_digits(digits_subset: Callable[[int, int], Path]) -> Path:
+    """80 training and 40 validation digits: enough to run the loop, quick to iterate."""
+    return digits_subset(8, 4)
 
 
 @pytest.fixture(scope="session")
