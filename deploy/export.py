@@ -101,7 +101,7 @@ _TOOLS: dict[str, tuple[str, ...]] = {
     "deploy.torchscript": ("torch",),
     "deploy.ptl": ("torch",),
     "deploy.onnx": ("torch", "onnx", "onnxscript", "onnxruntime"),
-    "deploy.tensorrt": ("torch", "onnx", "tensorrt"),
+    "deploy.tensorrt": ("torch", "onnx", "tensorrt", "tensorrt-cu13"),  # the extra installs tensorrt-cu13
     "deploy.executorch": ("torch", "executorch"),
 }
 
