@@ -12,8 +12,10 @@ project has a GPU with TensorRT (see the README for what has and has not been ru
 - fp32: the fp32 ONNX of the ``onnx`` format (:func:`deploy.onnx.fp32_onnx`), TF32 off.
 - fp16: an fp16 copy of it (:func:`convert_onnx_fp16`) in which LayerNorm, softmax and the token
   Performer's own arithmetic stay float32 *by construction of the file*: under strong typing a
-  layer computes in its input type, and the Performer's exponent sums (~1e5) and the variance sums
-  of LayerNorm leave fp16's range or precision. Graph inputs and outputs stay float32.
+  layer computes in its input type. TensorRT's ONNX parser imports ``ReduceLogSumExp`` as
+  log(sum(exp(x))) without subtracting the maximum (onnx-tensorrt ``onnxOpImporters.cpp``), and
+  the Performer's exponents reach m/2 = 16, so e^16 ~ 8.9e6 would overflow fp16 (max 65504);
+  LayerNorm's variance sums lose precision in fp16. Graph inputs and outputs stay float32.
 - int8: a TensorRT-bound QDQ model (:func:`compress.quantize.quantize_onnx_static` with
   ``for_tensorrt=True``: float biases, which TensorRT's dequantize layer needs), calibrated on
   ``ctx.calib``. The rest of the network runs in float32.
