@@ -10,7 +10,8 @@
   activation ranges of images nobody will ever send.
 * :func:`quantize_onnx_dynamic` / :func:`quantize_onnx_static` wrap ONNX Runtime's quantization
   tools. Static quantization writes QDQ (QuantizeLinear/DequantizeLinear pairs, which both ONNX
-  Runtime and TensorRT read), symmetric activations and weights, per-channel weights, and only
+  Runtime and TensorRT read; the TensorRT-bound variant keeps biases float, see
+  :data:`TENSORRT_QDQ_OPTIONS`), symmetric activations and weights, per-channel weights, and only
   quantizes the products with a weight (:data:`STATIC_OP_TYPES`, constant second input): they
   hold every weight, so quantizing the normalisations, softmax, GELU or residual additions saves
   no file size. ``benchmarks/results/export_t2t_vit_7.md`` measures the alternatives.
@@ -35,8 +36,10 @@ from t2tvit.errors import ConfigError
 __all__ = [
     "QENGINES",
     "STATIC_OP_TYPES",
+    "TENSORRT_QDQ_OPTIONS",
     "ImageBatchReader",
     "check_qengine",
+    "int32_dequantize_inputs",
     "load_images",
     "qengine",
     "quantize_dynamic_int8",
@@ -51,6 +54,14 @@ QENGINES = ("qnnpack", "x86", "fbgemm", "onednn")
 # convolutions are the soft splits' one-hot windows in ONNX (t2tvit.models.layers), exact
 # copies that int8 would only make lossy and slower.
 STATIC_OP_TYPES = ("MatMul", "Gemm")
+# What a QDQ model that TensorRT parses needs beyond ONNX Runtime's defaults. ORT quantizes a Gemm's
+# (or Conv's) bias to INT32 behind its own DequantizeLinear; TensorRT's dequantize layer takes only
+# INT8/FP8/INT4/FP4 inputs, so the parser rejects that node ("only activation types allowed as input
+# to this layer": microsoft/onnxruntime#14229, #17738, onnx/onnx-tensorrt#850). The bias then stays a
+# float add after the int8 product, which TensorRT handles itself. NVIDIA's ModelOpt passes the same
+# option to ORT's quantizer for TensorRT (``modelopt/onnx/quantization/ort_utils.py``). ORT's own
+# kernels keep the INT32 bias (its QGemm fusion wants it), so only the TensorRT-bound model differs.
+TENSORRT_QDQ_OPTIONS: dict[str, Any] = {"QuantizeBias": False}
 
 
 def check_qengine(engine: str) -> str:
@@ -195,6 +206,17 @@ def _quiet_ort_logging() -> contextlib.AbstractContextManager[None]:
     return quiet()
 
 
+def _static_batch(path: Path) -> int | None:
+    """The fixed batch size of the model's image input, or None when the batch dimension is dynamic."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inp = next(i for i in graph.input if i.name not in initializers)
+    dims = inp.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
 def _without_value_info(src: Path, dst: Path) -> Path:
     """A copy of ``src`` without its intermediate shape annotations (``value_info``).
 
@@ -265,6 +287,7 @@ def quantize_onnx_static(
     activation_products: bool = False,
     batch_size: int = 8,
     preprocess: bool = True,
+    for_tensorrt: bool = False,
 ) -> dict[str, Any]:
     """Static int8 of an fp32 ONNX model in QDQ format, calibrated on real images.
 
@@ -280,6 +303,10 @@ def quantize_onnx_static(
     kernel, quantizing them dropped top-1 agreement with fp32 from 1.0 to 0.90 on the digits
     model; with the current softmax-based one all variants agree 1.0
     (``benchmarks/export_sizes.py``), and the weight-only default is kept as the conservative one.
+
+    ``for_tensorrt`` adds :data:`TENSORRT_QDQ_OPTIONS` (biases stay float) and checks the written
+    file has no INT32 ``DequantizeLinear`` input (:func:`int32_dequantize_inputs`), which TensorRT
+    cannot parse.
     """
     import tempfile
 
@@ -297,6 +324,7 @@ def quantize_onnx_static(
             "calibration": "MinMax",
             "calibration_images": len(calib),
             "op_types": list(op_types),
+            "bias": "float (TensorRT-bound)" if for_tensorrt else "int32",
         }
     }
     with tempfile.TemporaryDirectory(prefix="t2t-quant-") as tmp, _quiet_ort_logging():
@@ -313,6 +341,12 @@ def quantize_onnx_static(
             except Exception as e:  # noqa: BLE001 - optional step; quantize the original instead
                 info["quantization"]["preprocessed"] = False
                 info["quantization"]["preprocess_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        static = _static_batch(model_in)
+        if static is not None:  # a static-batch model (--batch N,N,N) takes calibration batches of exactly N
+            if len(calib) < static:
+                raise ConfigError(f"the model's batch is fixed at {static}: pass at least {static} calibration images")
+            batch_size, calib = static, calib[: len(calib) // static * static]
+            info["quantization"]["calibration_images"] = len(calib)
         nodes = None if activation_products else _weight_product_nodes(model_in, op_types)
         info["quantization"]["activation_products"] = activation_products
         if nodes is not None:
@@ -332,6 +366,41 @@ def quantize_onnx_static(
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
                 # not CalibMaxIntermediateOutputs: ORT 1.31 discards (never merges) the batches it flushes
+                **(TENSORRT_QDQ_OPTIONS if for_tensorrt else {}),
             },
         )
+    if for_tensorrt:
+        bad = int32_dequantize_inputs(dst)
+        if bad:
+            raise ConfigError(
+                f"the TensorRT-bound QDQ model still dequantizes INT32 tensors ({', '.join(bad[:3])}); "
+                "TensorRT cannot parse them: check that onnxruntime honours QuantizeBias=False"
+            )
     return info
+
+
+def int32_dequantize_inputs(path: str | Path) -> list[str]:
+    """Names of the INT32 tensors that a ``DequantizeLinear`` in the ONNX file at ``path`` reads.
+
+    TensorRT's dequantize layer accepts INT8, FP8, INT4 and FP4 inputs only (NVIDIA's explicit
+    quantization docs), so a QDQ model meant for TensorRT must return an empty list. The types come
+    from the initializers, ``Constant`` nodes and ONNX type inference of the file as written.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(path))
+    types = {t.name: t.data_type for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    types[n.output[0]] = a.t.data_type
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+    return [
+        n.input[0]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input and types.get(n.input[0]) == TensorProto.INT32
+    ]

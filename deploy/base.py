@@ -252,7 +252,7 @@ _ORT: dict[str, Any] = {
     "cuda_memory": "device",
 }
 _TRT: dict[str, Any] = {
-    "tools": ("torch", "onnx", "tensorrt"),
+    "tools": ("torch", "onnx", "tensorrt", "tensorrt-cu13"),  # the extra installs tensorrt-cu13
     "bounded_batch": True,
     "threads": "none",
     "runtime_imports": ("tensorrt",),
