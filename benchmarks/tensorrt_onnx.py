@@ -31,12 +31,12 @@ import onnx
 import torch
 
 from benchmarks.export_sizes import train_digits
-from compress.quantize import eval_transform, int32_dequantize_inputs, load_images, quantize_onnx_static
+from compress.quantize import int32_dequantize_inputs, load_images, quantize_onnx_static
 from deploy.base import ExportContext
 from deploy.export import PARITY, check_parity, reference_logits, tool_versions
 from deploy.onnx import export_fp32
 from deploy.tensorrt import convert_onnx_fp16, fp32_island, performer_core
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 
 IMG = 32
 
@@ -69,6 +69,44 @@ def _row(name: str, path: Path, parity: np.ndarray, reference: np.ndarray, preci
     }
 
 
+def _markdown(result: dict) -> list[str]:
+    """The report's markdown lines."""
+    rows, acc, nodes = result["rows"], result["val_accuracy"], result["fp32_graph_nodes"]
+    n_parity, n_calib = result["parity_images"], result["calibration_images"]
+    casts, convert_seconds = result["casts_added"], result["fp16_convert_seconds"]
+    return [
+        "# The ONNX files TensorRT engines are built from, in ONNX Runtime (CPU)",
+        "",
+        "`python -m benchmarks.tensorrt_onnx` (2-core CPU machine; "
+        + ", ".join(f"{k} {v}" for k, v in result["tool_versions"].items())
+        + "). No TensorRT here: this checks the files, not the engines (`benchmarks/gpu_check.sh` does).",
+        "",
+        f"{result['model']}: validation accuracy {acc:.3f}. Compared with the fp32 PyTorch model on "
+        f"{n_parity} held-out validation digits; int8 calibrated on {n_calib} others.",
+        f"The fp16 copy keeps {result['fp32_island_nodes']} of {nodes} nodes in fp32 "
+        f"({result['performer_nodes']} of them the token Performers' own arithmetic) and adds "
+        f"{casts} Casts (converted in {convert_seconds:.2f} s).",
+        "",
+        "| file | bytes | max \\|Δlogit\\| | mean \\|Δlogit\\| | top-1 agreement | passes `t2t export`'s threshold "
+        "| INT32 DequantizeLinear inputs |",
+        "|---|---:|---:|---:|---:|---|---:|",
+        *[
+            f"| {r['file']} | {r['bytes']:,} | {r['max_abs_diff']:.2e} | {r['mean_abs_diff']:.2e} "
+            f"| {r['top1_agreement']:.4f} | {'yes' if r['passes_export_threshold'] else 'no'} "
+            f"| {r['int32_dequantize_inputs']} |"
+            for r in rows
+        ],
+        "",
+        "TensorRT's dequantize layer takes INT8/FP8/INT4/FP4 inputs only, so a file with INT32",
+        "DequantizeLinear inputs does not parse there; the TensorRT engines use the float-bias one.",
+        "",
+        "The fp32 islands change little here: ONNX Runtime's CPU kernels compute inside an fp16 op in",
+        "fp32 and only round between ops, and the Performer's softmax form is stable in range. The",
+        "islands are for TensorRT's strongly typed fp16 layers, which this does not exercise.",
+        "",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300, help="training steps on the digits (batch 32)")
@@ -81,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model, acc = train_digits(args.steps, img_size=IMG)
     train_seconds = time.perf_counter() - t0
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model))
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model))
     calib, parity = images[: args.calib_size], images[args.calib_size :]
     reference = reference_logits(model, parity)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,37 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     (out_dir / "tensorrt_onnx_cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    md = [
-        "# The ONNX files TensorRT engines are built from, in ONNX Runtime (CPU)",
-        "",
-        "`python -m benchmarks.tensorrt_onnx` (2-core CPU machine; "
-        + ", ".join(f"{k} {v}" for k, v in result["tool_versions"].items())
-        + "). No TensorRT here: this checks the files, not the engines (`benchmarks/gpu_check.sh` does).",
-        "",
-        f"{result['model']}: validation accuracy {acc:.3f}. Compared with the fp32 PyTorch model on "
-        f"{len(parity)} held-out validation digits; int8 calibrated on {len(calib)} others.",
-        f"The fp16 copy keeps {result['fp32_island_nodes']} of {len(nodes)} nodes in fp32 "
-        f"({result['performer_nodes']} of them the token Performers' own arithmetic) and adds "
-        f"{casts} Casts (converted in {convert_seconds:.2f} s).",
-        "",
-        "| file | bytes | max \\|Δlogit\\| | mean \\|Δlogit\\| | top-1 agreement | passes `t2t export`'s threshold "
-        "| INT32 DequantizeLinear inputs |",
-        "|---|---:|---:|---:|---:|---|---:|",
-        *[
-            f"| {r['file']} | {r['bytes']:,} | {r['max_abs_diff']:.2e} | {r['mean_abs_diff']:.2e} "
-            f"| {r['top1_agreement']:.4f} | {'yes' if r['passes_export_threshold'] else 'no'} "
-            f"| {r['int32_dequantize_inputs']} |"
-            for r in rows
-        ],
-        "",
-        "TensorRT's dequantize layer takes INT8/FP8/INT4/FP4 inputs only, so a file with INT32",
-        "DequantizeLinear inputs does not parse there; the TensorRT engines use the float-bias one.",
-        "",
-        "The fp32 islands change little here: ONNX Runtime's CPU kernels compute inside an fp16 op in",
-        "fp32 and only round between ops, and the Performer's softmax form is stable in range. The",
-        "islands are for TensorRT's strongly typed fp16 layers, which this does not exercise.",
-        "",
-    ]
+    md = _markdown(result)
     (out_dir / "tensorrt_onnx_cpu.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0

@@ -278,6 +278,36 @@ def quantize_onnx_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool
     return {"quantization": {"mode": "dynamic", "weights": "int8", "per_channel": per_channel, "op_types": op_types}}
 
 
+def _static_settings(n_calib: int, op_types: Sequence[str], for_tensorrt: bool) -> dict[str, Any]:
+    """The manifest's record of how :func:`quantize_onnx_static` quantizes."""
+    return {
+        "mode": "static",
+        "format": "QDQ",
+        "activations": "int8 symmetric",
+        "weights": "int8 symmetric per-channel",
+        "calibration": "MinMax",
+        "calibration_images": n_calib,
+        "op_types": list(op_types),
+        "bias": "float (TensorRT-bound)" if for_tensorrt else "int32",
+    }
+
+
+def _preprocessed(model_in: Path, pre: Path, record: dict[str, Any]) -> Path:
+    """ONNX Runtime's ``quant_pre_process`` of ``model_in`` into ``pre``, or ``model_in`` itself if it
+    fails (an optional step the quantizer recommends); ``record`` says which, and why."""
+    from onnxruntime.quantization import quant_pre_process
+
+    try:
+        # ORT's symbolic shape inference cannot read the dynamo exporter's graphs; ONNX's can.
+        quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=True)
+    except Exception as e:  # noqa: BLE001 - optional step; quantize the original instead
+        record["preprocessed"] = False
+        record["preprocess_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        return model_in
+    record["preprocessed"] = True
+    return pre
+
+
 def quantize_onnx_static(
     src: str | Path,
     dst: str | Path,
@@ -315,32 +345,11 @@ def quantize_onnx_static(
     if calib is None or len(calib) == 0:
         raise ConfigError("static int8 quantization needs calibration images; pass --calib-data DIR")
     src, dst = Path(src), Path(dst)
-    info: dict[str, Any] = {
-        "quantization": {
-            "mode": "static",
-            "format": "QDQ",
-            "activations": "int8 symmetric",
-            "weights": "int8 symmetric per-channel",
-            "calibration": "MinMax",
-            "calibration_images": len(calib),
-            "op_types": list(op_types),
-            "bias": "float (TensorRT-bound)" if for_tensorrt else "int32",
-        }
-    }
+    info: dict[str, Any] = {"quantization": _static_settings(len(calib), op_types, for_tensorrt)}
     with tempfile.TemporaryDirectory(prefix="t2t-quant-") as tmp, _quiet_ort_logging():
         model_in = _without_value_info(src, Path(tmp) / "clean.onnx")
         if preprocess:
-            from onnxruntime.quantization import quant_pre_process
-
-            pre = Path(tmp) / "pre.onnx"
-            try:
-                # ORT's symbolic shape inference cannot read the dynamo exporter's graphs; ONNX's can.
-                quant_pre_process(str(model_in), str(pre), skip_symbolic_shape=True)
-                model_in = pre
-                info["quantization"]["preprocessed"] = True
-            except Exception as e:  # noqa: BLE001 - optional step; quantize the original instead
-                info["quantization"]["preprocessed"] = False
-                info["quantization"]["preprocess_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            model_in = _preprocessed(model_in, Path(tmp) / "pre.onnx", info["quantization"])
         static = _static_batch(model_in)
         if static is not None:  # a static-batch model (--batch N,N,N) takes calibration batches of exactly N
             if len(calib) < static:

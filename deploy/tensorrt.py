@@ -401,34 +401,9 @@ def convert_onnx_fp16(model: Any, keep_fp32: Callable[[Any], bool] | None = None
     opsets = {o.domain or "": o.version for o in model.opset_import}
     nodes = list(graph.node)  # stable objects (protobuf may hand out new wrappers on each access)
 
-    dtype: dict[str, int] = {}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        dtype[vi.name] = vi.type.tensor_type.elem_type
-    constants: dict[str, Any] = {}  # float32 constant name -> its initializer or Constant node
-    for t in graph.initializer:
-        dtype[t.name] = t.data_type
-        if t.data_type == f32:
-            constants[t.name] = t
-    for n in nodes:
-        if n.op_type == "Constant" and _constant_tensor(n, f32) is not None:
-            constants[n.output[0]] = n
-            dtype[n.output[0]] = f32
-    untyped = [o for n in nodes for o in n.output if o and o not in dtype]
-    if untyped:
-        raise ConfigError(f"ONNX type inference left {len(untyped)} tensors untyped (e.g. {untyped[0]!r})")
+    dtype, constants = _element_types(graph, nodes)
     island = [keep_fp32(n) and n.op_type != "Constant" for n in nodes]
-
-    # Graph outputs stay float32: a producer outside the islands writes an fp16 copy, cast at the end.
-    out_names = {o.name for o in graph.output if dtype.get(o.name) == f32 and o.name not in constants}
-    renamed = {}
-    for i, n in enumerate(nodes):
-        for j, o in enumerate(n.output):
-            if o in out_names and not island[i] and _fp16_ok(n, "out", j, opsets):
-                renamed[o] = n.output[j] = f"{o}__fp16"
-                dtype[renamed[o]] = f32
-        for j, name in enumerate(n.input):
-            if name in renamed:
-                n.input[j] = renamed[name]
+    renamed = _fp16_output_copies(graph, nodes, island, dtype, constants, opsets)
 
     home = {i.name: f32 for i in graph.input}  # the precision each computed tensor has after conversion
     for i, n in enumerate(nodes):
@@ -462,32 +437,8 @@ def convert_onnx_fp16(model: Any, keep_fp32: Callable[[Any], bool] | None = None
         if o.name in constants:
             const_use.setdefault(o.name, []).append((None, 0, f32))
 
-    new_inits = []
-    for name, uses in const_use.items():
-        needs = {need for _, _, need in uses}
-        if needs == {f16}:  # only fp16 readers: convert in place
-            _to_fp16_in_place(constants[name], f32)
-        elif f16 in needs:  # both: the fp32 original stays, fp16 readers get a saturated copy
-            copy16 = f"{name}__fp16"
-            new_inits.append(_saturated_fp16(_constant_array(constants[name], f32), copy16))
-            for n, j, need in uses:
-                if need == f16:
-                    n.input[j] = copy16
-    graph.initializer.extend(new_inits)
-
-    # Each cast right after the node that produces its source (graph inputs and initializers first):
-    # the original order is topological, so this one is too.
-    after: dict[str, list[Any]] = {}
-    for (name, _), node in casts.items():
-        after.setdefault(name, []).append(node)
-    produced = {o for n in nodes for o in n.output}
-    ordered = [c for name, cs in after.items() if name not in produced for c in cs]
-    for n in nodes:
-        ordered.append(n)
-        for o in n.output:
-            ordered.extend(after.get(o, []))
-    for original, inner in renamed.items():
-        ordered.append(onnx.helper.make_node("Cast", [inner], [original], to=f32, name=f"cast_{original}_fp32"))
+    graph.initializer.extend(_constants_for_readers(const_use, constants))
+    ordered = _with_casts(nodes, list(casts.values()), renamed)
     del graph.node[:]
     graph.node.extend(ordered)
     del graph.value_info[:]  # stale float32 annotations
@@ -496,6 +447,93 @@ def convert_onnx_fp16(model: Any, keep_fp32: Callable[[Any], bool] | None = None
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ConfigError(f"the fp16 ONNX is not type-consistent ({str(e).splitlines()[0][:200]})") from None
     return model
+
+
+def _element_types(graph: Any, nodes: list[Any]) -> tuple[dict[str, int], dict[str, Any]]:
+    """Every tensor's ONNX element type, and the float32 constants (name -> initializer or Constant node)."""
+    from onnx import TensorProto
+
+    f32 = TensorProto.FLOAT
+    dtype: dict[str, int] = {}
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        dtype[vi.name] = vi.type.tensor_type.elem_type
+    constants: dict[str, Any] = {}
+    for t in graph.initializer:
+        dtype[t.name] = t.data_type
+        if t.data_type == f32:
+            constants[t.name] = t
+    for n in nodes:
+        if n.op_type == "Constant" and _constant_tensor(n, f32) is not None:
+            constants[n.output[0]] = n
+            dtype[n.output[0]] = f32
+    untyped = [o for n in nodes for o in n.output if o and o not in dtype]
+    if untyped:
+        raise ConfigError(f"ONNX type inference left {len(untyped)} tensors untyped (e.g. {untyped[0]!r})")
+    return dtype, constants
+
+
+def _fp16_output_copies(
+    graph: Any, nodes: list[Any], island: list[bool], dtype: dict[str, int], constants: dict[str, Any], opsets: Any
+) -> dict[str, str]:
+    """Graph outputs stay float32: a producer outside the islands writes an fp16 copy (renamed here,
+    its readers rewired), cast back at the end. Returns {graph output: its fp16 copy}."""
+    from onnx import TensorProto
+
+    f32 = TensorProto.FLOAT
+    out_names = {o.name for o in graph.output if dtype.get(o.name) == f32 and o.name not in constants}
+    renamed: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        for j, o in enumerate(n.output):
+            if o in out_names and not island[i] and _fp16_ok(n, "out", j, opsets):
+                renamed[o] = n.output[j] = f"{o}__fp16"
+                dtype[renamed[o]] = f32
+        for j, name in enumerate(n.input):
+            if name in renamed:
+                n.input[j] = renamed[name]
+    return renamed
+
+
+def _constants_for_readers(const_use: dict[str, list[tuple[Any, int, int]]], constants: dict[str, Any]) -> list[Any]:
+    """Constants follow their readers: only fp16 readers convert it in place; readers of both
+    precisions keep the fp32 original and the fp16 ones get a saturated copy (returned, to add)."""
+    from onnx import TensorProto
+
+    f32, f16 = TensorProto.FLOAT, TensorProto.FLOAT16
+    new_inits = []
+    for name, uses in const_use.items():
+        needs = {need for _, _, need in uses}
+        if needs == {f16}:
+            _to_fp16_in_place(constants[name], f32)
+        elif f16 in needs:
+            copy16 = f"{name}__fp16"
+            new_inits.append(_saturated_fp16(_constant_array(constants[name], f32), copy16))
+            for n, j, need in uses:
+                if need == f16:
+                    n.input[j] = copy16
+    return new_inits
+
+
+def _with_casts(nodes: list[Any], casts: list[Any], renamed: dict[str, str]) -> list[Any]:
+    """The nodes with each cast right after the node that produces its source (graph inputs and
+    initializers first), then the casts back of the renamed outputs: the original order is
+    topological, so this one is too."""
+    import onnx
+    from onnx import TensorProto
+
+    after: dict[str, list[Any]] = {}
+    for node in casts:
+        after.setdefault(node.input[0], []).append(node)
+    produced = {o for n in nodes for o in n.output}
+    ordered = [c for name, cs in after.items() if name not in produced for c in cs]
+    for n in nodes:
+        ordered.append(n)
+        for o in n.output:
+            ordered.extend(after.get(o, []))
+    for original, inner in renamed.items():
+        ordered.append(
+            onnx.helper.make_node("Cast", [inner], [original], to=TensorProto.FLOAT, name=f"cast_{original}_fp32")
+        )
+    return ordered
 
 
 def _fp16_ok(node: Any, kind: str, index: int, opsets: dict[str, int]) -> bool:

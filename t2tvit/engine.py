@@ -151,6 +151,35 @@ class SkipGuard:
         )
 
 
+@dataclass
+class _EpochSkips:
+    """One training epoch's skipped samples: per reason on this rank, and all ranks' running totals."""
+
+    guard: SkipGuard
+    what: str  # e.g. "training epoch 3", for the guard's message
+    counts: Counter[str] = field(default_factory=Counter)
+    skipped: float = 0.0
+    tried: float = 0.0
+
+    def agree(self, dropped: int | Sequence[Any], n_good: int, device: torch.device) -> bool:
+        """Count a batch's skipped samples and agree with every rank whether any rank's batch is empty.
+
+        Agreed before the forward pass: DDP's forward runs collectives of its own (the bucket rebuild
+        after the first backward; a buffer broadcast every step for models with buffers, e.g.
+        BatchNorm), so a rank that skipped it would leave the others waiting. Every rank sees the same
+        totals, so the skip guard stops all ranks at the same step.
+        """
+        batch = self.guard.note(dropped)
+        self.counts.update(batch)
+        n_skipped = sum(batch.values())
+        any_empty, step_skipped, step_tried = _all_reduce(
+            [float(n_good == 0), float(n_skipped), float(n_good + n_skipped)], device
+        )
+        self.skipped, self.tried = self.skipped + step_skipped, self.tried + step_tried
+        self.guard.check(self.skipped, self.tried, self.what, final=False)
+        return bool(any_empty)
+
+
 def _skip_metrics(prefix: str, counts: Sequence[float]) -> dict[str, int]:
     """``{prefix}skipped_images`` and one ``{prefix}skipped_{reason}`` per reason, from per-reason counts."""
     out = {f"{prefix}skipped_images": int(sum(counts))}
@@ -239,6 +268,43 @@ def _backward_step(
     return "ok"
 
 
+def _forward_loss(
+    model: nn.Module,
+    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    mixup_fn: Callable | None,
+) -> tuple[torch.Tensor, int]:
+    """One batch on ``device``, mixed up, through the model and the loss; returns the loss and the
+    number of images it covers (timm's Mixup needs an even batch, so an odd one drops a sample)."""
+    images = images.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if mixup_fn is not None and len(images) > 1:
+        if len(images) % 2:
+            images, targets = images[:-1], targets[:-1]
+        images, targets = mixup_fn(images, targets)
+    with autocast(device, amp_dtype):
+        outputs = model(images)
+        loss = criterion(images, outputs, targets)
+    return loss, len(images)
+
+
+def _after_update(model: nn.Module, model_ema: Any, lr_scheduler: Any, num_updates: int) -> int:
+    """The EMA and the per-update LR schedule follow optimizer update ``num_updates``; returns it."""
+    if model_ema is not None:
+        model_ema.update(model, step=num_updates)
+    if lr_scheduler is not None:
+        lr_scheduler.step_update(num_updates=num_updates)
+    return num_updates
+
+
+def _progress_info(loss_sum: float, seen: int, optimizer: torch.optim.Optimizer, elapsed: float) -> str:
+    lr = optimizer.param_groups[-1]["lr"]
+    return f"loss {loss_sum / max(seen, 1):.4f} lr {lr:.2e} {seen / max(elapsed, 1e-9):.1f} img/s"
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -275,37 +341,16 @@ def train_one_epoch(
     total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
     log.start(f"epoch {epoch}", total)
     loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
-    skips: Counter[str] = Counter()
-    tried_all, skipped_all = 0.0, 0.0  # over all ranks, for the skip guard
+    skips = _EpochSkips(skip_guard, f"training epoch {epoch}")
     t0 = time.perf_counter()
     for step, (images, targets, dropped) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
             break
-        batch_skips = skip_guard.note(dropped)
-        skips.update(batch_skips)
-        n_skipped = sum(batch_skips.values())
-        empty = len(images) == 0  # every sample of the batch was skipped
-        # Agree before the forward pass: DDP's forward runs collectives of its own (the bucket rebuild
-        # after the first backward; a buffer broadcast every step for models with buffers, e.g. BatchNorm),
-        # so a rank that skipped it would leave the others waiting. Every rank sees the same skip counts,
-        # so the skip guard stops all ranks at the same step.
-        any_empty, step_skipped, step_tried = _all_reduce(
-            [float(empty), float(n_skipped), float(len(images) + n_skipped)], device
-        )
-        skipped_all, tried_all = skipped_all + step_skipped, tried_all + step_tried
-        skip_guard.check(skipped_all, tried_all, f"training epoch {epoch}", final=False)
+        any_empty = skips.agree(dropped, len(images), device)
         optimizer.zero_grad(set_to_none=True)
         if any_empty:
             continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup_fn is not None and len(images) > 1:
-            if len(images) % 2:  # timm's Mixup needs an even batch; drop one sample
-                images, targets = images[:-1], targets[:-1]
-            images, targets = mixup_fn(images, targets)
-        with autocast(device, amp_dtype):
-            outputs = model(images)
-            loss = criterion(images, outputs, targets)
+        loss, n_images = _forward_loss(model, criterion, images, targets, device, amp_dtype, mixup_fn)
         value = float(loss.detach())
         # A non-finite loss on any rank skips the backward everywhere, so DDP's collective backward
         # never waits for a rank that skipped it.
@@ -319,22 +364,16 @@ def train_one_epoch(
         if result == "nonfinite":
             nonfinite += 1
             continue
-        num_updates += 1
-        if model_ema is not None:
-            model_ema.update(model, step=num_updates)
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=num_updates)
-        loss_sum += value * len(images)
-        seen += len(images)
-        elapsed = time.perf_counter() - t0
-        lr = optimizer.param_groups[-1]["lr"]
-        log.update(step, f"loss {loss_sum / max(seen, 1):.4f} lr {lr:.2e} {seen / elapsed:.1f} img/s")
+        num_updates = _after_update(model, model_ema, lr_scheduler, num_updates + 1)
+        loss_sum += value * n_images
+        seen += n_images
+        log.update(step, _progress_info(loss_sum, seen, optimizer, time.perf_counter() - t0))
     log.stop()
     elapsed = time.perf_counter() - t0
     loss_sum, seen_all, overflow, *skipped = _all_reduce(
-        [loss_sum, seen, overflow, *(skips[r] for r in SKIP_REASONS)], device
+        [loss_sum, seen, overflow, *(skips.counts[r] for r in SKIP_REASONS)], device
     )
-    skip_guard.check(skipped_all, tried_all, f"training epoch {epoch}", final=True)
+    skip_guard.check(skips.skipped, skips.tried, skips.what, final=True)
     return {
         "train_loss": loss_sum / max(seen_all, 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),

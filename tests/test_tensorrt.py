@@ -25,7 +25,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import deploy.tensorrt as trtmod
-from compress.quantize import eval_transform, int32_dequantize_inputs, load_images, quantize_onnx_static
+from compress.quantize import int32_dequantize_inputs, load_images, quantize_onnx_static
 from deploy.base import FORMATS, ExportContext
 from deploy.export import PARITY, check_parity, reference_logits
 from deploy.onnx import export_fp32
@@ -45,7 +45,7 @@ from deploy.tensorrt import (
     sidecar_path,
     trt_major,
 )
-from t2tvit.data import bundled_dataset_path
+from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -587,7 +587,7 @@ def digits(tmp_path_factory) -> dict:
     finally:
         torch.set_num_threads(before)
     assert acc >= 0.6, f"the test model did not learn the digits (val accuracy {acc:.2f}, chance 0.10)"
-    images, _ = load_images(bundled_dataset_path() / "val", eval_transform(model), N_PARITY + N_CALIB)
+    images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model), N_PARITY + N_CALIB)
     onnx_path = tmp_path_factory.mktemp("digits") / "model-fp32.onnx"
     export_fp32(model, onnx_path, ExportContext(img_size=(IMG, IMG), batch=(1, 8, 32)))
     return {"model": model, "parity": images[:N_PARITY], "calib": images[N_PARITY:], "onnx": onnx_path}
