@@ -9,7 +9,9 @@
 #   (Training the digits at 224 px does not fit a CPU budget: from scratch or fine-tuned from the
 #   32 px model, one epoch at 224 px stayed at chance, 10-11%.)
 # * benchmarks/results/compress_demo_cpu/: the report of `t2t compress --demo`, a distilled
-#   T2T-ViT-7 trained on the digits at 32 px: there accuracy and int8 agreement are real.
+#   T2T-ViT-7 trained on the digits at 32 px: there accuracy and int8 agreement are real;
+#   benchmarks/results/compress_demo_reference_cpu/ adds the reference row (the official
+#   formulation with the student's weights) to that export, with its agreement on the digits.
 #
 #   bash benchmarks/profile_digits.sh                 # both, ~25 minutes on 2 CPU cores
 #   bash benchmarks/profile_digits.sh t2t_vit_7       # one model at 224 px only
@@ -32,4 +34,8 @@ if [ $# -eq 0 ]; then
   rm -rf benchmarks/results/compress_demo_cpu
   cp -r runs/profile_digits/demo/report benchmarks/results/compress_demo_cpu
   rm -f benchmarks/results/compress_demo_cpu/stage.json
+  # The trained student beside the official formula with the same weights (the reference row):
+  # its agreement column is how often the two formulations give the same digit.
+  python -m benchmarks.targets runs/profile_digits/demo/export --data digits --batch-sizes 1,8 --threads 2 \
+    --duration 1 --rounds 4 --out benchmarks/results/compress_demo_reference_cpu
 fi

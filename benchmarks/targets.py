@@ -8,7 +8,7 @@ carries only the checks they ask for: ``t2t bench --max-latency-ms ...``):
 * best artifact's MAC rate / the measured peak GEMM rate of its precision >= 0.35.
 
 ``python -m benchmarks.targets EXPORT_DIR [--batch-sizes 1,8] [--threads 2] [--duration 6] [--rounds 6]
-[--out DIR]`` profiles the folder with the reference row (:mod:`benchmarks.reference_row`), writes the
+[--data DIR|digits] [--out DIR]`` profiles the folder with the reference row (:mod:`benchmarks.reference_row`), writes the
 report (``deploy.report``) and appends the targets to ``report.md`` and ``targets.json``.
 """
 
@@ -125,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=6.0)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--data", default=None, help="labelled images (or 'digits') for accuracy and agreement")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     config = ProfileConfig(
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration=args.duration,
         rounds=args.rounds,
         memory=not args.no_memory,
+        data=args.data,
     )
     files = [(REFERENCE, args.folder / "model-torch.pt")]
     command = " ".join(["python -m benchmarks.targets", *(argv if argv is not None else sys.argv[1:])])

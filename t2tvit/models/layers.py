@@ -503,7 +503,10 @@ def _performer_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: t
     z = q @ w.t() + log_k  # (B, T, m)
     log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, T, 1)
     attn_q = torch.exp(z - log_z)  # softmax over features
-    log_d = log_z - 0.5 * (q * q).sum(dim=-1, keepdim=True) - math.log(w.shape[0])
+    # log m as a logsumexp of m zeros: a tensor op, so torch.jit.trace records it without a warning
+    # about turning the traced shape w.shape[0] into a Python float.
+    log_m = torch.logsumexp(torch.zeros_like(w[:, 0]), dim=0)
+    log_d = log_z - 0.5 * (q * q).sum(dim=-1, keepdim=True) - log_m
     # D / (D + eps) with the official eps = 1e-8 (token_performer.py's ``self.epsilon``).
     gate = torch.sigmoid(log_d - math.log(1e-8))
     return (attn_q @ (attn_k.transpose(1, 2) @ v)) * gate  # (B, T, m) @ (B, m, e)
