@@ -6,6 +6,8 @@ claim in the README and the issue notes has a reproducible number behind it:
 * soft split 3x3/2 of a token map (fwd+bwd into a LayerNorm): ours vs ``nn.Unfold`` + transposes;
 * soft split 7x7/4 of images (fwd): ours vs ``nn.Unfold`` + transpose;
 * token Performer (fwd at batch 1; fwd+bwd at batch 16): ours vs the official einsum formulation;
+* the Performer core with the official ``+ 1e-8`` (reproduced exactly, as a null feature) vs the
+  same core without it (the release before);
 * backbone attention at 197 tokens (fwd+bwd, batch 16): SDPA vs explicit softmax attention;
 * whole ``t2t_vit_7`` forward at batch 1: frozen TorchScript with ``optimize_for_inference``
   (oneDNN) vs eager — what an exported CPU artifact can gain;
@@ -107,6 +109,37 @@ def performer_train() -> dict[str, Callable[[], Any]]:
     return {"ours": _fwd_bwd(lambda t: ours(t).sum(), u), "ref": _fwd_bwd(lambda t: ref(t).sum(), u)}
 
 
+def _core_without_eps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The Performer core of the previous release: the ratio N / D without the official epsilon."""
+    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)
+    log_k = torch.logsumexp(wk, dim=1, keepdim=True)
+    attn_k = torch.exp(wk - log_k)
+    attn_q = torch.softmax(q @ w.t() + log_k, dim=-1)
+    return attn_q @ (attn_k.transpose(1, 2) @ v)
+
+
+def _performer_core_eps(batch: int, train: bool) -> Callable[[], dict[str, Callable[[], Any]]]:
+    """The core with the official 1e-8 (a softmax over m + 1 features) vs without it (over m), on
+    the 3,136 tokens of a 224 px image: inference at batch 1, forward + backward at batch 16."""
+
+    def build() -> dict[str, Callable[[], Any]]:
+        from t2tvit.models.layers import _performer_core_fp32
+
+        ours = _performers()[0]
+        with torch.no_grad():
+            k, q, v = ours.kqv(ours.norm1(torch.randn(batch, 3136, 147))).split(64, dim=-1)
+        q.requires_grad_(train)
+
+        def step(core: Callable[..., torch.Tensor]) -> Callable[[], Any]:
+            if train:
+                return _fwd_bwd(lambda t: core(t, k, v, ours.w).sum(), q)
+            return _infer(lambda t: core(t, k, v, ours.w), q)
+
+        return {"ours": step(_performer_core_fp32), "ref": step(_core_without_eps)}
+
+    return build
+
+
 def attention_train() -> dict[str, Callable[[], Any]]:
     from benchmarks.reference import RefAttention
     from t2tvit.models import Attention
@@ -175,6 +208,8 @@ CASES: dict[str, Case] = {
     "soft_split_images": ("ours", "nn.Unfold + transpose", soft_split_images),
     "performer_forward_b1": ("ours", "official einsum", performer_forward),
     "performer_train_b16": ("ours", "official einsum", performer_train),
+    "performer_core_eps_b1": ("with the official 1e-8", "without it (before)", _performer_core_eps(1, False)),
+    "performer_core_eps_b16_train": ("with the official 1e-8", "without it (before)", _performer_core_eps(16, True)),
     "attention_train_b16": ("SDPA", "explicit softmax", attention_train),
     "t2t_vit_7_frozen_ts_b1": ("frozen TorchScript", "eager", frozen_torchscript),
     "t2t_vit_7_train_no_t2t_dropout": ("T2T dropout off", "on (as trained)", dropout_upper_bound),

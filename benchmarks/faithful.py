@@ -11,9 +11,7 @@ logits divided by the largest |logit| of the oracle:
 * ours under fp16 and bf16 autocast (the Performer core stays fp32 by design);
 * the smallest Performer denominator ``D`` seen, and top-1 agreement with the oracle.
 
-Speed: the epsilon costs one more logsumexp over (tokens x features); the Performer core with it
-is timed against the core without it (the previous release), interleaved, at batch 1 (inference)
-and batch 16 (forward + backward), on the 3,136 tokens of a 224 px image.
+What the epsilon costs in time is a case of ``benchmarks/bench_parts.py`` (``performer_core_eps_*``).
 
 Usage: ``python -m benchmarks.faithful [--threads 2] [--images 4] [--out benchmarks/results/faithful]``.
 """
@@ -25,9 +23,7 @@ import datetime
 import json
 import os
 import shlex
-import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +72,7 @@ def numerics(name: str, size: int, images: int) -> dict[str, Any]:
     import t2tvit  # noqa: F401  (registers the variants with timm)
     from benchmarks.reference import reference_model
 
+    torch.manual_seed(0)  # the Performers' random features
     ours = perturb_(timm.create_model(name, img_size=size)).eval()
     ref = reference_model(name, img_size=size).eval()
     ref.load_state_dict(ours.state_dict(), strict=True)
@@ -116,80 +113,27 @@ def numerics(name: str, size: int, images: int) -> dict[str, Any]:
     }
 
 
-def _core_without_eps(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The Performer core of the previous release: the ratio N / D without the official epsilon."""
-    wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)
-    log_k = torch.logsumexp(wk, dim=1, keepdim=True)
-    attn_k = torch.exp(wk - log_k)
-    attn_q = torch.softmax(q @ w.t() + log_k, dim=-1)
-    return attn_q @ (attn_k.transpose(1, 2) @ v)
-
-
-def speed_cases() -> dict[str, Callable[[], dict[str, Callable[[], Any]]]]:
-    from t2tvit.models import TokenPerformer
-    from t2tvit.models.layers import _performer_core_fp32
-
-    def make(batch: int, train: bool) -> Callable[[], dict[str, Callable[[], Any]]]:
-        def build() -> dict[str, Callable[[], Any]]:
-            torch.manual_seed(0)
-            p = perturb_(TokenPerformer(147, 64))
-            u = torch.randn(batch, 3136, 147)
-            with torch.no_grad():
-                k, q, v = p.kqv(p.norm1(u)).split(64, dim=-1)
-            if train:
-                q.requires_grad_(True)
-
-            def step(core: Callable[..., torch.Tensor]) -> Callable[[], None]:
-                def run() -> None:
-                    if train:
-                        q.grad = None
-                        core(q, k, v, p.w).sum().backward()
-                    else:
-                        with torch.inference_mode():
-                            core(q, k, v, p.w)
-
-                return run
-
-            return {"ours": step(_performer_core_fp32), "ref": step(_core_without_eps)}
-
-        return build
-
-    return {"performer_core_b1_infer": make(1, False), "performer_core_b16_fwd_bwd": make(16, True)}
+def _e(x: float | None) -> str:
+    """One significant figure, or "-" where the model has no token Performer (``t2t_vit_t_*``)."""
+    return "-" if x is None else f"{x:.1e}"
 
 
 def main(argv: list[str] | None = None) -> int:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from benchmarks.bench_model import Progress, device_name, interleave
+    from benchmarks.bench_model import Progress, device_name
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.faithful", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default: 2)")
     p.add_argument("--images", type=int, default=4, help="random images per model (default: 4)")
-    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds per speed case (default: 9)")
-    p.add_argument("--block-s", type=float, default=0.5, help="target seconds per timed block (default: 0.5)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "faithful", help="output stem")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
-    cases = speed_cases()
-    with Progress(len(MODELS) + len(cases) * a.rounds) as prog:
+    with Progress(len(MODELS)) as prog:
         for name, size in MODELS:
             rows.append(numerics(name, size, a.images))
             prog.log(f"{name}@{size}: ours {rows[-1]['ours_fp32']:.1e}", advance=1)
-        speed = []
-        for case, build in cases.items():
-            n, times = interleave(build(), lambda: None, a.rounds, 2, a.block_s, prog, case)
-            ratios = [x / y for x, y in zip(times["ours"], times["ref"], strict=True)]
-            speed.append(
-                {
-                    "case": case,
-                    "with_eps_ms": 1e3 * statistics.median(times["ours"]),
-                    "without_eps_ms": 1e3 * statistics.median(times["ref"]),
-                    "ratio": statistics.median(ratios),
-                    "ratio_min": min(ratios),
-                    "ratio_max": max(ratios),
-                }
-            )
     meta = {
         "command": shlex.join(sys.orig_argv),
         "torch": torch.__version__,
@@ -205,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- command: `{meta['command']}`",
         f"- torch {meta['torch']}, {meta['device']}, {a.threads} threads, {meta['date']}, "
         f"load average at end {meta['load_average_end']}",
-        f"- every trainable tensor perturbed by N(0, 0.02), seed 0; {a.images} random images per model",
+        "- models built under seed 0, every trainable tensor then perturbed by N(0, 0.02), seed 0; "
+        f"{a.images} random images per model",
         "- each column: max |logit difference| from the official formula evaluated in float64, "
         "divided by its largest |logit|",
         "",
@@ -215,25 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         *(
             f"| {r['model']} | {r['img_size']} | {r['ours_fp32']:.1e} | {r['official_fp32']:.1e} | "
             f"{r['official_without_eps']:.1e} | {r['ours_fp16']:.1e} | {r['ours_bf16']:.1e} | "
-            f"{r['min_denominator']:.1e} | {r['top1_agree_fp32']:.0%} / {r['top1_agree_without_eps']:.0%} |"
+            f"{_e(r['min_denominator'])} | {r['top1_agree_fp32']:.0%} / {r['top1_agree_without_eps']:.0%} |"
             for r in rows
         ),
         "",
-        "## What the epsilon costs: the Performer core with it vs without it (interleaved, median of ratios)",
-        "",
-        "| case | with 1e-8 (ms) | without (ms) | time ratio | range |",
-        "|---|---:|---:|---:|---|",
-        *(
-            f"| {s['case']} | {s['with_eps_ms']:.2f} | {s['without_eps_ms']:.2f} | {s['ratio']:.3f} | "
-            f"{s['ratio_min']:.3f}-{s['ratio_max']:.3f} |"
-            for s in speed
-        ),
+        "The epsilon's cost in time: the `performer_core_eps_*` cases of "
+        "[bench_parts_cpu.md](bench_parts_cpu.md) (`python -m benchmarks.bench_parts`).",
         "",
     ]
     print("\n".join(lines))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".md").write_text("\n".join(lines))
-    a.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "numerics": rows, "speed": speed}, indent=2) + "\n")
+    a.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "numerics": rows}, indent=2) + "\n")
     return 0
 
 

@@ -8,8 +8,9 @@ carries only the checks they ask for: ``t2t bench --max-latency-ms ...``):
 * best artifact's MAC rate / the measured peak GEMM rate of its precision >= 0.35.
 
 ``python -m benchmarks.targets EXPORT_DIR [--batch-sizes 1,8] [--threads 2] [--duration 6] [--rounds 6]
-[--data DIR|digits] [--out DIR]`` profiles the folder with the reference row (:mod:`benchmarks.reference_row`), writes the
-report (``deploy.report``) and appends the targets to ``report.md`` and ``targets.json``.
+[--data DIR|digits] [--out DIR]`` profiles the folder with the reference row
+(:mod:`benchmarks.reference_row`), writes the report (``deploy.report``) and appends the targets to
+``report.md`` and ``targets.json``.
 """
 
 from __future__ import annotations

@@ -17,17 +17,8 @@ import timm
 import torch
 
 import t2tvit
+from benchmarks.faithful import perturb_
 from benchmarks.reference import RefTokenPerformer, reference_model
-
-
-def perturb_(model: torch.nn.Module, std: float = 0.02, seed: int = 0) -> torch.nn.Module:
-    """Add N(0, std) to every trainable tensor (frozen random features and positions stay)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
 
 
 def _images(n: int, size: int, seed: int = 1) -> torch.Tensor:

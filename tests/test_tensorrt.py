@@ -636,8 +636,9 @@ def test_fp16_onnx_of_the_trained_digits_model_keeps_its_islands_and_its_answers
 
 @pytest.mark.slow
 def test_performer_found_by_scope_after_its_formula_changes(monkeypatch, tmp_path) -> None:
-    """The official ``+ 1e-8`` coming back as a sigmoid gate on ``log D - log 1e-8`` adds a
-    ReduceLogSumExp, a Sigmoid and elementwise nodes: all of them are still kept in fp32."""
+    """Another formulation of the same core (the epsilon as a sigmoid gate on ``log D - log 1e-8``
+    instead of a null feature) adds a ReduceLogSumExp, a Sigmoid and elementwise nodes: all of
+    them are still kept in fp32, because the island is found by scope, not by a list of ops."""
     import timm
 
     import t2tvit  # noqa: F401

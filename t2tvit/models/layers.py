@@ -430,17 +430,18 @@ class TokenPerformer(nn.Module):
 
         y = phi(q) (phi(k)^T v) / (D + 1e-8),    D = phi(q) . sum_t phi(k_t)
 
-    We compute the same function in three stable pieces (see :func:`_performer_core_fp32`):
-    the ratio ``N / D`` as a two-step softmax attention, ``log D`` as a logsumexp, and the
-    epsilon as the factor ``D / (D + 1e-8) = sigmoid(log D - log 1e-8)``. The epsilon is part
-    of the function the official weights were trained with: when ``D`` falls near or below
-    1e-8 (it does in trained models, e.g. ~1.7e-9 in ``attention2`` of a perturbed T2T-ViT-7)
-    it shrinks the row, and dropping it moved logits by 2.5e-4 of the largest logit and flipped
-    1.1% of a trained student's predictions. The direct ratio is what is unstable: ``exp``
-    overflows in fp16 (the official code returns NaN under fp16 autocast) and underflows in
-    fp32 once ``|k|`` or ``|q|`` exceeds about 13, and its gradient through a denominator near 0
-    is infinite. Ours stays finite in value and gradient for any input, runs in float32 even
-    under autocast, and equals a float64 evaluation of the official formula to float32 rounding.
+    We compute the same function as two softmaxes (see :func:`_performer_core_fp32`): one over
+    the tokens for each random feature, and one over the ``m`` features of each query plus one
+    null feature that stands for the epsilon (its logit is ``log 1e-8`` plus the constants the
+    ratio drops, its value row is zero). The epsilon is part of the function the official
+    weights were trained with: when ``D`` falls near or below 1e-8 (it does in trained models,
+    e.g. ~1.7e-9 in ``attention2`` of a perturbed T2T-ViT-7) it shrinks the row, and dropping it
+    moved logits by up to 6e-4 of the largest logit and flipped 1.1% of a trained student's
+    predictions. The direct ratio is what is unstable: ``exp`` overflows in fp16 (the official
+    code returns NaN under fp16 autocast) and underflows in fp32 once ``|k|`` or ``|q|`` exceeds
+    about 13, and its gradient through a denominator near 0 is infinite. Ours stays finite in
+    value and gradient for any input, runs in float32 even under autocast, and equals a float64
+    evaluation of the official formula to float32 rounding.
     """
 
     def __init__(
@@ -491,25 +492,23 @@ def _performer_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.
 
 
 def _performer_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # With a = w q - |q|^2/2 and b = w k - |k|^2/2 (the logs of phi(q), phi(k) times sqrt(m)):
-    #   K_m = sum_s exp(b_sm)                        -> log_k, a logsumexp over tokens
-    #   N / D = softmax_m(w q + log K) @ (softmax_s(b)^T v)   (|q|^2/2 and 1/m cancel in the ratio)
-    #   log D = logsumexp_m(w q + log K) - |q|^2/2 - log m    (the constants do not cancel here)
-    #   official y = N / (D + eps) = (N / D) * sigmoid(log D - log eps)
+    # With b = w k - |k|^2/2 (the log of phi(k) times sqrt(m)), kv = softmax_t(b)^T v and
+    # z = w q + logsumexp_t(b), the official sums are, per query,
+    #   N = sum_m exp(z_m) kv_m / (m exp(|q|^2/2)),   D = sum_m exp(z_m) / (m exp(|q|^2/2)),
+    # so  N / (D + eps) = sum_m exp(z_m) kv_m / (sum_m exp(z_m) + exp(c)),  c = |q|^2/2 + log m + log eps:
+    # a softmax over the m features and one null feature with logit c and a zero value row.
     q, k, v, w = q.float(), k.float(), v.float(), w.float()
     wk = k @ w.t() - 0.5 * (k * k).sum(dim=-1, keepdim=True)  # (B, T, m)
     log_k = torch.logsumexp(wk, dim=1, keepdim=True)  # (B, 1, m)
-    attn_k = torch.exp(wk - log_k)  # softmax over tokens, one distribution per feature
-    z = q @ w.t() + log_k  # (B, T, m)
-    log_z = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, T, 1)
-    attn_q = torch.exp(z - log_z)  # softmax over features
+    # exp(wk - log_k), not softmax(dim=1): the same value, and several times closer to float64 here.
+    kv = torch.exp(wk - log_k).transpose(1, 2) @ v  # (B, m, e)
     # log m as a logsumexp of m zeros: a tensor op, so torch.jit.trace records it without a warning
     # about turning the traced shape w.shape[0] into a Python float.
     log_m = torch.logsumexp(torch.zeros_like(w[:, 0]), dim=0)
-    log_d = log_z - 0.5 * (q * q).sum(dim=-1, keepdim=True) - log_m
-    # D / (D + eps) with the official eps = 1e-8 (token_performer.py's ``self.epsilon``).
-    gate = torch.sigmoid(log_d - math.log(1e-8))
-    return (attn_q @ (attn_k.transpose(1, 2) @ v)) * gate  # (B, T, m) @ (B, m, e)
+    c = 0.5 * (q * q).sum(dim=-1, keepdim=True) + log_m + math.log(1e-8)  # official eps: self.epsilon
+    z = torch.cat([q @ w.t() + log_k, c], dim=-1)  # (B, T, m + 1)
+    kv = torch.cat([kv, torch.zeros_like(kv[:, :1])], dim=1)  # (B, m + 1, e)
+    return torch.softmax(z, dim=-1) @ kv
 
 
 # torch.fx leaves: symbolic tracing (timm's FX feature extraction, torch.fx.symbolic_trace) records
