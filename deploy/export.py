@@ -434,7 +434,7 @@ def export_checkpoint(
     import t2tvit
     from compress.quantize import check_qengine, load_images
     from t2tvit.checkpoint import read_checkpoint, recorded_args, recorded_preprocessing
-    from t2tvit.data import eval_transform_for
+    from t2tvit.data import eval_transform_for, image_folder
 
     fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
     if calib_size < 1 or parity_images < 1:
@@ -459,7 +459,7 @@ def export_checkpoint(
         torch.manual_seed(0)
     net = t2tvit.create_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size).eval()
     hw = tuple(int(s) for s in net.img_size)
-    folder = _image_folder(calib_data)
+    folder = image_folder(calib_data or "digits")
     images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), parity_images + calib_size, what="image")
     parity, calib = images[:parity_images], images[parity_images:]
     overlap = len(calib) == 0
@@ -484,15 +484,6 @@ def export_checkpoint(
         net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress
     )
     return Export(out, manifest)
-
-
-def _image_folder(data: str | Path | None) -> Path:
-    """Real images: a folder of any depth, or a dataset's name (then its validation split); default digits."""
-    from t2tvit.data import BUNDLED_DATASETS, dataset_split
-
-    if data is None or (str(data) in BUNDLED_DATASETS and not Path(data).is_dir()):
-        return dataset_split(data or "digits", "val")
-    return Path(data)
 
 
 def verify_export(

@@ -45,6 +45,7 @@ __all__ = [
     "bundled_dataset_path",
     "dataset_path",
     "dataset_split",
+    "image_folder",
     "collate_skip",
     "eval_transform_for",
     "find_split",
@@ -104,16 +105,24 @@ def bundled_dataset_path(root: str | Path | None = None) -> Path:
 BUNDLED_DATASETS = ("digits",)
 
 
+def _bundled_name(data: str | Path) -> bool:
+    return str(data) in BUNDLED_DATASETS and not Path(data).is_dir()
+
+
 def dataset_path(data: str | Path) -> Path:
     """The folder ``data`` names: a bundled dataset's name (``digits``), else the path itself."""
-    if str(data) in BUNDLED_DATASETS and not Path(data).is_dir():
-        return bundled_dataset_path()
-    return Path(data)
+    return bundled_dataset_path() if _bundled_name(data) else Path(data)
 
 
 def dataset_split(data: str | Path, split: str) -> Path:
     """``split`` (``train`` or ``val``) of the dataset ``data`` names (see :func:`dataset_path`)."""
     return find_split(dataset_path(data), split)
+
+
+def image_folder(data: str | Path) -> Path:
+    """A folder of images as given, or for a bundled dataset's name its validation split: what
+    ``--data`` and ``--calib-data`` read labelled or calibration images from."""
+    return dataset_split(data, "val") if _bundled_name(data) else Path(data)
 
 
 def _write_digits(out: Path) -> None:

@@ -101,6 +101,8 @@ def profile_folder(
     file says about itself or its name (:func:`deploy.artifacts.identify`), a ``FORMAT=PATH`` prefix,
     or a ``(Format, path)`` pair for a row outside the table. Returns the :class:`Report`.
     """
+    from t2tvit.data import image_folder
+
     from ..export import read_manifest
 
     config = config or ProfileConfig()
@@ -118,7 +120,7 @@ def profile_folder(
         )
     variants = var.collect(folder_path, manifest, list(files or []), config.device, config.formats)
     info = var.model_info(manifest, variants)
-    data = _labelled_folder(config.data)
+    data = image_folder(config.data) if config.data is not None else None
     if data is not None:
         var.data_classes(data, info.get("num_classes"))  # a bad folder fails now, not after the timing
     with _threads(config.resolved_threads()):
@@ -131,17 +133,6 @@ def profile_folder(
     report = _report(variants, info, peaks, config, data, images, command)
     config.checks.apply(report)
     return report
-
-
-def _labelled_folder(data: str | Path | None) -> Path | None:
-    """``data``: a folder of ``<class>/<image>``, or a bundled dataset's name (then its validation split)."""
-    from t2tvit.data import BUNDLED_DATASETS, dataset_split
-
-    if data is None:
-        return None
-    if str(data) in BUNDLED_DATASETS and not Path(data).is_dir():
-        return dataset_split(data, "val")
-    return Path(data)
 
 
 @contextlib.contextmanager
