@@ -100,6 +100,7 @@ class ExportContext:
     built: dict[str, Path] = field(default_factory=dict)  # format name -> artifact already written
     jit: str = "trace"  # how TorchScript / .ptl capture the model: "trace" or "script"
     scratch: Path | None = None  # folder for intermediate files that are not artifacts (see scratch_dir)
+    inference_precision: str = "f32"  # OpenVINO's load-time compute precision (f32, bf16, f16), recorded
 
     def scratch_dir(self) -> Path:
         """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself
@@ -154,7 +155,13 @@ class Predictor(ABC):
 
     @property
     def file_bytes(self) -> int:
-        return self.path.stat().st_size
+        row = FORMATS.get(self.format)
+        return row.size(self.path) if row is not None else self.path.stat().st_size
+
+    @property
+    def runtime_notes(self) -> list[str]:
+        """Load-time settings worth a line in a report (e.g. OpenVINO's inference precision or its fallback)."""
+        return []
 
     @property
     def name(self) -> str:
@@ -184,11 +191,33 @@ class Format:
     threads: str = "torch"  # "torch": torch.set_num_threads governs it; "load": load(..., threads=N)
     runtime_imports: tuple[str, ...] = ()  # runtime modules imported before a timed load or a memory baseline
     cuda_memory: str = "torch"  # "torch": PyTorch's allocator holds its CUDA memory; "device": free memory drops
+    companions: tuple[str, ...] = ()  # suffixes of files that belong to the artifact (an IR's .bin weights)
 
     @property
     def filename(self) -> str:
         """Artifact file name inside the export folder."""
         return f"model-{self.name}{self.suffix}"
+
+    def files(self, path: str | Path) -> list[Path]:
+        """The artifact's files: ``path`` and its companions (same stem), in that order."""
+        path = Path(path)
+        return [path, *(path.with_suffix(s) for s in self.companions)]
+
+    def size(self, path: str | Path) -> int:
+        """Bytes on disk of the artifact and its companions (the ones present)."""
+        return sum(f.stat().st_size for f in self.files(path) if f.is_file())
+
+    def digest(self, path: str | Path) -> str:
+        """sha256 of the artifact: of the file alone, or with companions of every file's bytes in order
+        (a missing companion counts as empty, so its absence changes the digest)."""
+        if not self.companions:
+            return sha256_file(Path(path))
+        h = hashlib.sha256()
+        for f in self.files(path):
+            h.update(f.name.encode() + b"\0")
+            if f.is_file():
+                h.update(sha256_file(f).encode())
+        return h.hexdigest()
 
     def missing(self) -> str | None:
         """Why this format cannot be built on this machine, or None if it can."""
@@ -258,6 +287,13 @@ _TRT: dict[str, Any] = {
     "runtime_imports": ("tensorrt",),
     "cuda_memory": "device",
 }
+_OV: dict[str, Any] = {
+    "tools": ("torch", "openvino", "nncf"),
+    "bounded_batch": True,
+    "threads": "load",
+    "runtime_imports": ("openvino",),
+    "companions": (".bin",),
+}
 _ET: dict[str, Any] = {
     "tools": ("torch", "executorch"),
     "bounded_batch": True,
@@ -308,6 +344,38 @@ FORMATS: dict[str, Format] = {
             "ONNX Runtime static int8 (QDQ, symmetric, per-channel weights, calibrated on real images)",
             options={"quantization": "static"},
             **_ORT,
+        ),
+        Format(
+            "openvino",
+            "deploy.openvino",
+            "fp32",
+            ".xml",
+            True,
+            False,
+            "OpenVINO IR (.xml + .bin), fp32 weights; inference precision set at load (f32 default)",
+            **_OV,
+        ),
+        Format(
+            "openvino-fp16",
+            "deploy.openvino",
+            "fp16",
+            ".xml",
+            True,
+            False,
+            "OpenVINO IR, fp16-compressed weights (half the file; computed in the inference precision)",
+            options={"fp16_weights": True},
+            **_OV,
+        ),
+        Format(
+            "openvino-int8",
+            "deploy.openvino",
+            "int8",
+            ".xml",
+            True,
+            False,
+            "OpenVINO IR, int8 by NNCF post-training quantization on real calibration images",
+            options={"int8": True},
+            **_OV,
         ),
         Format(
             "tensorrt",

@@ -14,6 +14,7 @@ Parity thresholds (:data:`PARITY`), per precision, and why:
   with the logits' magnitude (measured: ~3e-6 for ONNX Runtime, ~1e-3 for XNNPACK kernels on
   logits of ~10); any changed weight moves them far more.
 * fp16: top-1 agreement ≥ 0.99 (rounding of every activation to 11 bits moves logits by ~1e-2).
+* bf16 (an fp32 artifact computed in bf16, e.g. OpenVINO on an AMX CPU): top-1 agreement ≥ 0.99.
 * int8: top-1 agreement ≥ 0.95 with fp32 on held-out real images. Quantization moves every
   logit, so only the decision can be compared; max |Δlogit| is recorded for information.
 
@@ -95,6 +96,7 @@ class ParityThreshold:
 PARITY: dict[str, ParityThreshold] = {
     "fp32": ParityThreshold(max_abs=1e-3, relative=True),
     "fp16": ParityThreshold(min_agreement=0.99),
+    "bf16": ParityThreshold(min_agreement=0.99),
     "int8": ParityThreshold(min_agreement=0.95),
 }
 # For random weights (no checkpoint): an untrained model's logits are nearly tied (top-1 margin
@@ -104,6 +106,7 @@ PARITY: dict[str, ParityThreshold] = {
 # a broken artifact moves them by about their own size.
 PARITY_RANDOM_WEIGHTS: dict[str, ParityThreshold] = {
     "fp16": ParityThreshold(max_abs=0.05, relative=True),
+    "bf16": ParityThreshold(max_abs=0.1, relative=True),  # 8 mantissa bits against fp16's 11
     "int8": ParityThreshold(max_abs=0.1, relative=True),
 }
 
@@ -123,8 +126,12 @@ def reference_logits(model: Any, images: np.ndarray, batch: int = 32) -> np.ndar
     return np.concatenate(outs)
 
 
-def threshold_for(fmt: Format, thresholds: dict[str, ParityThreshold] | None = None) -> ParityThreshold:
-    base = (thresholds or PARITY).get(fmt.precision, PARITY.get(fmt.precision, ParityThreshold()))
+def threshold_for(
+    fmt: Format, thresholds: dict[str, ParityThreshold] | None = None, precision: str | None = None
+) -> ParityThreshold:
+    """The parity threshold of ``fmt`` at ``precision`` (default the row's; an export may compute in another)."""
+    precision = precision or fmt.precision
+    base = (thresholds or PARITY).get(precision, PARITY.get(precision, ParityThreshold()))
     return ParityThreshold(
         fmt.options.get("parity_max_abs", base.max_abs),
         fmt.options.get("parity_min_agreement", base.min_agreement),
@@ -210,6 +217,10 @@ def export_all(
         raise ConfigError("parity needs at least one real image; pass a folder of images")
     model = model.eval()
     spec = model_spec(model)
+    for fmt in fmts:  # a setting a requested format cannot honour here fails before anything is written
+        hook = None if fmt.missing() else getattr(fmt.impl(), "check_context", None)
+        if hook is not None:
+            hook(ctx)
     reference = reference_logits(model, parity_images, ctx.batch[2])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -304,11 +315,14 @@ def _one(
         entry.update(status="failed", reason=f"export reported success but wrote no {fmt.filename}")
         return entry
     ctx.built[fmt.name] = path
-    entry.update(file=fmt.filename, bytes=path.stat().st_size, sha256=sha256_file(path), details=extra)
+    # an export may compute in another precision than its row's (OpenVINO fp32 weights run in bf16)
+    precision = extra.pop("precision", fmt.precision)
+    entry.update(precision=precision, file=fmt.filename, bytes=fmt.size(path), sha256=fmt.digest(path), details=extra)
     bar.step(f"{fmt.name}: checking parity", 0)
     try:
         predictor = fmt.load(path)
-        parity = check_parity(predictor, images, reference, threshold_for(fmt, thresholds), ctx.batch[2])
+        threshold = threshold_for(fmt, thresholds, precision)
+        parity = check_parity(predictor, images, reference, threshold, ctx.batch[2])
     except Exception as e:  # noqa: BLE001 - a file that does not load back is a failed artifact
         entry.update(status="failed", reason=f"written but could not be loaded and run: {first_line(e)}")
         return entry
@@ -371,14 +385,15 @@ def verify_artifacts(
         if not path.is_file():
             rec["problems"].append(f"{entry['file']} is missing")
         else:
-            if sha256_file(path) != entry.get("sha256"):
+            if fmt.digest(path) != entry.get("sha256"):
                 rec["problems"].append("sha256 differs from the manifest: the file changed after export")
             try:
                 predictor = fmt.load(path)
                 if reference is not None:
                     # in the export's own batches (its max batch): dynamic int8 quantizes activations per batch
                     same = {"batch": entry["batch"][2]} if len(entry.get("batch") or ()) == 3 else {}
-                    rec["parity"] = check_parity(predictor, images, reference, threshold_for(fmt, thresholds), **same)
+                    threshold = threshold_for(fmt, thresholds, entry.get("precision"))
+                    rec["parity"] = check_parity(predictor, images, reference, threshold, **same)
                     if not rec["parity"]["passed"]:
                         rec["problems"].append(f"parity check failed: {rec['parity']['problem']}")
                 else:
@@ -418,6 +433,7 @@ def export_checkpoint(
     qengine: str = "qnnpack",
     opset: int = 18,
     jit: str = "trace",
+    inference_precision: str = "f32",
     calib_data: str | Path | None = None,
     calib_size: int = 64,
     parity_images: int = 128,
@@ -433,26 +449,13 @@ def export_checkpoint(
     """
     import t2tvit
     from compress.quantize import check_qengine, load_images
-    from t2tvit.checkpoint import read_checkpoint, recorded_args, recorded_preprocessing
     from t2tvit.data import eval_transform_for, image_folder
 
     fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
     if calib_size < 1 or parity_images < 1:
         raise ConfigError("--calib-size and --parity-images must be at least 1")
     check_qengine(qengine)
-    name, overrides, classes = model, {}, None
-    if checkpoint is not None:
-        ck = read_checkpoint(checkpoint)
-        args = recorded_args(ck)
-        name = name or (args.get("model") if isinstance(args.get("model"), str) else None)
-        if img_size is None and isinstance(args.get("img_size"), int):
-            img_size = args["img_size"]
-        overrides = recorded_preprocessing(args)
-        names = ck.get("classes") if isinstance(ck, dict) else None
-        if isinstance(names, list) and names and num_classes in (None, args.get("num_classes")):
-            classes = [str(c) for c in names]  # kept for `t2t predict` unless a new head is asked for
-        del ck
-    name = name or DEFAULT_MODEL
+    name, img_size, overrides, classes = _recorded(checkpoint, model, img_size, num_classes)
     if checkpoint is None:  # random weights: the same ones every run
         import torch
 
@@ -465,7 +468,15 @@ def export_checkpoint(
     overlap = len(calib) == 0
     if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
         calib = parity
-    ctx = ExportContext(img_size=hw, batch=tuple(batch), calib=calib, qengine=qengine, opset=opset, jit=jit)
+    ctx = ExportContext(
+        img_size=hw,
+        batch=tuple(batch),
+        calib=calib,
+        qengine=qengine,
+        opset=opset,
+        jit=jit,
+        inference_precision=inference_precision,
+    )
     cfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
         "preprocessing": {k: cfg.get(k) for k in PREPROCESSING_KEYS},
@@ -484,6 +495,28 @@ def export_checkpoint(
         net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress
     )
     return Export(out, manifest)
+
+
+def _recorded(
+    checkpoint: str | Path | None, name: str | None, img_size: int | None, num_classes: int | None
+) -> tuple[str, int | None, dict[str, Any], list[str] | None]:
+    """What the checkpoint recorded, under what the caller gave: model name, image size, the trainer's
+    preprocessing, and its class names (kept for `t2t predict` unless a new head is asked for)."""
+    from t2tvit.checkpoint import read_checkpoint, recorded_args, recorded_preprocessing
+
+    overrides: dict[str, Any] = {}
+    classes = None
+    if checkpoint is not None:
+        ck = read_checkpoint(checkpoint)
+        args = recorded_args(ck)
+        name = name or (args.get("model") if isinstance(args.get("model"), str) else None)
+        if img_size is None and isinstance(args.get("img_size"), int):
+            img_size = args["img_size"]
+        overrides = recorded_preprocessing(args)
+        names = ck.get("classes") if isinstance(ck, dict) else None
+        if isinstance(names, list) and names and num_classes in (None, args.get("num_classes")):
+            classes = [str(c) for c in names]
+    return name or DEFAULT_MODEL, img_size, overrides, classes
 
 
 def verify_export(

@@ -88,6 +88,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset to request (the one written is recorded)")
     p.add_argument("--jit", choices=("trace", "script"), default="trace", help="TorchScript capture (default: trace)")
     p.add_argument(
+        "--inference-precision",
+        choices=("f32", "bf16", "f16"),
+        default="f32",
+        help="what the OpenVINO artifacts compute in when loaded (recorded in the file and the manifest): f32 "
+        "(default), bf16 (CPUs with AVX512_BF16 or AMX), f16 (AVX512_FP16 / AMX-FP16); refused where the CPU "
+        "lacks it",
+    )
+    p.add_argument(
         "--calib-data",
         default=None,
         metavar="DIR",

@@ -356,5 +356,6 @@ def _machine(threads: int) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    packages = ("torch", "onnxruntime", "onnx", "onnxscript", "timm", "numpy", "executorch", "tensorrt", "psutil")
+    runtimes = ("onnxruntime", "onnx", "onnxscript", "openvino", "nncf", "executorch", "tensorrt")
+    packages = ("torch", *runtimes, "timm", "numpy", "psutil")
     return {k: v for k, v in tool_versions(packages).items() if v != "not installed"}

@@ -19,7 +19,7 @@ import numpy as np
 
 from t2tvit.errors import ConfigError
 
-from ..base import FORMATS, Format, first_line, get_format, resolve_formats, sha256_file
+from ..base import FORMATS, Format, first_line, get_format, resolve_formats
 from .schema import Row
 from .timing import make_timer
 
@@ -57,6 +57,11 @@ class Variant:
     def fail(self, status: str, reason: str) -> None:
         self.status, self.reason, self.predictor = status, reason, None
 
+    def file_bytes(self) -> int | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        return self.fmt.size(self.path) if self.fmt is not None else self.path.stat().st_size
+
     def accepts(self, batch: int) -> bool:
         return self.batch_range is None or self.batch_range[0] <= batch <= self.batch_range[1]
 
@@ -73,7 +78,7 @@ class Variant:
             precision=self.precision,
             device=self.device,
             file=self.file,
-            file_bytes=self.path.stat().st_size if self.path is not None and self.path.is_file() else None,
+            file_bytes=self.file_bytes(),
             status=self.status,
             reason=reason,
             load_s=self.load_s,
@@ -195,7 +200,7 @@ def _check_runnable(v: Variant) -> None:
         v.fail("skipped", "needs a CUDA GPU; none is visible on this machine")
     elif v.path is None or not v.path.is_file():
         v.fail("failed", f"artifact file {v.file} is missing")
-    elif v.sha256 and sha256_file(v.path) != v.sha256:
+    elif v.sha256 and v.fmt.digest(v.path) != v.sha256:
         v.notes.append("sha256 differs from the manifest: the file changed after export and parity")
 
 
@@ -253,6 +258,8 @@ def load(v: Variant, hw: tuple[int, int], batch_sizes: Sequence[int], threads: i
             t0 = time.perf_counter()
             v.predictor = v.fmt.load(v.path, v.device, threads)
             v.load_s = time.perf_counter() - t0
+            v.precision = v.predictor.precision  # what it computes in here (an OpenVINO bf16 file falls back to fp32)
+            v.notes.extend(v.predictor.runtime_notes)
         except Exception as e:  # noqa: BLE001 - a bad file is a failed row, not a crash
             v.fail("failed", f"load failed: {first_line(e)}")
             return

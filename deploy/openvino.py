@@ -1,0 +1,305 @@
+"""OpenVINO IR artifacts: ``openvino`` (fp32), ``openvino-fp16`` (fp16-compressed weights) and ``openvino-int8``.
+
+On an x86 CPU OpenVINO is the runtime a user would pick instead of ours, so the toolkit builds its
+files too and holds them to the same manifest, parity, profiler and predict paths as every other format.
+
+* The IR is converted from the PyTorch model itself (``ov.convert_model``), not from our ONNX file:
+  the PyTorch frontend keeps each layer's module path in the node names
+  (``__module.tokens_to_token.attention1.kqv/aten::linear/MatMul``), which is what NNCF's ignored
+  scope matches, and it converts the soft splits as the unfold they are. The batch dimension is
+  dynamic over the export's batch range; height and width are fixed.
+* An IR is two files, ``model-<row>.xml`` (the graph) and ``model-<row>.bin`` (the weights); the row's
+  ``companions`` makes the manifest's size and sha256 cover both.
+* ``openvino-int8``: NNCF post-training quantization (``model_type=TRANSFORMER``: per-channel
+  symmetric weights, SmoothQuant, fast bias correction) calibrated on ``ctx.calib``, real images held
+  apart from the parity images. What is kept in floating point is :data:`INT8_KEEP_FLOAT`, chosen
+  from measurement (``benchmarks/bench_cpu_formats.py``).
+* The *inference precision* (``f32``, ``bf16``, ``f16``) is a load-time setting of OpenVINO's CPU
+  plugin, not a property of the file: :func:`export` records the one asked for (``ctx.inference_precision``)
+  in the IR's ``rt_info`` and the manifest, and :func:`load` applies it (or the ``inference_precision=``
+  it is given). OpenVINO's CPU plugin silently runs f32 where the CPU cannot run bf16/f16 and, on
+  CPUs that can, defaults to bf16; both are made explicit here: an export asking for a precision this
+  CPU lacks is refused in one sentence, and a file loaded on such a CPU falls back to f32 and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+import numpy as np
+from torch import nn
+
+from t2tvit.errors import CheckpointError, ConfigError
+
+from .base import ExportContext, Format, Predictor
+
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "INT8_KEEP_FLOAT",
+    "OpenVINOPredictor",
+    "check_context",
+    "check_inference_precision",
+    "cpu_inference_precisions",
+    "describe",
+    "export",
+    "load",
+]
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# OpenVINO's names for the inference precision -> the precision the report shows.
+INFERENCE_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+# The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it runs that precision natively.
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+_RT = "t2tvit"  # our key in the IR's rt_info
+# Module-path patterns NNCF leaves in floating point (see benchmarks/results/bench_cpu_formats.md).
+INT8_KEEP_FLOAT: tuple[str, ...] = ()
+
+
+def _core() -> Any:
+    import openvino as ov
+
+    return ov.Core()
+
+
+def cpu_inference_precisions(core: Any = None) -> list[str]:
+    """The inference precisions this CPU runs natively (``f32`` always; ``bf16``/``f16`` where the CPU has them)."""
+    caps = set((core or _core()).get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    return ["f32", *[p for p, cap in _CAPABILITY.items() if cap in caps]]
+
+
+def check_inference_precision(precision: str, core: Any = None) -> str:
+    """``precision`` if OpenVINO runs it natively on this CPU, else a ConfigError in one sentence."""
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(
+            f"unknown OpenVINO inference precision {precision!r}; choose from: {', '.join(INFERENCE_PRECISIONS)}"
+        )
+    core = core or _core()
+    if precision not in cpu_inference_precisions(core):
+        caps = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        name = core.get_property("CPU", "FULL_DEVICE_NAME")
+        raise ConfigError(
+            f"this CPU ({name}) cannot run OpenVINO in {precision}: OpenVINO reports only {caps} "
+            f"(bf16 needs AVX512_BF16 or AMX, f16 AVX512_FP16 or AMX-FP16); use --inference-precision f32"
+        )
+    return precision
+
+
+def check_context(ctx: ExportContext) -> None:
+    """The exporter's pre-flight hook: refuse an inference precision this CPU lacks before anything is written."""
+    check_inference_precision(ctx.inference_precision)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The converters' chatter (TorchScript deprecation warnings, NNCF's progress bars and INFO logs) is not
+    the user's business; an error still propagates."""
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+def _convert(model: nn.Module, ctx: ExportContext) -> Any:
+    import openvino as ov
+    import torch
+
+    bmin, bopt, bmax = ctx.batch
+    batch = ov.Dimension(bmin, bmax) if bmin != bmax else ov.Dimension(bmin)
+    shape = ov.PartialShape([batch, ov.Dimension(3), *(ov.Dimension(int(s)) for s in ctx.img_size)])
+    n = min(max(1, bopt), bmax)
+    with torch.no_grad(), _quiet():
+        ov_model = ov.convert_model(model.eval(), example_input=ctx.example(n), input=[shape])
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """NNCF post-training int8 of ``ov_model``. ``options`` (the row's): ``keep_float``, module-path patterns
+    left in floating point (default :data:`INT8_KEEP_FLOAT`); ``smooth_quant``, SmoothQuant's alpha for
+    MatMuls (NNCF's default for transformers when absent; a negative value turns it off)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+
+    if calib is None or len(calib) == 0:
+        raise ConfigError("openvino-int8 needs calibration images; pass --calib-data with a folder of real images")
+    items = [np.ascontiguousarray(calib[i : i + 1], dtype=np.float32) for i in range(len(calib))]
+    keep = tuple(options.get("keep_float", INT8_KEEP_FLOAT))
+    ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
+    advanced = None
+    if options.get("smooth_quant") is not None:
+        alphas = AdvancedSmoothQuantParameters(matmul=float(options["smooth_quant"]))
+        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+    with _quiet():
+        q = nncf.quantize(
+            ov_model,
+            nncf.Dataset(items),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(items),
+            ignored_scope=ignored,
+            advanced_parameters=advanced,
+        )
+    info = {
+        "quantizer": "nncf.quantize(model_type=TRANSFORMER)",
+        "calibration_images": len(items),
+        "kept_float": list(keep),
+        "smooth_quant": options.get("smooth_quant", "NNCF default"),
+    }
+    return q, info
+
+
+def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    import openvino as ov
+
+    precision = check_inference_precision(ctx.inference_precision)
+    ov_model = _convert(model, ctx)
+    extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)"}
+    if fmt.options.get("int8"):
+        ov_model, info = _quantize(ov_model, ctx.calib, fmt.options)
+        extra.update(info)
+    h, w = ctx.img_size
+    for key, value in {
+        "format": fmt.name,
+        "inference_precision": precision,
+        "model": (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__,
+        "img_size": f"{h},{w}",
+        "num_classes": str(int(getattr(model, "num_classes", 0) or 0)),
+    }.items():
+        ov_model.set_rt_info(str(value), [_RT, key])
+    fp16 = bool(fmt.options.get("fp16_weights"))
+    ov.save_model(ov_model, str(path), compress_to_fp16=fp16)
+    extra.update(
+        weights="fp16" if fp16 else ("int8" if fmt.options.get("int8") else "fp32"),
+        inference_precision=precision,
+        dynamic_batch=[ctx.batch[0], ctx.batch[2]] if ctx.batch[0] != ctx.batch[2] else False,
+    )
+    if precision != "f32" and fmt.precision == "fp32":
+        extra["precision"] = INFERENCE_PRECISIONS[precision]  # fp32 weights computed in bf16/f16
+    return extra
+
+
+def _rt_info(path: Path) -> dict[str, str] | None:
+    """Our ``rt_info`` entries of an IR's ``.xml`` (None: not an OpenVINO IR). Read from the XML alone, so a
+    damaged ``.bin`` still identifies the file and its load says what is wrong."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (ElementTree.ParseError, OSError):
+        return None
+    if root.tag != "net":
+        return None
+    node = root.find(f"rt_info/{_RT}")
+    return {child.tag: child.get("value", "") for child in node} if node is not None else {}
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: which OpenVINO row wrote this ``.xml``, its model, input size and classes."""
+    info = _rt_info(path)
+    if info is None:
+        return None
+    size = info.get("img_size", "")
+    hw = tuple(int(s) for s in size.split(",")) if size.count(",") == 1 else None
+    classes = int(info["num_classes"]) if info.get("num_classes", "").isdigit() else None
+    return {
+        "format": info.get("format") or "openvino",
+        "model": info.get("model"),
+        "img_size": hw,
+        "num_classes": classes or None,
+        "inference_precision": info.get("inference_precision"),
+    }
+
+
+class OpenVINOPredictor(Predictor):
+    """A compiled OpenVINO model on the CPU with one infer request (latency mode, one stream)."""
+
+    def __init__(self, compiled: Any, fmt: Format, path: Path, precision: str, note: str | None):
+        self.compiled, self.format, self.path, self.device = compiled, fmt.name, Path(path), "cpu"
+        self.request = compiled.create_infer_request()
+        self.inference_precision = precision
+        self.precision = fmt.precision if fmt.precision != "fp32" else INFERENCE_PRECISIONS[precision]
+        self.note = note
+        shape = compiled.inputs[0].get_partial_shape()
+        self._hw = (shape[2].get_length(), shape[3].get_length())
+        batch = shape[0]
+        self.min_batch = batch.get_min_length() if batch.is_dynamic else batch.get_length()
+        self._max_batch = batch.get_max_length() if batch.is_dynamic else batch.get_length()
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self._hw
+
+    @property
+    def runtime_notes(self) -> list[str]:
+        return [f"OpenVINO inference precision {self.inference_precision}", *([self.note] if self.note else [])]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        n, _, h, w = images.shape
+        if (h, w) != self._hw:
+            raise ConfigError(
+                f"{self.path.name} takes {self._hw[0]}x{self._hw[1]} images, not {h}x{w}; "
+                "resize the images or export at that size"
+            )
+        if self._max_batch > 0 and not self.min_batch <= n <= self._max_batch:
+            raise ConfigError(
+                f"{self.path.name} takes batches of {self.min_batch} to {self._max_batch} images, not {n}; "
+                "export with a wider --batch range"
+            )
+        self.request.infer({0: images})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+def load(
+    path: Path,
+    fmt: Format,
+    device: str = "cpu",
+    threads: int | None = None,
+    inference_precision: str | None = None,
+) -> OpenVINOPredictor:
+    """Compile the IR ``path`` for the CPU. ``inference_precision``: the row's option, else what the export
+    recorded, else f32; on a CPU that lacks it, f32 with a note saying so. ``threads``: OpenVINO's
+    ``INFERENCE_NUM_THREADS`` (default: the plugin's own choice)."""
+    if device != "cpu":
+        raise ConfigError(f"OpenVINO artifacts run on the CPU here, not on {device!r}")
+    path = Path(path)
+    weights = path.with_suffix(".bin")
+    if not path.is_file():
+        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    if not weights.is_file():
+        raise CheckpointError(f"{path.name} needs its weights file {weights.name} beside it, which is missing")
+    recorded = (_rt_info(path) or {}).get("inference_precision")
+    wanted = inference_precision or fmt.options.get("inference_precision") or recorded or "f32"
+    core = _core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types for bad files
+        raise CheckpointError(f"{path} is not a loadable OpenVINO IR ({type(e).__name__}: {e})") from None
+    note = None
+    if wanted not in INFERENCE_PRECISIONS:
+        choices = ", ".join(INFERENCE_PRECISIONS)
+        raise ConfigError(f"unknown OpenVINO inference precision {wanted!r}; choose from: {choices}")
+    if wanted not in cpu_inference_precisions(core):
+        note = f"{wanted} was asked for but this CPU cannot run it; running f32"
+        wanted = "f32"
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": wanted, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    try:
+        compiled = core.compile_model(model, "CPU", config)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path} could not be compiled by OpenVINO ({type(e).__name__}: {e})") from None
+    return OpenVINOPredictor(compiled, fmt, path, wanted, note)
