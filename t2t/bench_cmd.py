@@ -90,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="intra-op threads of PyTorch and ONNX Runtime (default: the CPU count, at most 4)",
+        help="intra-op threads of PyTorch, ONNX Runtime, OpenVINO and ExecuTorch (default: the CPU count, at most 4)",
     )
     p.add_argument(
         "--duration",

@@ -40,7 +40,8 @@ def measure_peak(
 ) -> dict[str, Any]:
     """The machine's best measured GEMM rate per precision, in GMAC/s (max over ``sizes`` and reps).
 
-    CPU fp32: ``torch.matmul`` of square fp32 matrices with ``threads`` intra-op threads. CPU int8:
+    CPU fp32: ``torch.matmul`` of square fp32 matrices with ``threads`` intra-op threads (bf16 too where the
+    CPU has native bf16, for OpenVINO's bf16 inference precision). CPU int8:
     the best of ``torch._int_mm`` (int8 x int8 -> int32) and a dynamically quantized int8
     ``nn.Linear`` under each quantized engine this PyTorch build has (the kernels the int8 PyTorch
     artifacts use). CUDA (not run on this project's CPU-only test machines): fp32 and fp16 matmul
@@ -100,8 +101,8 @@ def _peak_cpu(sizes: Sequence[int], reps: int) -> dict[str, Any]:
     threads = torch.get_num_threads()
     none = lambda: None  # noqa: E731
 
-    def matmul(n: int) -> Callable[[], Any]:
-        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    def matmul(n: int, dtype: Any = torch.float32) -> Callable[[], Any]:
+        a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
         return lambda: torch.matmul(a, b)
 
     def int_mm(n: int) -> Callable[[], Any]:
@@ -133,7 +134,13 @@ def _peak_cpu(sizes: Sequence[int], reps: int) -> dict[str, Any]:
         for engine in [e for e in torch.backends.quantized.supported_engines if e != "none"]:
             op = f"dynamic int8 nn.Linear, {engine} engine ({threads} threads; fp32 activations quantized per call)"
             int8 += _sweep(op, sizes, dynamic_linear(engine), reps, none)
-    return {"fp32": _pick(fp32), "int8": _pick(int8)}
+    out = {"fp32": _pick(fp32), "int8": _pick(int8)}
+    # bf16 only where the CPU computes it natively (AVX512_BF16 / AMX: OpenVINO's bf16 inference precision);
+    # elsewhere PyTorch emulates it and the number would not be a peak of anything an artifact runs
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        bf16 = lambda n: matmul(n, torch.bfloat16)  # noqa: E731
+        out["bf16"] = _pick(_sweep(f"torch.matmul bf16 ({threads} threads)", sizes, bf16, reps, none))
+    return out
 
 
 def _peak_cuda(sizes: Sequence[int], reps: int) -> dict[str, Any]:  # untested: no GPU on the test machines
