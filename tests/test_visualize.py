@@ -1,16 +1,22 @@
 """``t2t visualize`` and the extraction under it: the maps are the model's own, rollout is rollout, files get written.
 
-The attention tests build fresh T2T-ViT-7s at 224 and 384 px (batch 1, well under a second each).
+The attention tests build fresh T2T-ViT-7s at 224 and 384 px (batch 1, well under a second each);
+the end-to-end test runs the command on the ``t2t compress --demo`` student, teacher and export that
+the session already has.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
+from conftest import val_images
 
 import t2tvit  # noqa: F401 - registers the models with timm
+from t2t.cli import main
 from t2tvit.models import T2TViT
 from t2tvit.visualize import attention_rollout, grad_cam, inspect_t2t, token_attention
 
@@ -95,3 +101,50 @@ def test_grad_cam_uses_a_cnns_last_stage() -> None:
     raw = torch.relu((g.mean((2, 3), keepdim=True) * feats[0]).sum(1, keepdim=True))
     up = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(cam, up / up.flatten(1).amax(1).view(-1, 1, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_visualize_end_to_end_on_the_demo_student(compress_demo, tmp_path: Path, capsys) -> None:
+    demo = compress_demo["out"]
+    image = val_images(1)[3]
+    out = tmp_path / "vis"
+    argv = ["visualize", str(demo / "student" / "best.pth"), str(image), "--out", str(out)]
+    argv += ["--teacher", str(demo / "teacher" / "best.pth"), "--compare", str(demo / "export")]
+    assert main([*argv, "--compare-format", "torch-int8"]) == 0
+    printed = capsys.readouterr().out
+    folder = out / f"000-{image.stem}"
+    names = ["attention-class", "attention-distillation", "rollout", "t2t-tokens", "teacher", "compare-attention"]
+    for name in names:
+        png = folder / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (out / "compare-logits.png").is_file() and "| 000 |" in (out / "compare-logits.md").read_text()
+    assert "predicted 3" in printed and "same top-1" in printed
+
+    # an artifact that keeps no attention: compared by its logits, and the note says why
+    onnx = demo / "export" / "model-onnx.onnx"
+    assert (
+        main(
+            ["visualize", str(demo / "export"), str(image), "--out", str(tmp_path / "v2"), "--no-heads"]
+            + ["--compare", str(onnx)]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "does not expose attention, so its logits and probabilities are compared" in printed
+    assert "max |logit diff|" in printed
+    assert not (tmp_path / "v2" / f"000-{image.stem}" / "compare-attention.png").exists()
+
+
+def test_bad_input_ends_in_one_sentence(digits_export, tmp_path: Path, capsys) -> None:
+    export = digits_export["out"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    cases = [
+        (["visualize", str(export / "model-torch.pt"), str(broken)], "cannot read"),
+        (["visualize", str(export / "model-onnx.onnx"), str(val_images(1)[0])], "does not expose attention"),
+        (["visualize", str(export), str(val_images(1)[0]), "--teacher", str(tmp_path / "nope.pth")], "does not exist"),
+    ]
+    for argv, words in cases:
+        assert main([*argv, "--out", str(tmp_path / "v")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err and err.startswith("t2t visualize: error:"), err
