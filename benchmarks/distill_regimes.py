@@ -135,7 +135,7 @@ def teacher_disagreement(teacher_path: Path, files: dict[str, list[Path]], views
 
     args = parse_args(["digits", "--config", "digits", *OFFICIAL_AUG], build_parser())
     cfg = data_config(args, timm.create_model("t2t_vit_7_distilled", num_classes=10, img_size=args.img_size))
-    train_tf, _ = build_transforms(args, cfg)
+    train_tf, eval_tf = build_transforms(args, cfg)
     teacher = build_teacher(None, teacher_path, 10, student_mean=cfg["mean"], student_std=cfg["std"])
     mix = Mixup(
         mixup_alpha=args.mixup,
@@ -149,6 +149,8 @@ def teacher_disagreement(teacher_path: Path, files: dict[str, list[Path]], views
     images = {f: open_rgb(f) for f, _ in items}
     torch.manual_seed(seed)
     random.seed(seed)
+    with torch.no_grad():  # the clean (eval) view of each training image, for reference
+        clean = sum(int(teacher(eval_tf(images[f]).unsqueeze(0)).argmax(1) != c) for f, c in items)
     plain = mixed = total = 0
     for _ in range(views):
         random.shuffle(items)
@@ -162,7 +164,12 @@ def teacher_disagreement(teacher_path: Path, files: dict[str, list[Path]], views
                 xm, ym = mix(x, y)
                 mixed += int((teacher(xm).argmax(1) != ym.argmax(1)).sum())
             total += len(batch)
-    return {"views": total, "differs_plain_pct": 100 * plain / total, "differs_mixed_pct": 100 * mixed / total}
+    return {
+        "views": total,
+        "differs_clean_pct": 100 * clean / len(items),
+        "differs_plain_pct": 100 * plain / total,
+        "differs_mixed_pct": 100 * mixed / total,
+    }
 
 
 def _teachers(a: argparse.Namespace, fractions: list[float]) -> tuple[dict[float, Any], dict[float, Any]]:
@@ -178,13 +185,14 @@ def _teachers(a: argparse.Namespace, fractions: list[float]) -> tuple[dict[float
         tdir = a.work / f"teacher-{a.teacher_model}-frac{frac:g}"
         t = _run(train_main, [*common, "--model", a.teacher_model], tdir)
         cache = tdir / "disagreement.json"
-        if not cache.is_file():
+        if "differs_clean_pct" not in (json.loads(cache.read_text()) if cache.is_file() else {}):
             cache.write_text(json.dumps(teacher_disagreement(tdir / "best.pth", d["files"], a.views)))
         t |= json.loads(cache.read_text()) | {"path": tdir / "best.pth"}
         teachers[frac] = t
         print(
             f"fraction {frac:g}: {d['images']} images x{d['repeats']}; teacher val top-1 {t['final_top1']:.2f}%, "
-            f"argmax != label on {t['differs_plain_pct']:.1f}% of augmented views, "
+            f"argmax != label on {t['differs_clean_pct']:.1f}% of clean, "
+            f"{t['differs_plain_pct']:.1f}% of augmented views, "
             f"{t['differs_mixed_pct']:.1f}% with mixup/cutmix",
             flush=True,
         )
@@ -283,17 +291,18 @@ def _markdown(r: dict[str, Any], teacher_model: str) -> str:
         f"- a fraction's images are linked `repeats` times so an epoch has at least {rec['min_images']} images "
         "(small fractions get as many steps as that, not 12 epochs of 2 steps); the same images for every seed",
         "- val: the full validation split (359 images), final-epoch top-1 of the averaged heads",
-        "- *teacher != label*: share of the student's augmented training views (RandAugment, crop, erasing; "
-        "then also mixup/cutmix, against the mixed target's larger class) where the teacher's argmax is not "
-        "the label",
+        "- *teacher != label*: share of the fraction's training images where the teacher's argmax is not the "
+        "label: on the clean (eval) view, and on the student's augmented views (RandAugment, crop, erasing; then "
+        "also mixup/cutmix, against the mixed target's larger class)",
         "",
-        "| fraction | train images | repeats | teacher val top-1 | teacher != label, augmented | … with mixup/cutmix |",
-        "|---|---|---|---|---|---|",
+        "| fraction | train images | repeats | teacher val top-1 | teacher != label: clean | augmented | "
+        "augmented + mixup/cutmix |",
+        "|---|---|---|---|---|---|---|",
     ]
     for f, d in r["fractions"].items():
         lines.append(
-            f"| {f} | {d['images']} | {d['repeats']} | {d['final_top1']:.2f} | {d['differs_plain_pct']:.1f}% | "
-            f"{d['differs_mixed_pct']:.1f}% |"
+            f"| {f} | {d['images']} | {d['repeats']} | {d['final_top1']:.2f} | {d['differs_clean_pct']:.1f}% | "
+            f"{d['differs_plain_pct']:.1f}% | {d['differs_mixed_pct']:.1f}% |"
         )
     lines += [
         "",
