@@ -88,6 +88,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    from t2t.visualize_cmd import add_parser
+
+    add_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_train,
@@ -96,6 +102,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_predict,
     _add_bench,
     _add_compress,
+    _add_visualize,
 ]
 
 

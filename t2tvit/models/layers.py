@@ -6,6 +6,9 @@ Parameter and buffer names match the official implementation
 
 * backbone and token-transformer attention use ``F.scaled_dot_product_attention``
   (fused kernels, no materialised ``N x N`` matrix on GPU, fewer ops on CPU);
+* for visualisation only, ``record_attention = True`` on an attention module (set by
+  :func:`t2tvit.visualize.recording_attention`) makes it compute the same attention explicitly,
+  ``softmax(q k^T * scale) v``, and keep the matrix in ``attention_map``; off by default;
 * the token Performer runs its kernel-attention core in float32 with max
   subtraction, so it never overflows in fp16/bf16 autocast (the official version
   returns NaN there) and never underflows to an all-zero attention in fp32, while
@@ -182,11 +185,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.se_layer = SELayer(dim) if se else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
+        self.record_attention = False  # see the module docstring: visualisation only
+        self.attention_map: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
+        if not torch.jit.is_scripting():
+            if self.record_attention:
+                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
+                return self.proj_drop(self.se_layer(self.proj(y.transpose(1, 2).flatten(2))))
         x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
         return self.proj_drop(self.se_layer(self.proj(x)))
 
@@ -195,6 +204,15 @@ def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_
     """(B, heads, N, d) queries, keys, values -> (B, N, heads * d) attention output."""
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     return x.transpose(1, 2).flatten(2)
+
+
+def _explicit_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What SDPA computes (without dropout), with its (B, heads, N, N) softmax matrix materialised:
+    ``(attn @ v, attn)``. The visualisation path; its logits equal the fused path's to float32 rounding."""
+    attn = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)
+    return attn @ v, attn.detach()
 
 
 class SELayer(nn.Module):
@@ -250,6 +268,8 @@ class GhostAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.record_attention = False  # see the module docstring: visualisation only
+        self.attention_map: torch.Tensor | None = None
 
     def _heads(self, x: torch.Tensor, cheap_weight: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -259,6 +279,10 @@ class GhostAttention(nn.Module):
         q = self._heads(self.q(x), self.cheap_operation_q.weight)
         k = self._heads(self.k(x), self.cheap_operation_k.weight)
         v = self._heads(self.v(x), self.cheap_operation_v.weight)
+        if not torch.jit.is_scripting():
+            if self.record_attention:
+                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
+                return self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))
         x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
         return self.proj_drop(self.proj(x))
 
@@ -413,10 +437,16 @@ class _TokenAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(in_dim, in_dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.record_attention = False  # see the module docstring: visualisation only
+        self.attention_map: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, N, 3*in_dim) -> three (B, 1, N, in_dim) views; SDPA wants a head axis.
         q, k, v = self.qkv(x).unsqueeze(1).split(self.in_dim, dim=-1)
+        if not torch.jit.is_scripting():
+            if self.record_attention:
+                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
+                return v.squeeze(1) + self.proj_drop(self.proj(y.squeeze(1)))
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
@@ -442,6 +472,10 @@ class TokenPerformer(nn.Module):
     about 13, and its gradient through a denominator near 0 is infinite. Ours stays finite in
     value and gradient for any input, runs in float32 even under autocast, and equals a float64
     evaluation of the official formula to float32 rounding.
+
+    There is no token-by-token attention matrix to show: the kernel trick never forms one (the
+    tokens meet only through the ``m`` random features), so visualisation shows this block's output
+    tokens as feature maps instead.
     """
 
     def __init__(
