@@ -15,10 +15,13 @@ format or a format module. Adding a format is adding one module and one row:
   row's ``threads`` is ``"load"``), and optionally ``describe(path) -> dict | None``: what a file
   with the row's suffix says about itself (``{"format": row name, "model": name, "img_size": (h, w)}``,
   any of them None) or None when the file is not this module's kind (see :func:`deploy.artifacts.identify`);
+  and optionally ``check_context(ctx)``: raise a ConfigError before anything is written when the export
+  asks for a setting this machine cannot honour (OpenVINO's bf16 inference precision on a CPU without it);
 * the row (:class:`Format`) says everything the orchestration needs: suffix, precision, devices,
   optional packages and how to install them, the packages recorded as tool versions, whether the
   artifact accepts only its export's batch range, how its threads are set, which runtime modules to
-  import before a load is timed or memory is measured, and how its CUDA memory is seen.
+  import before a load is timed or memory is measured, how its CUDA memory is seen, and which companion
+  files (an OpenVINO IR's ``.bin``) belong to the artifact, so its size and sha256 cover them.
 """
 
 from __future__ import annotations
@@ -85,7 +88,9 @@ class ExportContext:
 
     ``model`` is the fp32 eval-mode PyTorch model (a distilled student already averages its two
     heads in eval). ``export`` writes ``path`` and returns extra manifest fields (opset, the
-    reason an optional optimisation was unavailable, engine layer precisions, ...). Formats
+    reason an optional optimisation was unavailable, engine layer precisions, ...); a ``precision``
+    among them replaces the row's for this artifact and its parity threshold (an fp32 OpenVINO IR that
+    computes in bf16). Formats
     built from another artifact (ONNX int8 and TensorRT from the fp32 ONNX) find it in
     ``built``, filled in table order by the exporter.
     """
