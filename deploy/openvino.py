@@ -25,8 +25,10 @@ files too and holds them to the same manifest, parity, profiler and predict path
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +70,17 @@ _RT = "t2tvit"  # our key in the IR's rt_info
 INT8_KEEP_FLOAT: tuple[str, ...] = ("tokens_to_token",)
 
 
-def _core() -> Any:
-    import openvino as ov
+_CORE: list[Any] = []
 
-    return ov.Core()
+
+def _core() -> Any:
+    """The process's one ``ov.Core``: every compiled model and infer request comes from it and keeps it
+    alive (a Core destroyed while models it compiled still exist is a crash in some OpenVINO releases)."""
+    if not _CORE:
+        import openvino as ov
+
+        _CORE.append(ov.Core())
+    return _CORE[0]
 
 
 def cpu_inference_precisions(core: Any = None) -> list[str]:
@@ -177,6 +186,74 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    """Write the IR of ``model`` for the row ``fmt`` in a child process (see :func:`_child`)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    from .torch_eager import model_spec
+
+    check_inference_precision(ctx.inference_precision)
+    spec = model_spec(model)  # a registered model: the child rebuilds it from its name and weights
+    with tempfile.TemporaryDirectory(dir=ctx.scratch_dir()) as tmp:
+        job = Path(tmp) / "job.pt"
+        torch.save(
+            {
+                "spec": spec,
+                "state": model.state_dict(),
+                "calib": None if ctx.calib is None else torch.from_numpy(np.ascontiguousarray(ctx.calib)),
+                "row": {"name": fmt.name, "precision": fmt.precision, "options": dict(fmt.options)},
+                "ctx": {"img_size": list(ctx.img_size), "batch": list(ctx.batch), "precision": ctx.inference_precision},
+            },
+            job,
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "deploy.openvino", str(job), str(path)], capture_output=True, text=True, check=False
+        )
+        if run.returncode != 0:
+            lines = [ln for ln in (run.stderr or run.stdout).strip().splitlines() if ln.strip()]
+            message = lines[-1] if lines else f"the converter process exited with status {run.returncode}"
+            raise (ConfigError if run.returncode == 2 else RuntimeError)(message)
+        return json.loads((Path(tmp) / "extra.json").read_text())
+
+
+def _child(job_path: str, out: str) -> int:
+    """The child process of :func:`export`: rebuild the model, convert (and quantize), save the IR.
+
+    Converting in-process left objects of OpenVINO's PyTorch frontend whose later collection crashed
+    the interpreter (a segmentation fault at the end of ``t2t compress --demo``, after export, verify
+    and the report's timing had all passed); in a child the converter's state ends with the child."""
+    import json
+
+    import torch
+
+    import t2tvit
+    from deploy.base import ExportContext, get_format
+
+    job = torch.load(job_path, map_location="cpu", weights_only=True)
+    spec = job["spec"]
+    model = t2tvit.create_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
+    model.load_state_dict(job["state"])
+    calib = job["calib"].numpy() if job["calib"] is not None else None
+    c = job["ctx"]
+    size, batch = tuple(c["img_size"]), tuple(c["batch"])
+    ctx = ExportContext(img_size=size, batch=batch, calib=calib, inference_precision=c["precision"])
+    row = job["row"]
+    base = get_format("openvino-int8" if row["options"].get("int8") else "openvino")
+    fmt = dataclasses.replace(base, name=row["name"], precision=row["precision"], options=row["options"])
+    try:
+        extra = _write(model.eval(), Path(out), fmt, ctx)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    (Path(job_path).parent / "extra.json").write_text(json.dumps(extra))
+    return 0
+
+
+def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
     import openvino as ov
 
     precision = check_inference_precision(ctx.inference_precision)
@@ -240,6 +317,7 @@ class OpenVINOPredictor(Predictor):
     """A compiled OpenVINO model on the CPU with one infer request (latency mode, one stream)."""
 
     def __init__(self, compiled: Any, fmt: Format, path: Path, precision: str, note: str | None):
+        self.core = _core()  # outlives the compiled model and its request
         self.compiled, self.format, self.path, self.device = compiled, fmt.name, Path(path), "cpu"
         self.request = compiled.create_infer_request()
         self.inference_precision = precision
@@ -315,3 +393,7 @@ def load(
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} could not be compiled by OpenVINO ({type(e).__name__}: {e})") from None
     return OpenVINOPredictor(compiled, fmt, path, wanted, note)
+
+
+if __name__ == "__main__":
+    sys.exit(_child(*sys.argv[1:3]))
