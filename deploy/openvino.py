@@ -63,10 +63,11 @@ _RT = "t2tvit"  # our key in the IR's rt_info
 # Module-path patterns whose activations NNCF leaves in floating point: the T2T module (its two token
 # Performers over 3,136 and 784 tokens, and the projection). Their weights are still stored in int8
 # (weight-only, computed in float), so the file stays small. Measured (benchmarks/results/
-# bench_cpu_formats.md; T2T-ViT-7, 224 px, 2-core AVX2 EPYC): int8 T2T module 0.889x the reference's
-# latency, kept float 0.833x; on the trained digits student both agree with fp32 on all 359 val digits
-# but the largest |Δlogit| halves (0.335 -> 0.150). On an AMX Xeon quantizing it cost agreement (95.5%,
-# issue 13). ``benchmarks/bench_cpu_formats.py`` keeps the other recipes as variants.
+# bench_cpu_formats.md; T2T-ViT-7 / -12, 224 px, 2-core AVX2 EPYC): T2T module int8 0.860x / 0.940x the
+# reference's latency, kept float 0.840x / 0.895x (with fp32 weights 0.805x / 0.837x, but 0.34x / 0.32x the
+# fp32 file instead of 0.29x); on the trained digits student all agree with fp32 on all 359 val digits and
+# the largest |Δlogit| halves (0.335 -> 0.162). On an AMX Xeon quantizing it cost agreement (95.5%, issue
+# 13). ``benchmarks/bench_cpu_formats.py`` keeps the other recipes as variants.
 INT8_KEEP_FLOAT: tuple[str, ...] = ("tokens_to_token",)
 
 
