@@ -257,7 +257,7 @@ def _child(job_path: str, out: str) -> int:
 def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
     import openvino as ov
 
-    precision = check_inference_precision(ctx.inference_precision)
+    precision = ctx.inference_precision  # checked by export() in the parent, before the child started
     ov_model = _convert(model, ctx)
     extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)"}
     if fmt.options.get("int8"):

@@ -54,7 +54,7 @@ def test_openvino_rows_build_pass_parity_and_record_their_settings(ov_export) ->
         # the size and digest cover the weights file beside the .xml
         xml = ov_export["out"] / a["file"]
         assert a["bytes"] == xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-    assert e["openvino"]["parity"]["max_abs_diff"] <= 1e-3 * max(1.0, e["openvino"]["parity"]["max_abs_limit"])
+    assert e["openvino"]["parity"]["max_abs_diff"] <= 1e-3  # the same arithmetic in another runtime
     assert e["openvino-int8"]["details"]["calibration_images"] == 64
     # int8 weights: under 0.30x the fp32 IR (measured 0.29 at 224 px; the int8 IR's graph is larger at 32 px)
     assert e["openvino-int8"]["bytes"] <= 0.35 * e["openvino"]["bytes"]
