@@ -150,7 +150,8 @@ def structure(
     problems = []
     if found["input"]["name"] != INPUT_NAME or in_dtype != "FLOAT32" or in_shape != want_in:
         problems.append(f"input {found['input']} is not float32 {INPUT_NAME} {want_in}")
-    if found["output"]["name"] != OUTPUT_NAME or out_dtype != "FLOAT32" or out_shape[-1:] not in ([num_classes], []):
+    classes = [num_classes] if num_classes else out_shape[-1:]
+    if found["output"]["name"] != OUTPUT_NAME or out_dtype != "FLOAT32" or out_shape[-1:] != classes:
         problems.append(f"output {found['output']} is not float32 {OUTPUT_NAME} (1, {num_classes})")
     w = found["weights"]
     int8 = sum(n for k, n in w.items() if k.startswith("constexpr") and k.endswith("int8"))

@@ -114,19 +114,30 @@ def _is_param(path: Path) -> bool:
         return False
 
 
+def _fp16_weights(weights: Path, window: int = 1 << 22) -> bool:
+    """Whether a weight blob in the first ``window`` bytes carries ncnn's fp16 tag (fp32 blobs carry 0; untagged
+    data such as a ``MemoryData`` table comes first, so the tag is searched for, 4-byte aligned)."""
+    try:
+        with open(weights, "rb") as f:
+            data = f.read(window)
+    except OSError:
+        return False
+    tag = _FP16_TAG.to_bytes(4, "little")
+    at = data.find(tag)
+    while at != -1 and at % 4:
+        at = data.find(tag, at + 1)
+    return at != -1
+
+
 def describe(path: Path) -> dict[str, Any] | None:
     """The format row hook: an ncnn ``.param`` (its magic line), the row and input size from its ``.json``,
-    else the row from the weights' first blob tag (fp16 or fp32)."""
+    else the row from the weights' blob tags (fp16 or fp32)."""
     if not _is_param(path):
         return None
     info = _read_side(path) or {}
     name = info.get("format")
     if name not in ("ncnn", "ncnn-fp16"):
-        try:
-            tag = int.from_bytes(path.with_suffix(".bin").read_bytes()[:4], "little")
-        except OSError:
-            tag = 0
-        name = "ncnn-fp16" if tag == _FP16_TAG else "ncnn"
+        name = "ncnn-fp16" if _fp16_weights(path.with_suffix(".bin")) else "ncnn"
     size = info.get("img_size")
     return {
         "format": name,
