@@ -168,7 +168,9 @@ def structure(
 def _summary(found: dict[str, Any]) -> str:
     i, o = found["input"], found["output"]
     weights = ", ".join(f"{n} {k}" for k, n in sorted(found["weights"].items()))
-    return f"{i['dtype']} {i['name']} {i['shape']} -> {o['dtype']} {o['name']} {o['shape']}; weights: {weights}"
+    return (
+        f"{i['dtype']} {i['name']} {i['shape']} -> {o['dtype']} {o['name']} {o['shape']}; constant tensors: {weights}"
+    )
 
 
 def describe(path: Path) -> dict[str, Any] | None:
