@@ -64,7 +64,7 @@ def _claims(path: Path, rows: list[Format]) -> tuple[Format, dict[str, Any]] | N
         if row.module in asked:
             continue
         asked.add(row.module)
-        info = row.describe(path) if path.is_file() else None
+        info = row.describe(path) if row.exists(path) else None
         if info and info.get("format") in FORMATS:
             return FORMATS[info["format"]], info
     return None
@@ -144,7 +144,7 @@ def resolve(
 def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
     from .export import MANIFEST, read_manifest
 
-    if path.is_dir():
+    if path.is_dir() and not any(f.bundle and f.suffix == path.suffix.lower() for f in FORMATS.values()):
         manifest = read_manifest(path)
         return _from_manifest(path, manifest, _pick_entry(path, manifest, want))
     if (path.parent / MANIFEST).is_file():

@@ -197,6 +197,8 @@ class Format:
     runtime_imports: tuple[str, ...] = ()  # runtime modules imported before a timed load or a memory baseline
     cuda_memory: str = "torch"  # "torch": PyTorch's allocator holds its CUDA memory; "device": free memory drops
     companions: tuple[str, ...] = ()  # suffixes of files that belong to the artifact (an IR's .bin weights)
+    bundle: bool = False  # the artifact is a folder (a Core ML .mlpackage): size and sha256 walk it
+    runs_on: tuple[str, ...] = ()  # the systems (platform.system()) its runtime runs on; empty: any
 
     @property
     def filename(self) -> str:
@@ -208,18 +210,30 @@ class Format:
         path = Path(path)
         return [path, *(path.with_suffix(s) for s in self.companions)]
 
+    def exists(self, path: str | Path) -> bool:
+        """Whether the artifact is there: a file, or for a ``bundle`` row a folder."""
+        path = Path(path)
+        return path.is_dir() if self.bundle else path.is_file()
+
+    def _members(self, path: str | Path) -> list[Path]:
+        """The files whose bytes make the artifact: its files, or every file inside a bundle (sorted)."""
+        path = Path(path)
+        if self.bundle:
+            return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else []
+        return self.files(path)
+
     def size(self, path: str | Path) -> int:
-        """Bytes on disk of the artifact and its companions (the ones present)."""
-        return sum(f.stat().st_size for f in self.files(path) if f.is_file())
+        """Bytes on disk of the artifact and its companions (the ones present), or of a bundle's files."""
+        return sum(f.stat().st_size for f in self._members(path) if f.is_file())
 
     def digest(self, path: str | Path) -> str:
-        """sha256 of the artifact: of the file alone, or with companions of every file's bytes in order
-        (a missing companion counts as empty, so its absence changes the digest)."""
-        if not self.companions:
+        """sha256 of the artifact: of the file alone, or with companions (or a bundle's files) of every file's
+        name and bytes in order (a missing companion counts as empty, so its absence changes the digest)."""
+        if not self.companions and not self.bundle:
             return sha256_file(Path(path))
         h = hashlib.sha256()
-        for f in self.files(path):
-            h.update(f.name.encode() + b"\0")
+        for f in self._members(path):
+            h.update((f.relative_to(path).as_posix() if self.bundle else f.name).encode() + b"\0")
             if f.is_file():
                 h.update(sha256_file(f).encode())
         return h.hexdigest()
@@ -235,6 +249,13 @@ class Format:
 
             if not torch.cuda.is_available() and not _pycuda_gpu():
                 return "needs a CUDA GPU; none is visible on this machine"
+        return None
+
+    def not_here(self) -> str | None:
+        """Why this machine cannot run the artifact although it can build it (Core ML off macOS), or None."""
+        if self.runs_on and platform.system() not in self.runs_on:
+            where = " and ".join(self.runs_on).replace("Darwin", "macOS/iOS")
+            return f"{self.name} runs only on {where}, not on {platform.system()}"
         return None
 
     def impl(self) -> ModuleType:
@@ -276,6 +297,8 @@ def _pycuda_gpu() -> bool:
 
 _TRT_HINT = 'pip install "t2tvit-edge[tensorrt]" on a machine with a CUDA GPU and NVIDIA driver'
 _ET_HINT = 'pip install "t2tvit-edge[executorch]"'
+# The phone runtimes' converters (and ncnn's runtime), light enough for the README's install (the test extra).
+_MOBILE_HINT = 'pip install "t2tvit-edge[mobile]"'
 # What the runtimes' rows share (see the Format fields).
 _PTL: dict[str, Any] = {"runtime_imports": ("torch.jit.mobile",)}
 _ORT: dict[str, Any] = {
@@ -306,6 +329,22 @@ _LITERT: dict[str, Any] = {
     "tools": ("torch", "litert-torch-nightly", "ai-edge-litert-nightly", "ai-edge-quantizer-nightly"),
     "threads": "load",
     "runtime_imports": ("ai_edge_litert.interpreter",),
+}
+_NCNN: dict[str, Any] = {
+    "requires": ("ncnn", "pnnx"),
+    "install_hint": _MOBILE_HINT,
+    "tools": ("torch", "pnnx", "ncnn"),
+    "threads": "load",
+    "runtime_imports": ("ncnn",),
+    "companions": (".bin", ".json"),
+}
+_COREML: dict[str, Any] = {
+    "requires": ("coremltools",),
+    "install_hint": _MOBILE_HINT,
+    "tools": ("torch", "coremltools"),
+    "threads": "none",
+    "bundle": True,
+    "runs_on": ("Darwin",),
 }
 _ET: dict[str, Any] = {
     "tools": ("torch", "executorch"),
@@ -485,6 +524,39 @@ FORMATS: dict[str, Format] = {
             _ET_HINT,
             **_ET,
         ),
+        Format(
+            "coreml",
+            "deploy.coreml",
+            "fp16",
+            ".mlpackage",
+            True,
+            False,
+            "Core ML .mlpackage (ML program), fp16 compute; runs on macOS/iOS only, checked structurally elsewhere",
+            **_COREML,
+        ),
+        Format(
+            "coreml-int8",
+            "deploy.coreml",
+            "int8",
+            ".mlpackage",
+            True,
+            False,
+            "Core ML .mlpackage, int8 weights (linear symmetric, per channel), fp16 compute; macOS/iOS only",
+            options={"int8": True},
+            **_COREML,
+        ),
+        Format("ncnn", "deploy.ncnn", "fp32", ".param", True, False, "ncnn .param + .bin (pnnx), fp32", **_NCNN),
+        Format(
+            "ncnn-fp16",
+            "deploy.ncnn",
+            "fp16",
+            ".param",
+            True,
+            False,
+            "ncnn .param + .bin (pnnx), fp16 weights and storage (x86: fp32 arithmetic)",
+            options={"fp16": True},
+            **_NCNN,
+        ),
     ]
 }
 
@@ -494,6 +566,8 @@ FORMAT_GROUPS: dict[str, list[str]] = {
     "gpu": [n for n, f in FORMATS.items() if f.gpu],
     # what the base install builds and runs on any CPU: no optional extra, no GPU
     "builtin": [n for n, f in FORMATS.items() if f.cpu and not f.requires and not f.needs_gpu],
+    # the phone runtimes the README's install (its test extra, through the mobile extra) provides
+    "mobile": [n for n, f in FORMATS.items() if f.install_hint == _MOBILE_HINT],
 }
 
 

@@ -12,8 +12,9 @@ in the LiteRT interpreter (``ai_edge_litert``), which runs here on x86 with XNNP
   ``ai-edge-litert`` release, so the two must not be installed together). The ONNX route (onnx2tf)
   needs TensorFlow itself.
 * The conversion runs in a child process (:mod:`deploy.child`): litert-torch starts JAX and writes its
-  own progress logs. The soft splits are captured as constant one-hot convolutions
-  (:func:`deploy.rewrite.soft_splits_as_convolutions`, the same tokens bit for bit).
+  own progress logs. It converts :func:`deploy.capture.for_converters`, the model with its soft splits as
+  one-hot convolutions (litert-torch lowers ``Tensor.unfold`` to a 6-D pad that LiteRT rejects: "'tfl.pad'
+  op ... at most 5-D"), checked against the model on real images before conversion.
 * The program is fixed at batch 1 (litert-torch's dynamic batch fails to lower T2T-ViT's reshapes:
   "Shapes must be 1D sequences of concrete values"); the :class:`LiteRTPredictor` runs a batch image by
   image, the way a phone app calls it, and says so in its runtime notes.
@@ -74,16 +75,17 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     import litert_torch
     import torch
 
-    from .rewrite import soft_splits_as_convolutions
+    from .capture import capture_error, for_converters
 
-    example = ctx.example(1)
-    captured = soft_splits_as_convolutions(model, example)
+    captured = for_converters(model)
+    check = ctx.calib[:16] if ctx.calib is not None and len(ctx.calib) else ctx.example(2).numpy()
+    extra: dict[str, Any] = capture_error(model, captured, check)
     with torch.no_grad():
-        litert_torch.convert(captured, (example,)).export(str(path))
+        litert_torch.convert(captured, (ctx.example(1),)).export(str(path))
     return {
+        **extra,
         "converter": "litert-torch " + _version("litert-torch-nightly", "litert-torch"),
         "batch": 1,
-        "soft_split": "grouped one-hot convolution with constant kernels (deploy.rewrite)",
         "weights": "fp32",
     }
 

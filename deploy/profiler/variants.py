@@ -58,7 +58,7 @@ class Variant:
         self.status, self.reason, self.predictor = status, reason, None
 
     def file_bytes(self) -> int | None:
-        if self.path is None or not self.path.is_file():
+        if self.path is None or not (self.fmt.exists(self.path) if self.fmt is not None else self.path.is_file()):
             return None
         return self.fmt.size(self.path) if self.fmt is not None else self.path.stat().st_size
 
@@ -193,12 +193,12 @@ def collect(
 
 def _check_runnable(v: Variant) -> None:
     """What this machine can run at all."""
-    why = v.fmt.missing()
+    why = v.fmt.missing() or v.fmt.not_here()
     if why:
         v.fail("skipped", why)
     elif v.device == "cuda" and not v.fmt.needs_gpu and not _cuda_available():
         v.fail("skipped", "needs a CUDA GPU; none is visible on this machine")
-    elif v.path is None or not v.path.is_file():
+    elif v.path is None or not v.fmt.exists(v.path):
         v.fail("failed", f"artifact file {v.file} is missing")
     elif v.sha256 and v.fmt.digest(v.path) != v.sha256:
         v.notes.append("sha256 differs from the manifest: the file changed after export and parity")
@@ -222,7 +222,7 @@ def model_info(manifest: dict[str, Any] | None, variants: Sequence[Variant]) -> 
             "source": manifest.get("source_checkpoint"),
         }
     for v in variants:
-        if v.fmt is None or v.path is None or not v.path.is_file() or v.fmt.name not in FORMATS:
+        if v.fmt is None or v.path is None or not v.fmt.exists(v.path) or v.fmt.name not in FORMATS:
             continue
         try:
             info = v.fmt.describe(v.path) or {}
