@@ -3,7 +3,7 @@
 PyTorch runs the soft split as a strided gather (``t2tvit.models.layers._windows_nchw`` /
 ``_windows_nhwc``). Exported to ONNX, that gather becomes 5-D and 6-D Transposes with inner
 dimensions of 3 or 7, which ONNX Runtime runs slowly; ``SoftSplit`` therefore exports itself to
-ONNX as a grouped convolution with one-hot kernels (``_windows_conv``), the same tokens bit for
+ONNX as a grouped convolution with one-hot kernels (``windows_conv``), the same tokens bit for
 bit, and keeps the gather everywhere else. This script measures that choice on whole models: for
 each model (random weights, seed 0: latency does not depend on them) it builds every runtime's
 artifact both ways -- ONNX fp32 and dynamic int8, PyTorch eager, frozen TorchScript, ExecuTorch
@@ -47,7 +47,7 @@ def with_soft_split(model: Any, form: str) -> Any:
     def forward(self: Any, x: Any) -> Any:
         k, s, p = self.kernel_size, self.stride, self.padding
         if form == "conv":
-            return layers._windows_conv(x, k, s, p, self.channels_last)
+            return layers.windows_conv(x, k, s, p, self.channels_last)
         return (layers._windows_nhwc if self.channels_last else layers._windows_nchw)(x, k, s, p)
 
     out = copy.deepcopy(model)

@@ -322,6 +322,14 @@ _OV: dict[str, Any] = {
     "runtime_imports": ("openvino",),
     "companions": (".bin",),
 }
+_LITERT_HINT = 'pip install "t2tvit-edge[litert]"'
+_LITERT: dict[str, Any] = {
+    "requires": ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"),
+    "install_hint": _LITERT_HINT,
+    "tools": ("torch", "litert-torch-nightly", "ai-edge-litert-nightly", "ai-edge-quantizer-nightly"),
+    "threads": "load",
+    "runtime_imports": ("ai_edge_litert.interpreter",),
+}
 _NCNN: dict[str, Any] = {
     "requires": ("ncnn", "pnnx"),
     "install_hint": _MOBILE_HINT,
@@ -420,6 +428,38 @@ FORMATS: dict[str, Format] = {
             "OpenVINO IR, int8 by NNCF post-training quantization on real calibration images",
             options={"int8": True},
             **_OV,
+        ),
+        Format(
+            "tflite",
+            "deploy.litert",
+            "fp32",
+            ".tflite",
+            True,
+            False,
+            "LiteRT (TensorFlow Lite) flatbuffer, fp32, batch 1: Android's runtime (XNNPACK on CPU)",
+            **_LITERT,
+        ),
+        Format(
+            "tflite-fp16",
+            "deploy.litert",
+            "fp16",
+            ".tflite",
+            True,
+            False,
+            "LiteRT flatbuffer, fp16 weights (half the file; fp32 compute on CPUs without fp16 arithmetic)",
+            options={"quantize": "fp16"},
+            **_LITERT,
+        ),
+        Format(
+            "tflite-int8",
+            "deploy.litert",
+            "int8",
+            ".tflite",
+            True,
+            False,
+            "LiteRT flatbuffer, dynamic-range int8 (int8 weights, activations quantized at run time)",
+            options={"quantize": "dynamic"},
+            **_LITERT,
         ),
         Format(
             "tensorrt",

@@ -1,14 +1,17 @@
-"""The model as the mobile converters (pnnx for ncnn, coremltools for Core ML) can take it.
+"""The model as the mobile converters (pnnx for ncnn, coremltools for Core ML, litert-torch for LiteRT) can take it.
 
 Neither converter accepts every operator the T2T-ViT forward uses; :func:`for_converters` returns a
 copy of the model whose modules compute the same function with operators they do accept. The model
 itself is not changed. What each rewrite replaces, and why (found by converting T2T-ViT-7):
 
 * **soft splits** (``SoftSplit``: ``F.pad(...).unfold(...).unfold(...)``): neither pnnx nor coremltools
-  converts ``aten::unfold``. Rewritten as a depthwise ``nn.Conv2d`` whose one-hot kernels copy pixel
+  converts ``aten::unfold``, and litert-torch lowers it to a 6-D pad that LiteRT rejects. Rewritten as
+  a depthwise ``nn.Conv2d`` whose one-hot kernels copy pixel
   ``(i, j)`` of channel ``c``'s window to output channel ``c*k*k + i*k + j`` -- ``nn.Unfold``'s
-  (channel, row, column) order, the same gather the ONNX export uses (``layers._windows_conv``); with
-  one-hot weights every output is one input times 1.0, so the tokens are equal bit for bit.
+  (channel, row, column) order, the same gather the ONNX export uses (``layers.windows_conv``), but with
+  the kernels held as weights (built from ``torch.eye`` at run time they become an ``IOTA`` op that the
+  LiteRT interpreter has no kernel for); with one-hot weights every output is one input times 1.0, so
+  the tokens are equal bit for bit.
 * **the T2T module's token-map reshapes** (``x.reshape(B, H // 4, W // 4, -1)`` with ``H, W`` read from
   the input's shape): coremltools fails on the traced integer arithmetic. The rewrite uses the module's
   fixed ``img_size`` (the artifact's input size is fixed anyway) and ``-1`` for the batch.
@@ -38,6 +41,7 @@ import torch
 from torch import nn
 
 from t2tvit.errors import ConfigError
+from t2tvit.models.layers import windows_kernels
 
 __all__ = ["CAPTURE_TOLERANCE", "capture_error", "for_converters"]
 
@@ -54,7 +58,7 @@ class OneHotSoftSplit(nn.Module):
         self.channels_last = channels_last
         self.conv = nn.Conv2d(channels, channels * k * k, k, stride, padding, groups=channels, bias=False)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.eye(k * k).reshape(k * k, 1, k, k).repeat(channels, 1, 1, 1))
+            self.conv.weight.copy_(windows_kernels(channels, k))
         self.conv.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

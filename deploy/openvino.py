@@ -25,7 +25,6 @@ files too and holds them to the same manifest, parity, profiler and predict path
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import sys
@@ -187,71 +186,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
-    """Write the IR of ``model`` for the row ``fmt`` in a child process (see :func:`_child`)."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
-    import torch
-
-    from .torch_eager import model_spec
+    """Write the IR of ``model`` for the row ``fmt`` in a child process (:mod:`deploy.child`): converting
+    in-process left objects of OpenVINO's PyTorch frontend whose later collection crashed the interpreter
+    (a segmentation fault at the end of ``t2t compress --demo``, after export, verify and the report's
+    timing had all passed); in a child the converter's state ends with the child."""
+    from .child import export_in_child
 
     check_inference_precision(ctx.inference_precision)
-    spec = model_spec(model)  # a registered model: the child rebuilds it from its name and weights
-    with tempfile.TemporaryDirectory(dir=ctx.scratch_dir()) as tmp:
-        job = Path(tmp) / "job.pt"
-        torch.save(
-            {
-                "spec": spec,
-                "state": model.state_dict(),
-                "calib": None if ctx.calib is None else torch.from_numpy(np.ascontiguousarray(ctx.calib)),
-                "row": {"name": fmt.name, "precision": fmt.precision, "options": dict(fmt.options)},
-                "ctx": {"img_size": list(ctx.img_size), "batch": list(ctx.batch), "precision": ctx.inference_precision},
-            },
-            job,
-        )
-        run = subprocess.run(
-            [sys.executable, "-m", "deploy.openvino", str(job), str(path)], capture_output=True, text=True, check=False
-        )
-        if run.returncode != 0:
-            lines = [ln for ln in (run.stderr or run.stdout).strip().splitlines() if ln.strip()]
-            message = lines[-1] if lines else f"the converter process exited with status {run.returncode}"
-            raise (ConfigError if run.returncode == 2 else RuntimeError)(message)
-        return json.loads((Path(tmp) / "extra.json").read_text())
-
-
-def _child(job_path: str, out: str) -> int:
-    """The child process of :func:`export`: rebuild the model, convert (and quantize), save the IR.
-
-    Converting in-process left objects of OpenVINO's PyTorch frontend whose later collection crashed
-    the interpreter (a segmentation fault at the end of ``t2t compress --demo``, after export, verify
-    and the report's timing had all passed); in a child the converter's state ends with the child."""
-    import json
-
-    import torch
-
-    import t2tvit
-    from deploy.base import ExportContext, get_format
-
-    job = torch.load(job_path, map_location="cpu", weights_only=True)
-    spec = job["spec"]
-    model = t2tvit.create_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
-    model.load_state_dict(job["state"])
-    calib = job["calib"].numpy() if job["calib"] is not None else None
-    c = job["ctx"]
-    size, batch = tuple(c["img_size"]), tuple(c["batch"])
-    ctx = ExportContext(img_size=size, batch=batch, calib=calib, inference_precision=c["precision"])
-    row = job["row"]
-    base = get_format("openvino-int8" if row["options"].get("int8") else "openvino")
-    fmt = dataclasses.replace(base, name=row["name"], precision=row["precision"], options=row["options"])
-    try:
-        extra = _write(model.eval(), Path(out), fmt, ctx)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
-        return 2
-    (Path(job_path).parent / "extra.json").write_text(json.dumps(extra))
-    return 0
+    return export_in_child("deploy.openvino", model, path, fmt, ctx)
 
 
 def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
@@ -397,4 +339,6 @@ def load(
 
 
 if __name__ == "__main__":
-    sys.exit(_child(*sys.argv[1:3]))
+    from deploy.child import run_child
+
+    sys.exit(run_child(_write))

@@ -90,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=None,
-        help="intra-op threads of PyTorch, ONNX Runtime, OpenVINO and ExecuTorch (default: the CPU count, at most 4)",
+        help="threads of every runtime (PyTorch intra-op, ONNX Runtime, OpenVINO, LiteRT, ExecuTorch; "
+        "default: the CPU count, at most 4)",
     )
     p.add_argument(
         "--duration",

@@ -312,7 +312,7 @@ def test_soft_split_exports_to_onnx_as_one_hot_convolutions_with_the_same_tokens
     import onnx
     import onnxruntime as ort
 
-    from t2tvit.models.layers import SoftSplit, _windows_conv
+    from t2tvit.models.layers import SoftSplit, windows_conv
 
     x = torch.randn(2, 28, 20, 64)
     img = torch.randn(2, 3, 32, 48)
@@ -321,7 +321,7 @@ def test_soft_split_exports_to_onnx_as_one_hot_convolutions_with_the_same_tokens
         nchw = inp.permute(0, 3, 1, 2) if split.channels_last else inp
         k, s, p = split.kernel_size, split.stride, split.padding
         ref = torch.nn.functional.unfold(nchw, k, padding=p, stride=s).transpose(1, 2)
-        assert torch.equal(_windows_conv(inp, k, s, p, split.channels_last), ref)
+        assert torch.equal(windows_conv(inp, k, s, p, split.channels_last), ref)
 
         path = tmp_path / f"split{k}.onnx"
         with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):

@@ -19,12 +19,13 @@ Parameter and buffer names match the official implementation
   transposed and copied), with a strided-add backward instead of ``col2im``.
   The feature order is ``nn.Unfold``'s (channel, row, column), so weights are
   unchanged. Exported to ONNX they become a one-hot grouped convolution instead
-  (:func:`_windows_conv`): ONNX Runtime runs the gather's 5-D/6-D transposes slowly.
+  (:func:`windows_conv`): ONNX Runtime runs the gather's 5-D/6-D transposes slowly.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,8 @@ __all__ = [
     "TokenTransformer",
     "Transition",
     "sinusoid_table",
+    "windows_conv",
+    "windows_kernels",
 ]
 
 
@@ -96,7 +99,7 @@ def soft_split(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) -> 
     """
     if not torch.jit.is_scripting():  # TorchScript skips this block
         if torch.onnx.is_in_onnx_export():
-            return _windows_conv(x, k, s, p, channels_last)
+            return windows_conv(x, k, s, p, channels_last)
     if not channels_last:
         return _windows_nchw(x, k, s, p)
     if not torch.jit.is_scripting():
@@ -112,7 +115,9 @@ def _windows_nchw(x: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:
     return w.permute(0, 2, 3, 1, 4, 5).reshape(B, -1, C * k * k)
 
 
-def _windows_conv(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) -> torch.Tensor:
+def windows_conv(
+    x: torch.Tensor, k: int, s: int, p: int, channels_last: bool, one_hot: torch.Tensor | None = None
+) -> torch.Tensor:
     # The same tokens, bit for bit, as a grouped convolution with one-hot kernels: output
     # channel c*k*k + i*k + j of group c copies pixel (i, j) of channel c's window, which is
     # nn.Unfold's (channel, row, column) order. Used for ONNX export only: ONNX Runtime runs
@@ -121,10 +126,18 @@ def _windows_conv(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) 
     # are slower than the gather (benchmarks/results/bench_onnx_soft_split.md).
     if channels_last:
         x = x.permute(0, 3, 1, 2)
+    # ``one_hot``: the (C*k*k, 1, k, k) kernels of windows_kernels, when the caller holds them as a
+    # constant (an exporter whose runtime has no op to build them from torch.eye).
     C = x.shape[1]
-    one_hot = torch.eye(k * k, dtype=x.dtype, device=x.device).reshape(k * k, 1, k, k)
-    y = F.conv2d(x, one_hot.repeat(C, 1, 1, 1), stride=s, padding=p, groups=C)
+    weight = windows_kernels(C, k, x.dtype, x.device) if one_hot is None else one_hot
+    y = F.conv2d(x, weight, stride=s, padding=p, groups=C)
     return y.flatten(2).transpose(1, 2)
+
+
+def windows_kernels(channels: int, k: int, dtype: torch.dtype = torch.float32, device: Any = None) -> torch.Tensor:
+    """The one-hot kernels that make a grouped convolution gather :class:`SoftSplit`'s windows."""
+    one_hot = torch.eye(k * k, dtype=dtype, device=device).reshape(k * k, 1, k, k)
+    return one_hot.repeat(channels, 1, 1, 1)
 
 
 def _windows_nhwc(x: torch.Tensor, k: int, s: int, p: int) -> torch.Tensor:

@@ -1,0 +1,235 @@
+"""LiteRT (TensorFlow Lite) flatbuffers: ``tflite`` (fp32), ``tflite-fp16`` (fp16 weights), ``tflite-int8``.
+
+LiteRT is what most Android apps embed (XNNPACK on the CPU; GPU and NPU delegates on phones). The
+toolkit converts with litert-torch, Google's PyTorch-to-LiteRT converter (``torch.export`` ->
+StableHLO -> the LiteRT converter's passes; no TensorFlow), and checks every file by loading it back
+in the LiteRT interpreter (``ai_edge_litert``), which runs here on x86 with XNNPACK.
+
+* Why this converter: it is the one Google maintains for PyTorch models and needs no TensorFlow.
+  Its releases up to 0.10 pin ``torch<2.15``; the nightly ``litert-torch-nightly==0.11.0.dev20261026``
+  lifts the pin, so the project keeps torch 2.15 and the ``litert`` extra pins that nightly with its own
+  nightly interpreter and quantizer (they install the same ``ai_edge_litert`` module as the
+  ``ai-edge-litert`` release, so the two must not be installed together). The ONNX route (onnx2tf)
+  needs TensorFlow itself.
+* The conversion runs in a child process (:mod:`deploy.child`): litert-torch starts JAX and writes its
+  own progress logs. It converts :func:`deploy.capture.for_converters`, the model with its soft splits as
+  one-hot convolutions (litert-torch lowers ``Tensor.unfold`` to a 6-D pad that LiteRT rejects: "'tfl.pad'
+  op ... at most 5-D"), checked against the model on real images before conversion.
+* The program is fixed at batch 1 (litert-torch's dynamic batch fails to lower T2T-ViT's reshapes:
+  "Shapes must be 1D sequences of concrete values"); the :class:`LiteRTPredictor` runs a batch image by
+  image, the way a phone app calls it, and says so in its runtime notes.
+* ``tflite-fp16``: weights stored fp16 (ai-edge-quantizer's float casting), computed in fp32 by XNNPACK
+  on x86; ``tflite-int8``: dynamic-range int8 (int8 weights, activations quantized per inference inside
+  the kernels). Full-integer int8 (``options={"quantize": "static"}``, calibrated on ``ctx.calib``; int8
+  input and output) was measured beside it (``benchmarks/bench_mobile_formats.py``) and is an option,
+  not the row.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from t2tvit.errors import CheckpointError, ConfigError
+
+from .base import ExportContext, Format, Predictor
+
+__all__ = ["LiteRTPredictor", "describe", "export", "load"]
+
+_MAGIC = b"TFL3"  # the flatbuffer file identifier at bytes 4..8 of every .tflite
+QUANTIZE_MODES = ("fp16", "dynamic", "static")
+
+
+def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    """Write the ``.tflite`` of ``model`` for the row ``fmt``. The fp32 program is converted in a child
+    process; the fp16 and int8 rows quantize the fp32 file of this export run (the ``tflite`` artifact
+    when it was built, else one converted into the scratch folder), so one run converts once."""
+    mode = fmt.options.get("quantize")
+    if mode is not None and mode not in QUANTIZE_MODES:
+        raise ConfigError(f"unknown LiteRT quantization {mode!r}; choose from: {', '.join(QUANTIZE_MODES)}")
+    if mode == "static" and (ctx.calib is None or len(ctx.calib) == 0):
+        raise ConfigError(f"{fmt.name} needs calibration images; pass --calib-data with a folder of real images")
+    if mode is None:
+        return _convert(model, path, ctx)
+    src = Path(ctx.built.get("tflite", ctx.scratch_dir() / "model-fp32.tflite"))
+    extra = {"converter": "litert-torch " + _version("litert-torch-nightly", "litert-torch"), "batch": 1}
+    if not src.is_file():
+        extra = _convert(model, src, ctx)
+    extra.update(_quantize(src, path, mode, ctx.calib), weights="fp16" if mode == "fp16" else "int8")
+    return {**extra, "from": "fp32 LiteRT program of the same model"}
+
+
+def _convert(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, Any]:
+    from .base import get_format
+    from .child import export_in_child
+
+    return export_in_child("deploy.litert", model, path, get_format("tflite"), ctx)
+
+
+def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    """The child's conversion to an fp32 program (see :func:`export`)."""
+    import litert_torch
+    import torch
+
+    from .capture import capture_error, for_converters
+
+    captured = for_converters(model)
+    check = ctx.calib[:16] if ctx.calib is not None and len(ctx.calib) else ctx.example(2).numpy()
+    extra: dict[str, Any] = capture_error(model, captured, check)
+    with torch.no_grad():
+        litert_torch.convert(captured, (ctx.example(1),)).export(str(path))
+    return {
+        **extra,
+        "converter": "litert-torch " + _version("litert-torch-nightly", "litert-torch"),
+        "batch": 1,
+        "weights": "fp32",
+    }
+
+
+def _version(*packages: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in packages:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None) -> dict[str, Any]:
+    """ai-edge-quantizer on the fp32 flatbuffer ``src``, written to ``dst``."""
+    from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    if mode == "fp16":
+        q = quantizer.Quantizer(str(src))
+        q.add_weight_only_config(
+            regex=".*",
+            operation_name=TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=AlgorithmName.FLOAT_CASTING,
+        )
+        info: dict[str, Any] = {"quantization": "fp16 weights (float casting), fp32 compute"}
+    elif mode == "dynamic":
+        q = quantizer.Quantizer(str(src), recipe.dynamic_wi8_afp32())
+        info = {"quantization": "dynamic range: int8 per-channel weights, activations quantized at run time"}
+    else:
+        from ai_edge_litert.interpreter import Interpreter
+
+        q = quantizer.Quantizer(str(src), recipe.static_wi8_ai8())
+        signature, names = next(iter(Interpreter(model_path=str(src)).get_signature_list().items()))
+        items = [{names["inputs"][0]: np.ascontiguousarray(calib[i : i + 1])} for i in range(len(calib))]
+        result = q.calibrate({signature: items})
+        info = {"quantization": "full integer: int8 weights and activations", "calibration_images": len(items)}
+        q.quantize(result, enable_progress_bar=False, enable_progress_report=False).export_model(dst, overwrite=True)
+        return info
+    q.quantize(enable_progress_bar=False, enable_progress_report=False).export_model(dst, overwrite=True)
+    return info
+
+
+def _interpreter(path: Path, threads: int | None = None) -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        it = Interpreter(model_path=str(path), num_threads=int(threads) if threads else None)
+        it.allocate_tensors()
+    except Exception as e:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError for bad files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is not a loadable LiteRT model ({type(e).__name__}: {first})") from None
+    return it
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: a ``.tflite`` says its row by its weight types, its input size and class count."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if head[4:8] != _MAGIC:
+        return None
+    try:
+        it = _interpreter(path)
+    except (CheckpointError, ImportError):
+        return {"format": None, "img_size": None, "num_classes": None}
+    types = {np.dtype(t["dtype"]) for t in it.get_tensor_details()}
+    name = "tflite-int8" if np.dtype(np.int8) in types else "tflite-fp16" if np.dtype(np.float16) in types else "tflite"
+    shape = it.get_input_details()[0]["shape"]
+    out = it.get_output_details()[0]["shape"]
+    return {
+        "format": name,
+        "img_size": (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
+        "num_classes": int(out[-1]) if len(out) else None,
+    }
+
+
+class LiteRTPredictor(Predictor):
+    """A LiteRT ``Interpreter`` (XNNPACK on the CPU) of a batch-1 program: a batch runs image by image."""
+
+    def __init__(self, interpreter: Any, fmt: Format, path: Path):
+        self.interpreter, self.format, self.precision = interpreter, fmt.name, fmt.precision
+        self.path, self.device = Path(path), "cpu"
+        self._in = interpreter.get_input_details()[0]
+        self._out = interpreter.get_output_details()[0]
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        shape = self._in["shape"]
+        return int(shape[2]), int(shape[3])
+
+    @property
+    def runtime_notes(self) -> list[str]:
+        n = int(self._in["shape"][0])
+        return [f"LiteRT program fixed at batch {n}: a batch runs {n} image(s) per call"]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        shape = tuple(int(s) for s in self._in["shape"])
+        if images.shape[1:] != shape[1:]:
+            raise ConfigError(f"{self.path.name} takes {shape[1:]} images, not {tuple(images.shape[1:])}")
+        step, out = shape[0], []
+        for i in range(0, len(images), step):
+            chunk = images[i : i + step]
+            if len(chunk) < step:  # a last partial batch of a batch-N program is padded, then trimmed
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *shape[1:]), np.float32)])
+            self.interpreter.set_tensor(self._in["index"], _to(chunk, self._in))
+            self.interpreter.invoke()
+            out.append(_from(self.interpreter.get_tensor(self._out["index"]), self._out)[: len(images) - i])
+        return np.concatenate(out)
+
+
+def _to(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """Images into the input's type (a full-integer program takes int8 with the input's scale)."""
+    if np.dtype(detail["dtype"]) == np.float32:
+        return x
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
+
+
+def _from(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    if np.dtype(detail["dtype"]) == np.float32:
+        return y.copy()
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
+
+
+def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = None) -> LiteRTPredictor:
+    """The LiteRT interpreter of ``path`` on the CPU; ``threads`` sets its thread count (XNNPACK's too)."""
+    path = Path(path)
+    if device != "cpu":
+        raise ConfigError(f"LiteRT files run on the CPU here (GPU delegates are for phones), not {device!r}")
+    if not path.is_file():
+        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    return LiteRTPredictor(_interpreter(path, threads), fmt, path)
+
+
+if __name__ == "__main__":
+    from deploy.child import run_child
+
+    sys.exit(run_child(_write))
