@@ -1,4 +1,4 @@
-"""The phone runtimes' artifacts (the format table's ``mobile`` group): size, x86 latency, top-1 agreement.
+"""The phone runtimes' artifacts (the ``mobile`` group and the LiteRT rows): size, x86 latency, top-1 agreement.
 
 ``python -m benchmarks.bench_mobile_formats [--threads 2] [--duration 4] [--steps 300]
 [--out benchmarks/results/mobile_formats_cpu]``
@@ -6,7 +6,9 @@
 * **Size and latency** (T2T-ViT-7, 224 px, seeded random weights: neither depends on the weights): the
   ``mobile`` rows with ``torch`` and ``onnx`` beside them, exported by :func:`deploy.export_checkpoint` and
   profiled in one process, interleaved (``deploy.profiler``), batch 1. Size is a multiple of the fp32 eager
-  file. Core ML runs only on macOS/iOS: its rows have a size, no latency.
+  file. Core ML runs only on macOS/iOS: its rows have a size, no latency. The LiteRT rows need the ``litert``
+  extra (skipped rows without it); beside them, the full-integer int8 recipe (:func:`static_tflite_row`) that
+  ``tflite-int8``'s dynamic range was chosen over.
 * **Accuracy** (a T2T-ViT-7 trained on the bundled digits at 32 px, ``--steps`` AdamW steps): the same rows
   built from it; top-1 agreement with the fp32 model on the digits' val images held out from calibration
   (the export's parity set). Core ML: built and checked structurally, not run.
@@ -22,9 +24,62 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["main"]
 
-FORMATS = "torch,onnx,mobile"
+TOOLS = ("torch", "onnxruntime", "ncnn", "pnnx", "coremltools", "litert-torch-nightly", "ai-edge-litert-nightly")
+FORMATS = "torch,onnx,mobile,tflite,tflite-fp16,tflite-int8"  # tflite rows: skipped without the litert extra
+
+
+def static_tflite_row() -> Any:
+    """LiteRT full-integer int8 (int8 activations and input/output, calibrated): the recipe measured beside
+    ``tflite-int8``'s dynamic range, a row outside the table (the profiler and the loaders take any row)."""
+    import dataclasses
+
+    from deploy.base import FORMATS as TABLE
+
+    base = TABLE["tflite-int8"]
+    return dataclasses.replace(
+        base, name="tflite-int8-static", description="LiteRT full-integer int8", options={"quantize": "static"}
+    )
+
+
+def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> dict[str, Any] | None:
+    """Build :func:`static_tflite_row` of the model exported into ``folder``, calibrated on the images the export
+    calibrated on (the ``calib`` digits after its ``parity`` images), and measure its top-1 agreement on the
+    export's parity images. None without the litert extra."""
+    import torch
+
+    from compress.quantize import load_images
+    from deploy.base import ExportContext
+    from deploy.export import reference_logits
+    from t2tvit import create_model
+    from t2tvit.data import dataset_split, eval_transform_for
+
+    row = static_tflite_row()
+    if row.missing():
+        return None
+    spec = json.loads((folder / "manifest.json").read_text())["model"]
+    size = tuple(spec["img_size"])
+    if checkpoint is None:
+        torch.manual_seed(0)  # the weights export_checkpoint made
+    net = create_model(spec["model"], checkpoint=checkpoint, num_classes=spec["num_classes"], img_size=size).eval()
+    images, _ = load_images(dataset_split("digits", "val"), eval_transform_for(net, size), parity + calib)
+    ctx = ExportContext(img_size=size, batch=(1, 1, 8), calib=images[parity:])
+    path = folder / row.filename
+    details = row.impl().export(net, path, row, ctx)
+    logits = row.load(path)(images[:parity])
+    ref = reference_logits(net, images[:parity])
+    return {
+        "row": row,
+        "path": path,
+        "bytes": row.size(path),
+        "details": details,
+        "top1_agreement": float((logits.argmax(1) == ref.argmax(1)).mean()),
+        "max_abs_diff": float(np.abs(logits - ref).max()),
+        "images": parity,
+    }
 
 
 def _export(checkpoint: str | None, img: int, out: Path, parity: int, calib: int) -> dict[str, Any]:
@@ -37,11 +92,11 @@ def _export(checkpoint: str | None, img: int, out: Path, parity: int, calib: int
     return exp.manifest
 
 
-def _speed(folder: Path, threads: int, duration: float) -> dict[str, Any]:
+def _speed(folder: Path, threads: int, duration: float, extra: list[tuple[Any, Path]]) -> dict[str, Any]:
     from deploy.profiler import ProfileConfig, profile_folder
 
     config = ProfileConfig(threads=threads, duration=duration, min_runs=10, rounds=4, memory=False, batch_sizes=(1,))
-    report = profile_folder(folder, config, command="bench_mobile_formats", progress=False)
+    report = profile_folder(folder, config, files=extra, command="bench_mobile_formats", progress=False)
     return {r.name: r for r in report.rows}
 
 
@@ -137,18 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         speed_manifest = _export(None, 224, t / "224", parity=16, calib=16)
-        rows = _speed(t / "224", args.threads, args.duration)
+        fast = _variant(None, t / "224", parity=16, calib=16)
+        rows = _speed(t / "224", args.threads, args.duration, [(fast["row"], fast["path"])] if fast else [])
         ck = _student(args.steps, t)
         acc_manifest = _export(ck, 32, t / "digits", parity=300, calib=59)
+        acc_variant = _variant(ck, t / "digits", parity=300, calib=59)
+        for manifest, v in ((speed_manifest, fast), (acc_manifest, acc_variant)):
+            if v is not None:  # the variant's entry, as export_checkpoint would have written it
+                parity = {k: v[k] for k in ("top1_agreement", "max_abs_diff", "images")}
+                entry = {"format": v["row"].name, "precision": "int8", "bytes": v["bytes"], "status": "ok"}
+                manifest["artifacts"].append({**entry, "reason": None, "details": v["details"], "parity": parity})
         student_acc = torch.load(ck, weights_only=True)["val_acc"]
     table = _table(speed_manifest, rows, acc_manifest)
     meta = {
         "command": "python -m benchmarks.bench_mobile_formats " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{device_name('cpu')} ({platform.machine()})",
         "threads": args.threads,
-        "tools": ", ".join(
-            f"{k} {v}" for k, v in tool_versions(("torch", "onnxruntime", "ncnn", "pnnx", "coremltools")).items()
-        ),
+        "tools": ", ".join(f"{k} {v}" for k, v in tool_versions(TOOLS).items()),
         "load_average": " ".join(f"{x:.1f}" for x in os.getloadavg()),  # a shared machine shows here
         "student_acc": round(float(student_acc), 3),
         "parity_images": 300,
