@@ -236,7 +236,7 @@ def _child(job_path: str, out: str) -> int:
 
     job = torch.load(job_path, map_location="cpu", weights_only=True)
     spec = job["spec"]
-    model = t2tvit.create_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
+    model = t2tvit.build_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
     model.load_state_dict(job["state"])
     calib = job["calib"].numpy() if job["calib"] is not None else None
     c = job["ctx"]
