@@ -14,15 +14,14 @@ __all__ = ["add_flags", "is_comparison", "run"]
 def add_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "comparing models",
-        "several ARTIFACTS_DIRs, or --models, give one report whose rows are (model, format, precision), timed "
-        "interleaved across all of them, each with its own MACs and agreement with its own fp32 torch artifact",
+        "several ARTIFACTS_DIRs, or --models: one report over (model, format, precision), timed interleaved",
     )
     g.add_argument(
         "--models",
         default=None,
         metavar="M[,M...]",
         help="export these models (T2T-ViT names or any timm model, e.g. mobilenetv2_100; random weights) to "
-        "--formats with the same settings under --work, then compare them",
+        "--formats (default: fp32 eager and ONNX) with the same settings under --work, then compare them",
     )
     g.add_argument(
         "--work", default="runs/compare", metavar="DIR", help="where --models are exported (default: runs/compare)"

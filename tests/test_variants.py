@@ -137,3 +137,13 @@ def test_a_failed_format_and_a_failed_model_are_rows_with_their_reason(
     assert rows[f"{CNN}/torch"].status == "ok" and rows[f"{CNN}/torch"].latency["1"]["p50_ms"] > 0
     with pytest.raises(ConfigError, match="unknown model"):
         compare_models(["t2t_vit_8"], tmp_path / "w2", _config(), progress=False)
+
+
+def test_t2t_bench_with_two_folders_writes_the_comparison(folders: dict[str, Path], tmp_path: Path) -> None:
+    fast = ["--no-memory", "--duration", "0", "--min-runs", "2", "--rounds", "1", "--warmup", "0", "--threads", "1"]
+    out = tmp_path / "bench"
+    assert main(["bench", str(folders[T2T]), str(folders[CNN]), "--formats", "torch", *fast, "--out", str(out)]) == 0
+    rep = read_report(out)
+    assert [r.name for r in rep.rows] == [f"{T2T}/torch", f"{CNN}/torch"]
+    assert (out / MACS_NAME).is_file() and (out / PARETO_NAME).is_file()
+    assert "published" in (out / "report.md").read_text()  # no data: the published top-1, marked
