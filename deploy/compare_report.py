@@ -259,7 +259,7 @@ def plot_latency_vs_macs(report: Report | dict[str, Any], path: str | Path) -> P
     cols = min(3, len(formats))
     rows = (len(formats) + cols - 1) // cols
     fig = Figure(figsize=(5.2 * cols, 4.2 * rows + 0.6), dpi=120, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)  # runtimes compare across panels
     for i, fmt in enumerate(formats):
         ax = axes[i // cols][i % cols]
         mine = [p for p in pts if p["format"] == fmt]
@@ -274,9 +274,11 @@ def plot_latency_vs_macs(report: Report | dict[str, Any], path: str | Path) -> P
         ax.set_ylabel(f"p50 ms at batch {data['batch']} (log)")
         ax.grid(True, alpha=0.3)
         ax.margins(x=0.12, y=0.1)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelbottom=True, labelleft=True)  # shared axes hide inner tick labels; keep them
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper left")
     for j in range(len(formats), rows * cols):
-        axes[j // cols][j % cols].set_axis_off()
+        axes[j // cols][j % cols].set_visible(False)
     fig.suptitle("Latency vs MACs per runtime: equal MACs, unequal latency")
     if data["skipped"]:
         _caption(fig, "not plotted: " + "; ".join(f"{n} ({why[:60]})" for n, why in data["skipped"]))
@@ -310,11 +312,15 @@ def plot_accuracy_vs_latency(report: Report | dict[str, Any], path: str | Path) 
         from matplotlib.ticker import FuncFormatter
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    _label_points(ax, [(f"{_short(by[n]['model'])} {by[n]['format']}", by[n]["latency"], by[n]["top1"]) for n in front])
+    fastest = {}  # each model's fastest runtime, labelled too: every model can be found on the plot
+    for p in sorted(pts, key=lambda p: p["latency"]):
+        fastest.setdefault(p["model"], p["name"])
+    named = list(dict.fromkeys([*front, *fastest.values()]))
+    _label_points(ax, [(f"{_short(by[n]['model'])} {by[n]['format']}", by[n]["latency"], by[n]["top1"]) for n in named])
     what = "measured top-1 %" if data["measured"] else "published ImageNet top-1 % (not measured here)"
     ax.set_xlabel(f"p50 latency at batch {data['batch']} (ms, log scale) — lower is better")
     ax.set_ylabel(f"{what} — higher is better")
-    ax.set_title("Accuracy vs latency across models and runtimes (labelled: the Pareto front)")
+    ax.set_title("Accuracy vs latency across models and runtimes (labelled: Pareto front, each model's fastest)")
     ax.grid(True, which="both", alpha=0.3)
     handles = [Line2D([], [], color=_FAMILY_STYLE.get(f, ("tab:orange", "x"))[0], marker="o", linestyle="",
                       label=f) for f in fams]  # fmt: skip
