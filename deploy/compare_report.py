@@ -312,6 +312,7 @@ def plot_accuracy_vs_latency(report: Report | dict[str, Any], path: str | Path) 
         from matplotlib.ticker import FuncFormatter
 
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.margins(x=0.12, y=0.05)  # room for the labels at the edges
     fastest = {}  # each model's fastest runtime, labelled too: every model can be found on the plot
     for p in sorted(pts, key=lambda p: p["latency"]):
         fastest.setdefault(p["model"], p["name"])
