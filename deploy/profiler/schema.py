@@ -51,6 +51,9 @@ class Row:
     macs: int | None = None  # per image, at the model's input size
 
 
+_COMPARISON_FIELDS = ("model", "params", "macs")
+
+
 @dataclass
 class Report:
     """Everything one profile measured: machine, versions, settings, peak rates and one row per artifact."""
@@ -71,11 +74,16 @@ class Report:
         return next(r for r in self.rows if r.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` left out when absent."""
+        """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` and a row's comparison fields
+        (``model``, ``params``, ``macs``) left out when absent."""
         out = asdict(self)
         for key in ("peak_cuda", "checks"):
             if out[key] is None:
                 del out[key]
+        for row in out["rows"]:  # a single model's rows: the comparison's fields stay out, as before them
+            for key in _COMPARISON_FIELDS:
+                if row[key] is None:
+                    del row[key]
         return out
 
     @classmethod
