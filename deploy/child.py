@@ -76,7 +76,7 @@ def run_child(write: Writer, argv: list[str] | None = None) -> int:
     job_path, out = argv if argv is not None else sys.argv[1:3]
     job = torch.load(job_path, map_location="cpu", weights_only=True)
     spec = job["spec"]
-    model = t2tvit.create_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
+    model = t2tvit.build_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
     model.load_state_dict(job["state"])
     row = json.loads(job["row"])
     fmt = Format(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()})

@@ -465,7 +465,7 @@ def export_checkpoint(
         import torch
 
         torch.manual_seed(0)
-    net = t2tvit.create_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size).eval()
+    net = t2tvit.build_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size).eval()
     hw = tuple(int(s) for s in net.img_size)
     folder = image_folder(calib_data or "digits")
     images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), parity_images + calib_size, what="image")

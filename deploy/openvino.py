@@ -156,7 +156,11 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     if calib is None or len(calib) == 0:
         raise ConfigError("openvino-int8 needs calibration images; pass --calib-data with a folder of real images")
     items = [np.ascontiguousarray(calib[i : i + 1], dtype=np.float32) for i in range(len(calib))]
-    keep = tuple(options.get("keep_float", INT8_KEEP_FLOAT))
+    asked = tuple(options.get("keep_float", INT8_KEEP_FLOAT))
+    # A pattern that names no layer of this model (a CNN or DeiT has no ``tokens_to_token``) keeps nothing
+    # float: the whole model is quantized, and the manifest says which patterns applied.
+    names = [op.get_friendly_name() for op in ov_model.get_ops()]
+    keep = tuple(p for p in asked if any(p in n for n in names))
     ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
     advanced = None
     if options.get("smooth_quant") is not None:
@@ -172,7 +176,7 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
             advanced_parameters=advanced,
         )
     kept_weights = options.get("kept_weights", "int8")
-    if keep and kept_weights == "int8":  # what quantize left float gets int8 weights (computed in float)
+    if asked and kept_weights == "int8":  # what quantize left float gets int8 weights (computed in float)
         with _quiet():
             q = nncf.compress_weights(q, mode=nncf.CompressWeightsMode.INT8_SYM)
     info = {
@@ -180,6 +184,7 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
         "kept_float_weights": kept_weights if keep else None,
         "calibration_images": len(items),
         "kept_float": list(keep),
+        **({"keep_float_unmatched": [p for p in asked if p not in keep]} if len(keep) < len(asked) else {}),
         "smooth_quant": options.get("smooth_quant", "NNCF default"),
     }
     return q, info

@@ -77,8 +77,10 @@ CSV_FIELDS = (
     "top5",
     "agreement",
     "checks",
+    "params",  # a comparison's rows: the row's model's own counts
+    "macs",
 )
-_CSV_INTS = {"file_bytes", "batch", "runs"}
+_CSV_INTS = {"file_bytes", "batch", "runs", "params", "macs"}
 _CSV_STRS = {"model", "name", "format", "precision", "device", "status", "reason", "file", "checks"}
 _TABLE_REASON_CHARS = 80  # longer reasons are cut in table cells; the full text is listed below the table
 _PLOT_REASON_CHARS = 70
@@ -154,7 +156,7 @@ def csv_rows(report: Report | dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for row in report.get("rows") or []:
         base = {k: row.get(k) for k in CSV_FIELDS if k in row}
-        base["model"] = model
+        base["model"] = row.get("model") or model  # a comparison's row names its own model
         lat = _latency_items(row)
         for batch, stats in lat or [(None, {})]:
             line = dict.fromkeys(CSV_FIELDS)

@@ -32,12 +32,14 @@ _KIND = "t2t-deploy-torch"
 
 
 def model_spec(model: nn.Module) -> dict[str, Any]:
-    """Registry name and constructor arguments that rebuild ``model`` (a registered T2T-ViT)."""
+    """Registry name and constructor arguments that rebuild ``model`` (a registered T2T-ViT, or a timm model
+    built by :func:`t2tvit.build_model`, which gives a CNN its ``img_size``)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     name = cfg.get("architecture")
     if not name:
-        raise ConfigError("only registered T2T-ViT models (t2tvit.create_model / timm.create_model) can be exported")
-    return {"model": name, "num_classes": int(model.num_classes), "img_size": [int(s) for s in model.img_size]}
+        raise ConfigError("only registered models (t2tvit.build_model / timm.create_model) can be exported")
+    size = getattr(model, "img_size", None) or cfg.get("input_size", (3, 224, 224))[1:]
+    return {"model": name, "num_classes": int(model.num_classes), "img_size": [int(s) for s in size]}
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
@@ -117,9 +119,7 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:
-    import timm
-
-    import t2tvit  # noqa: F401 - registers the models with timm
+    from t2tvit import build_model
 
     device = _device(fmt, device)
     obj = _read(path)
@@ -129,12 +129,12 @@ def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:
         # Quantizing observes the fp32 weights, so they must be real numbers (not meta or empty)
         # even though the int8 state dict then replaces them.
         engine = obj["qengine"]
-        model = timm.create_model(args["model"], **build).eval()
+        model = build_model(args["model"], **build).eval()
         with qengine(engine), quiet_quantization_warnings():
             qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
             qmodel.load_state_dict(obj["int8_state_dict"])
         return TorchPredictor(qmodel.eval(), fmt, path, device, engine)
     with torch.device("meta"):  # every tensor comes from the file: skip the random init
-        model = timm.create_model(args["model"], **build)
+        model = build_model(args["model"], **build)
     model.load_state_dict(obj["model"], assign=True)
     return TorchPredictor(model.eval().to(device), fmt, path, device)

@@ -75,10 +75,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "artifacts",
-        nargs="?",
+        nargs="*",
         default=None,
         metavar="ARTIFACTS_DIR",
-        help="export folder written by `t2t export` (holds manifest.json); optional with --files",
+        help="export folder written by `t2t export` (holds manifest.json); optional with --files; "
+        "several folders (one per model) give one comparison report",
     )
     p.add_argument(
         "--batch-sizes",
@@ -145,6 +146,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="report folder (default: ARTIFACTS_DIR/bench, or ./bench with --files)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    from t2t.compare_cmd import add_flags
+
+    add_flags(p)
     p.set_defaults(func=_cmd_bench)
 
 
@@ -154,12 +158,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from t2t import compare_cmd
     from t2tvit.errors import ConfigError
 
     batch_sizes = parse_batch_sizes(args.batch_sizes)
-    if args.artifacts is None and not args.files:
-        raise ConfigError("give an export folder (ARTIFACTS_DIR) or artifact files with --files")
-    folder = Path(args.artifacts) if args.artifacts is not None else None
+    comparing = compare_cmd.is_comparison(args)
+    folder = Path(args.artifacts[0]) if len(args.artifacts or []) == 1 else None
+    if not args.artifacts and not args.files and not args.models:
+        raise ConfigError("give an export folder (ARTIFACTS_DIR), artifact files with --files, or --models")
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"artifacts folder {folder} does not exist; run `t2t export --out {folder}` first")
     if folder is not None and not (folder / "manifest.json").is_file() and not args.files:
@@ -189,10 +195,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         formats=args.formats,
         checks=checks_from(args),
+        time_unverified=args.time_unverified,
     )
     command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
-    report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
-    out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
+    if comparing:
+        report = compare_cmd.run(args, config, command)
+        out = Path(args.out) if args.out else (Path(args.work) / "bench" if args.models else Path("bench"))
+    else:
+        report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
+        out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
+    if comparing:
+        from deploy.compare_report import write_comparison as write_report
     written = write_report(report, out)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -13,7 +13,16 @@ from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
 
 from .errors import CheckpointError, ConfigError, T2TError
-from .models import VARIANTS, DistilledT2TViT, LoadReport, T2TViT, create_model, list_variants, load_checkpoint
+from .models import (
+    VARIANTS,
+    DistilledT2TViT,
+    LoadReport,
+    T2TViT,
+    build_model,
+    create_model,
+    list_variants,
+    load_checkpoint,
+)
 
 try:
     __version__ = _version("t2tvit-edge")
@@ -29,6 +38,7 @@ __all__ = [
     "T2TError",
     "T2TViT",
     "__version__",
+    "build_model",
     "create_model",
     "list_variants",
     "load_checkpoint",

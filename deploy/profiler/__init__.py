@@ -7,13 +7,16 @@
 * :mod:`~deploy.profiler.variants` -- which artifacts, loaded through their format rows, accuracy;
 * :mod:`~deploy.profiler.checks` -- the user's limits that mark rows and set the exit status;
 * :mod:`~deploy.profiler.schema` -- the typed report and its one schema version;
-* :mod:`~deploy.profiler.run` -- the orchestration, :func:`profile_folder`.
+* :mod:`~deploy.profiler.run` -- the orchestration, :func:`profile_folder`;
+* :mod:`~deploy.profiler.compare` -- several models in one interleaved run, :func:`profile_folders` and
+  :func:`compare_models`, with the published top-1 of the lite T2T-ViTs and their baselines.
 
 :mod:`deploy.report` writes a report as Markdown, JSON, CSV and plots. Benchmark scripts import
 the profiler; the profiler imports no benchmark script.
 """
 
 from .checks import Checks
+from .compare import BASELINES, LITE_T2T, PUBLISHED_TOP1, compare_models, profile_folders
 from .peak import measure_peak
 from .run import ProfileConfig, device_name, profile_folder
 from .schema import SCHEMA, Report, Row
@@ -22,9 +25,13 @@ from .timing import interleave_schedule, make_timer, run_interleaved
 from .variants import load_labelled
 
 __all__ = [
+    "BASELINES",
     "CI_LEVEL",
+    "LITE_T2T",
+    "PUBLISHED_TOP1",
     "SCHEMA",
     "Checks",
+    "compare_models",
     "ProfileConfig",
     "Report",
     "Row",
@@ -38,5 +45,6 @@ __all__ = [
     "median_ci_ranks",
     "percentile",
     "profile_folder",
+    "profile_folders",
     "run_interleaved",
 ]

@@ -144,7 +144,7 @@ def measure_all(
             bar.step(f"{v.name}: no memory probe ({v.status})")
 
     def one(v: Variant) -> None:
-        _measure(v, hw, batch_sizes, threads)
+        _measure(v, v.hw or hw, batch_sizes, threads)
 
     cpu = [v for v in todo if v.device == "cpu"]
     bar.step(f"peak memory: {len(todo)} subprocesses", 0)

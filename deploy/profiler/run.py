@@ -36,7 +36,7 @@ from . import variants as var
 from .checks import Checks
 from .memory import measure_all
 from .peak import measure_peak
-from .schema import Report
+from .schema import Report, Row
 from .stats import CI_LEVEL, latency_stats
 from .timing import make_timer, run_interleaved
 
@@ -67,6 +67,11 @@ class ProfileConfig:
     device: str = "cpu"
     formats: str | Sequence[str] | None = None
     checks: Checks = field(default_factory=Checks)
+    # Also time artifacts that were built and ran at export but failed their parity check. For random-weight
+    # baselines: int8 of an untrained CNN moves its nearly tied logits past the random-weights threshold
+    # (MobileNetV3 at 64 px: max |dlogit| 8.1, allowed 0.81), yet it runs the kernels a trained one would.
+    # Their rows keep the failure in their reason.
+    time_unverified: bool = False
 
     def resolved_threads(self) -> int:
         return int(self.threads) if self.threads else min(4, os.cpu_count() or 1)
@@ -118,21 +123,47 @@ def profile_folder(
         raise ConfigError(
             f"{where} has no manifest.json and no artifact files were given; pass an export folder or --files"
         )
-    variants = var.collect(folder_path, manifest, list(files or []), config.device, config.formats)
-    info = var.model_info(manifest, variants)
+    variants = var.collect(
+        folder_path, manifest, list(files or []), config.device, config.formats, config.time_unverified
+    )
+    group = Group(variants, var.model_info(manifest, variants), manifest)
     data = image_folder(config.data) if config.data is not None else None
     if data is not None:
-        var.data_classes(data, info.get("num_classes"))  # a bad folder fails now, not after the timing
+        var.data_classes(data, group.info.get("num_classes"))  # a bad folder fails now, not after the timing
     with _threads(config.resolved_threads()):
-        peaks, images = _measure(variants, info, manifest, data, config, progress)
-    # Parity agreement from an export of random weights (no source checkpoint) says nothing: the
-    # logits of an untrained model are nearly tied, so it is left out rather than shown.
-    var.agreements(
-        variants, images is not None, use_manifest=manifest is None or bool(manifest.get("source_checkpoint"))
-    )
-    report = _report(variants, info, peaks, config, data, images, command)
+        peaks = measure_groups([group], data, config, progress)
+    group.agree()
+    params, macs = _counts(group.info)
+    rows = [v.row(macs, *peaks) for v in variants]
+    model = {
+        "name": group.info.get("name"),
+        "num_classes": group.info.get("num_classes"),
+        "params": params,
+        "macs_per_image": macs,
+        "source": group.info.get("source"),
+    }
+    n_images = 0 if group.images is None else len(group.images)
+    report = build_report(rows, model, int(group.info["img_size"][0]), peaks, config, data, n_images, command)
     config.checks.apply(report)
     return report
+
+
+@dataclass
+class Group:
+    """One model's variants in a profile (a comparison has one per model): what the model is (``info``: name,
+    classes, input size, source), its export manifest, and the data images its accuracy was measured on."""
+
+    variants: list[var.Variant]
+    info: dict[str, Any]
+    manifest: dict[str, Any] | None
+    images: Any = None
+
+    def agree(self) -> None:
+        """Top-1 agreement of each variant with this model's own fp32 torch artifact. Parity agreement from an
+        export of random weights (no source checkpoint) says nothing: the logits of an untrained model are
+        nearly tied, so it is left out rather than shown."""
+        use_manifest = self.manifest is None or bool(self.manifest.get("source_checkpoint"))
+        var.agreements(self.variants, self.images is not None, use_manifest=use_manifest)
 
 
 @contextlib.contextmanager
@@ -147,44 +178,47 @@ def _threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _measure(
-    variants: list[var.Variant],
-    info: dict[str, Any],
-    manifest: dict[str, Any] | None,
-    data: Path | None,
-    config: ProfileConfig,
-    progress: bool,
-) -> tuple[tuple[dict[str, Any], dict[str, Any] | None], Any]:
-    """Peak rates, loads, interleaved timing, accuracy and memory; returns the peaks and the data images."""
-    threads, hw = config.resolved_threads(), info["img_size"]
+def measure_groups(
+    groups: Sequence[Group], data: Path | None, config: ProfileConfig, progress: bool = True
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Peak rates, loads, timing interleaved across *every* group's variants (so drift hits all models alike),
+    accuracy per group (its own preprocessing, ``group.images``) and memory; returns the peak rates.
+    Variant names must be unique across the groups (they key the timing)."""
+    threads = config.resolved_threads()
     batch_sizes = sorted({int(b) for b in config.batch_sizes})
+    variants = [v for g in groups for v in g.variants]
+    for g in groups:
+        for v in g.variants:
+            v.hw = tuple(int(s) for s in g.info["img_size"])
     runnable = [v for v in variants if v.status == "ok"]
     total = 1 + len(runnable) * (1 + int(data is not None) + int(config.memory)) + len(batch_sizes) * config.rounds
-    images = None
     try:
         with Progress(total, "profile", enabled=progress, prefix="profile") as bar:
             peaks = _peaks(runnable, threads, bar)
             for v in runnable:
                 bar.step(f"{v.name}: loading", 0)
-                var.load(v, hw, batch_sizes, threads)
+                var.load(v, v.hw, batch_sizes, threads)
                 bar.step(f"{v.name}: loaded" if v.status == "ok" else f"{v.name}: {v.status}")
             for b in batch_sizes:
-                _time_batch([v for v in runnable if v.status == "ok"], b, hw, config, bar)
+                _time_batch([v for v in runnable if v.status == "ok"], b, config, bar)
             for v in runnable:
                 if v.status == "ok" and not v.latency:
                     v.fail("failed", "; ".join(v.notes) or "no batch size could be timed")
                     v.notes = []
             if data is not None:  # loaded only now: the images would sit in memory during the timing
-                images = _accuracy(runnable, info, manifest, data, config.max_images, bar)
+                ran = {id(v) for v in runnable}
+                for g in groups:
+                    mine = [v for v in g.variants if id(v) in ran]
+                    g.images = _accuracy(mine, g.info, g.manifest, data, config.max_images, bar)
             for v in runnable:  # free the loaded runtimes before the memory probes
                 v.predictor = None
             gc.collect()
             if config.memory:
-                measure_all(runnable, hw, batch_sizes, threads, bar)
+                measure_all(runnable, runnable[0].hw if runnable else (224, 224), batch_sizes, threads, bar)
     finally:
         for v in variants:
             v.predictor = None
-    return peaks, images
+    return peaks
 
 
 def _peaks(runnable: Sequence[var.Variant], threads: int, bar: Progress) -> tuple[dict[str, Any], Any]:
@@ -200,16 +234,13 @@ def _peaks(runnable: Sequence[var.Variant], threads: int, bar: Progress) -> tupl
     return peak, peak_cuda
 
 
-def _time_batch(
-    variants: Sequence[var.Variant], batch: int, hw: tuple[int, int], config: ProfileConfig, bar: Progress
-) -> None:
-    x = var.inputs(batch, hw)
+def _time_batch(variants: Sequence[var.Variant], batch: int, config: ProfileConfig, bar: Progress) -> None:
     todo = [v for v in variants if v.accepts(batch)]
     for v in variants:
         if not v.accepts(batch):
             lo, hi = v.batch_range or (0, 0)
             v.notes.append(f"batch {batch} not timed: the artifact accepts {lo}..{hi}")
-    steps = {v.name: make_timer(v.predictor, x, v.device) for v in todo}
+    steps = {v.name: make_timer(v.predictor, var.inputs(batch, v.hw), v.device) for v in todo}
 
     def on_round(r: int, rounds: int) -> None:
         bar.step(f"batch {batch}: round {r + 1}/{rounds} of {len(steps)} variants")
@@ -258,14 +289,13 @@ def _meta_model(info: dict[str, Any]) -> Any:
     """The model on the meta device (no memory): for its parameter and MAC counts and eval transform."""
     if not info.get("name"):
         return None
-    import timm
     import torch
 
-    import t2tvit  # noqa: F401 - registers the variants with timm
+    from t2tvit import build_model
 
     try:
         with torch.device("meta"):
-            return timm.create_model(info["name"], num_classes=info["num_classes"], img_size=info["img_size"])
+            return build_model(info["name"], num_classes=info["num_classes"], img_size=info["img_size"])
     except Exception:  # noqa: BLE001 - an unknown name only costs the MAC count
         return None
 
@@ -274,25 +304,30 @@ def _counts(info: dict[str, Any]) -> tuple[int | None, int | None]:
     model = _meta_model(info)
     if model is None:
         return None, None
-    from t2tvit.summary import summarize
+    from t2tvit.models import is_t2t_vit
+    from t2tvit.summary import count_macs, summarize
 
     try:
-        s = summarize(model, info["name"])
+        if is_t2t_vit(model):
+            s = summarize(model, info["name"])
+            return s.params, s.macs
+        # a baseline (CNN, DeiT): the same MAC counter, at the input size the profile times
+        return sum(p.numel() for p in model.parameters()), count_macs(model, (3, *info["img_size"]))
     except Exception:  # noqa: BLE001 - without a MAC count the rows just have no MAC rate
         return None, None
-    return s.params, s.macs
 
 
-def _report(
-    variants: Sequence[var.Variant],
-    info: dict[str, Any],
+def build_report(
+    rows: list[Row],
+    model: dict[str, Any],
+    img_size: int | list[int],
     peaks: tuple[dict[str, Any], dict[str, Any] | None],
     config: ProfileConfig,
     data: Path | None,
-    images: Any,
+    n_images: int,
     command: str | None,
 ) -> Report:
-    params, macs = _counts(info)
+    """The report of measured ``rows``: machine, versions, the settings of ``config``, ``model`` and the peaks."""
     peak, peak_cuda = peaks
     threads = config.resolved_threads()
     return Report(
@@ -306,24 +341,18 @@ def _report(
             "duration_s": float(config.duration),
             "min_runs": int(config.min_runs),
             "warmup": int(config.warmup),
-            "img_size": int(info["img_size"][0]),
+            "img_size": img_size,
             "data": str(data) if data is not None else None,
-            "images": 0 if images is None else int(len(images)),
+            "images": int(n_images),
             "rounds": int(config.rounds),
             "device": config.device,
             "ci_level": CI_LEVEL,
             "timing": "interleaved round-robin, order rotated per round; random fixed-seed inputs",
         },
-        model={
-            "name": info.get("name"),
-            "num_classes": info.get("num_classes"),
-            "params": params,
-            "macs_per_image": macs,
-            "source": info.get("source"),
-        },
+        model=model,
         peak=peak,
         peak_cuda=peak_cuda,
-        rows=[v.row(macs, peak, peak_cuda) for v in variants],
+        rows=rows,
     )
 
 

@@ -6,7 +6,10 @@ the JSON document (plain types only). A row's ``latency`` maps a batch size (as 
 key) to :func:`deploy.profiler.stats.latency_stats`'s summary.
 
 Schema 2 (this one) replaced schema 1's project targets with the user's own ``checks``: the
-report says whether the limits *they* asked for hold, and marks the rows that miss them.
+report says whether the limits *they* asked for hold, and marks the rows that miss them. A comparison
+of several models (:func:`deploy.profiler.compare.profile_folders`) is a schema-2 report whose rows also
+carry ``model``, ``params`` and ``macs`` and whose ``model`` holds ``models``, one entry per model; these
+fields are optional, so a single-model report and an older reader are unaffected.
 """
 
 from __future__ import annotations
@@ -42,6 +45,13 @@ class Row:
     top5: float | None = None  # percent
     agreement: float | None = None  # share of top-1 decisions equal to the fp32 torch artifact's (0..1)
     checks: list[str] = field(default_factory=list)  # the user's checks this row misses, one sentence each
+    # a comparison of several models (deploy.profiler.compare): the row's model and that model's own counts
+    model: str | None = None
+    params: int | None = None
+    macs: int | None = None  # per image, at the model's input size
+
+
+_COMPARISON_FIELDS = ("model", "params", "macs")
 
 
 @dataclass
@@ -64,11 +74,16 @@ class Report:
         return next(r for r in self.rows if r.name == name)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` left out when absent."""
+        """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` and a row's comparison fields
+        (``model``, ``params``, ``macs``) left out when absent."""
         out = asdict(self)
         for key in ("peak_cuda", "checks"):
             if out[key] is None:
                 del out[key]
+        for row in out["rows"]:  # a single model's rows: the comparison's fields stay out, as before them
+            for key in _COMPARISON_FIELDS:
+                if row[key] is None:
+                    del row[key]
         return out
 
     @classmethod

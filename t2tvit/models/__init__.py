@@ -15,7 +15,15 @@ from .layers import (
 )
 from .t2t_vit import DistilledT2TViT, T2TModule, T2TViT, to_2tuple_size
 from .variants import DISTILLED_SUFFIX, VARIANTS, Variant, list_variants
-from .weights import LoadReport, create_model, filter_state_dict, guess_variant, is_t2t_vit, load_checkpoint
+from .weights import (
+    LoadReport,
+    build_model,
+    create_model,
+    filter_state_dict,
+    guess_variant,
+    is_t2t_vit,
+    load_checkpoint,
+)
 
 __all__ = [
     "DISTILLED_SUFFIX",
@@ -35,6 +43,7 @@ __all__ = [
     "TokenTransformer",
     "Transition",
     "Variant",
+    "build_model",
     "create_model",
     "filter_state_dict",
     "guess_variant",

@@ -30,6 +30,7 @@ from .variants import DISTILLED_SUFFIX, VARIANTS, list_variants
 
 __all__ = [
     "LoadReport",
+    "build_model",
     "create_model",
     "filter_state_dict",
     "guess_variant",
@@ -217,4 +218,38 @@ def create_model(
         model = timm.create_model(name, **kwargs)
     reset = num_classes is not None
     model.load_report = _apply_state_dict(model, sd, str(checkpoint), source, ck_model, strict, reset, assign=strict)
+    return model
+
+
+def build_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """A registered T2T-ViT (:func:`create_model`), or any other timm model with random weights: the CNN and
+    DeiT baselines the lite T2T-ViTs are compared with (latency does not depend on the weights).
+
+    A model whose constructor takes no ``img_size`` (a CNN: any input size works) is built without it and
+    gets an ``img_size`` attribute, so the exporter records the input size it was built for.
+    """
+    import timm
+
+    if name in list_variants():
+        return create_model(name, checkpoint, num_classes, img_size, **kwargs)
+    if not timm.is_model(name):
+        return create_model(name)  # the unknown-model error, with its suggestions
+    if checkpoint is not None:
+        raise ConfigError(f"{name} is not a T2T-ViT: only T2T-ViT checkpoints load here; drop the checkpoint")
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) if img_size else None
+    try:
+        model = timm.create_model(name, **kwargs, **({"img_size": size} if size else {}))
+    except TypeError:  # a CNN's constructor has no img_size
+        model = timm.create_model(name, **kwargs)
+    own = getattr(model, "img_size", None)
+    own = (own, own) if isinstance(own, int) else own
+    model.img_size = tuple(int(s) for s in (own or size or model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]))
     return model
