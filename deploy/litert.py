@@ -187,7 +187,7 @@ class LiteRTPredictor(Predictor):
     @property
     def runtime_notes(self) -> list[str]:
         n = int(self._in["shape"][0])
-        return [f"LiteRT program fixed at batch {n}: a batch runs {n} image(s) per call"]
+        return [f"LiteRT program fixed at batch {n}: a larger batch runs as several calls of {n}"]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         shape = tuple(int(s) for s in self._in["shape"])
