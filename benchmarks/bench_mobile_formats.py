@@ -6,9 +6,9 @@
 * **Size and latency** (T2T-ViT-7, 224 px, seeded random weights: neither depends on the weights): the
   ``mobile`` rows with ``torch`` and ``onnx`` beside them, exported by :func:`deploy.export_checkpoint` and
   profiled in one process, interleaved (``deploy.profiler``), batch 1. Size is a multiple of the fp32 eager
-  file. Core ML runs only on macOS/iOS: its rows have a size, no latency. The LiteRT rows need the ``litert``
-  extra (skipped rows without it); beside them, the full-integer int8 recipe (:func:`static_tflite_row`) that
-  ``tflite-int8``'s dynamic range was chosen over.
+  file. Core ML runs only on macOS/iOS: its rows have a size, no latency. The LiteRT rows need litert-torch
+  (``requirements-litert.txt``; skipped rows without it); beside them, the full-integer int8 recipe
+  (:func:`static_tflite_row`) that ``tflite-int8``'s dynamic range was chosen over.
 * **Accuracy** (a T2T-ViT-7 trained on the bundled digits at 32 px, ``--steps`` AdamW steps): the same rows
   built from it; top-1 agreement with the fp32 model on the digits' val images held out from calibration
   (the export's parity set). Core ML: built and checked structurally, not run.
@@ -29,7 +29,7 @@ import numpy as np
 __all__ = ["main"]
 
 TOOLS = ("torch", "onnxruntime", "ncnn", "pnnx", "coremltools", "litert-torch-nightly", "ai-edge-litert-nightly")
-FORMATS = "torch,onnx,mobile,tflite,tflite-fp16,tflite-int8"  # tflite rows: skipped without the litert extra
+FORMATS = "torch,onnx,mobile,tflite,tflite-fp16,tflite-int8"  # tflite rows: skipped without litert-torch
 
 
 def static_tflite_row() -> Any:
@@ -48,7 +48,7 @@ def static_tflite_row() -> Any:
 def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> dict[str, Any] | None:
     """Build :func:`static_tflite_row` of the model exported into ``folder``, calibrated on the images the export
     calibrated on (the ``calib`` digits after its ``parity`` images), and measure its top-1 agreement on the
-    export's parity images. None without the litert extra."""
+    export's parity images. None without litert-torch (requirements-litert.txt)."""
     import torch
 
     from compress.quantize import load_images

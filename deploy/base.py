@@ -322,7 +322,7 @@ _OV: dict[str, Any] = {
     "runtime_imports": ("openvino",),
     "companions": (".bin",),
 }
-_LITERT_HINT = 'pip install "t2tvit-edge[litert]"'
+_LITERT_HINT = "pip install --no-deps -r requirements-litert.txt (from the repository, after the README's install)"
 _LITERT: dict[str, Any] = {
     "requires": ("litert_torch", "ai_edge_quantizer", "ai_edge_litert"),
     "install_hint": _LITERT_HINT,

@@ -5,12 +5,13 @@ toolkit converts with litert-torch, Google's PyTorch-to-LiteRT converter (``torc
 StableHLO -> the LiteRT converter's passes; no TensorFlow), and checks every file by loading it back
 in the LiteRT interpreter (``ai_edge_litert``), which runs here on x86 with XNNPACK.
 
-* Why this converter: it is the one Google maintains for PyTorch models and needs no TensorFlow.
-  Its releases up to 0.10 pin ``torch<2.15``; the nightly ``litert-torch-nightly==0.11.0.dev20261026``
-  lifts the pin, so the project keeps torch 2.15 and the ``litert`` extra pins that nightly with its own
-  nightly interpreter and quantizer (they install the same ``ai_edge_litert`` module as the
-  ``ai-edge-litert`` release, so the two must not be installed together). The ONNX route (onnx2tf)
-  needs TensorFlow itself.
+* Why this converter: it is the one Google maintains for PyTorch models and needs no TensorFlow (the
+  ONNX route, onnx2tf, needs TensorFlow itself). Its releases up to 0.10 pin ``torch<2.15``; the nightly
+  ``litert-torch-nightly==0.11.0.dev20261026`` lifts that pin, but its converter's ``xdsl`` declares
+  ``typing-extensions<4.13`` against torch 2.15's ``>=4.13``, so pip cannot resolve it beside the project:
+  ``requirements-litert.txt`` pins the tested set, installed with ``--no-deps`` (it runs with
+  typing-extensions 4.16). Its nightly interpreter installs the same ``ai_edge_litert`` module as the
+  ``ai-edge-litert`` release, so the two must not be installed together.
 * The conversion runs in a child process (:mod:`deploy.child`): litert-torch starts JAX and writes its
   own progress logs. It converts :func:`deploy.capture.for_converters`, the model with its soft splits as
   one-hot convolutions (litert-torch lowers ``Tensor.unfold`` to a 6-D pad that LiteRT rejects: "'tfl.pad'
