@@ -1,6 +1,6 @@
 """The model as the mobile converters (pnnx for ncnn, coremltools for Core ML, litert-torch for LiteRT) can take it.
 
-Neither converter accepts every operator the T2T-ViT forward uses; :func:`for_converters` returns a
+None of the three converters accepts every operator the T2T-ViT forward uses; :func:`for_converters` returns a
 copy of the model whose modules compute the same function with operators they do accept. The model
 itself is not changed. What each rewrite replaces, and why (found by converting T2T-ViT-7):
 
@@ -22,7 +22,7 @@ itself is not changed. What each rewrite replaces, and why (found by converting 
   (``k @ w.t()`` and ``q @ w.t()``), which pnnx leaves as an unconverted ``F.linear`` on a shared
   weight. Rewritten with two bias-free ``nn.Linear`` copies of ``w``; ``log m`` (a ``logsumexp`` of
   ``m`` zeros in the model, for TorchScript's sake) is the constant it equals. The ``logsumexp``, the
-  ``exp`` and the softmax with the epsilon's null feature are kept as they are: both converters take them.
+  ``exp`` and the softmax with the epsilon's null feature are kept as they are: all three converters take them.
 
 Equality is checked, not assumed: :func:`capture_error` is the largest |Δlogit| between the model and
 its rewrite on real images, recorded in every mobile artifact's manifest entry and held to
