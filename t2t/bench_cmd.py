@@ -199,13 +199,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
     if comparing:
+        from deploy.compare_report import write_comparison as write_report
+
         report = compare_cmd.run(args, config, command)
         out = Path(args.out) if args.out else (Path(args.work) / "bench" if args.models else Path("bench"))
     else:
         report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
         out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
-    if comparing:
-        from deploy.compare_report import write_comparison as write_report
     written = write_report(report, out)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
