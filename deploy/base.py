@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from t2tvit.errors import ConfigError
+from t2tvit.errors import CheckpointError, ConfigError
 
 __all__ = [
     "FORMATS",
@@ -50,6 +50,7 @@ __all__ = [
     "Predictor",
     "first_line",
     "get_format",
+    "require_artifact",
     "resolve_formats",
     "sha256_file",
     "tool_versions",
@@ -72,6 +73,18 @@ def first_line(e: BaseException) -> str:
     in a manifest entry or a report row without a traceback."""
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def require_artifact(path: str | Path, weights: str | None = None) -> Path:
+    """``path`` as a Path, after checking that the artifact is there, and with ``weights`` (a companion suffix
+    such as ``.bin``) its weights file beside it; a CheckpointError in one sentence when one is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    if weights is not None and not path.with_suffix(weights).is_file():
+        name = path.with_suffix(weights).name
+        raise CheckpointError(f"{path.name} needs its weights file {name} beside it, which is missing")
+    return path
 
 
 def sha256_file(path: Path) -> str:

@@ -38,7 +38,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format, Predictor
+from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["LiteRTPredictor", "describe", "export", "load"]
 
@@ -223,11 +223,9 @@ def _from(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
 
 def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = None) -> LiteRTPredictor:
     """The LiteRT interpreter of ``path`` on the CPU; ``threads`` sets its thread count (XNNPACK's too)."""
-    path = Path(path)
     if device != "cpu":
         raise ConfigError(f"LiteRT files run on the CPU here (GPU delegates are for phones), not {device!r}")
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    path = require_artifact(path)
     return LiteRTPredictor(_interpreter(path, threads), fmt, path)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format, Predictor
+from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["NcnnPredictor", "describe", "export", "load"]
 
@@ -190,12 +190,8 @@ def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = Non
 
     if device != "cpu":
         raise ConfigError(f"ncnn artifacts run on the CPU here, not on {device!r}")
-    path = Path(path)
+    path = require_artifact(path, weights=".bin")
     weights = path.with_suffix(".bin")
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
-    if not weights.is_file():
-        raise CheckpointError(f"{path.name} needs its weights file {weights.name} beside it, which is missing")
     if not _is_param(path):
         raise CheckpointError(f"{path} is not an ncnn .param file (its first line is not {_MAGIC})")
     net = ncnn.Net()

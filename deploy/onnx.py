@@ -26,7 +26,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format, Predictor
+from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "load", "opset_of"]
 
@@ -140,9 +140,7 @@ def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = Non
     one per physical core)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    path = require_artifact(path)
     if device == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ConfigError("device='cuda' needs onnxruntime-gpu (CUDAExecutionProvider is not available)")

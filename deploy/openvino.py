@@ -39,7 +39,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format, Predictor
+from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = [
     "INFERENCE_PRECISIONS",
@@ -313,12 +313,7 @@ def load(
     ``INFERENCE_NUM_THREADS`` (default: the plugin's own choice)."""
     if device != "cpu":
         raise ConfigError(f"OpenVINO artifacts run on the CPU here, not on {device!r}")
-    path = Path(path)
-    weights = path.with_suffix(".bin")
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
-    if not weights.is_file():
-        raise CheckpointError(f"{path.name} needs its weights file {weights.name} beside it, which is missing")
+    path = require_artifact(path, weights=".bin")
     recorded = (_rt_info(path) or {}).get("inference_precision")
     wanted = inference_precision or fmt.options.get("inference_precision") or recorded or "f32"
     core = _core()

@@ -24,7 +24,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format, Predictor
+from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["TorchPredictor", "describe", "export", "load", "model_spec"]
 
@@ -78,9 +78,7 @@ def _device(fmt: Format, device: str) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    path = require_artifact(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means a bad or unsafe file

@@ -22,7 +22,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
-from .base import ExportContext, Format
+from .base import ExportContext, Format, require_artifact
 from .torch_eager import TorchPredictor, _device, _is_torchscript, model_spec
 
 __all__ = ["EXTRA_FILE", "capture", "describe", "export", "load", "read_extra"]
@@ -61,9 +61,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
 
 def read_extra(path: Path) -> dict[str, Any]:
     """The ``t2t.json`` metadata inside a TorchScript or .ptl archive (``{}`` if it has none)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"artifact {path} does not exist; run `t2t export` first")
+    path = require_artifact(path)
     try:
         with zipfile.ZipFile(path) as z:
             name = next((n for n in z.namelist() if n.endswith(f"extra/{EXTRA_FILE}")), None)

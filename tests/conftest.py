@@ -3,7 +3,8 @@
 Training is the slow part of the deploy, predict, toy-format and README tests, so one model per
 image size is trained once per session (a few seconds at 32 px: val accuracy ~0.9, where a
 random-weight model's top-1 would mean nothing) and saved as a trainer-style checkpoint with
-class names; :func:`digits_export` is its export to torch, onnx and ptl-int8 by ``t2t export``.
+class names; :func:`digits_export` is its export to torch, onnx and ptl-int8 by ``t2t export``, and
+:func:`export_digits` exports it to any formats from Python (the runtime test files' fixtures).
 """
 
 from __future__ import annotations
@@ -102,6 +103,27 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int
         return cache[img_size]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def export_digits(
+    digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, Any]]:
+    """``export_digits(formats, img_size=32, **settings)``: the digits checkpoint of that size exported to
+    ``formats`` by :func:`deploy.export.export_checkpoint` into a fresh folder (96 parity images, no progress
+    bar, ``settings`` passed on); returns ``{"model", "acc", "checkpoint", "out", "entries"}``, ``entries``
+    the manifest's artifact entries by format."""
+    from deploy.export import export_checkpoint
+
+    def export(formats: str, img_size: int = 32, **settings: Any) -> dict[str, Any]:
+        trained = digits_checkpoint(img_size)
+        out = tmp_path_factory.mktemp("export") / "export"
+        exp = export_checkpoint(
+            trained["checkpoint"], formats=formats, out=out, **{"parity_images": 96, "progress": False, **settings}
+        )
+        return {**trained, "out": out, "entries": {a["format"]: a for a in exp.manifest["artifacts"]}}
+
+    return export
 
 
 @pytest.fixture(scope="session")

@@ -64,18 +64,8 @@ def test_without_litert_torch_the_rows_are_skipped_with_the_install_line(
 
 
 @pytest.fixture(scope="module")
-def tfl_export(digits_checkpoint, tmp_path_factory) -> dict:
-    trained = digits_checkpoint(IMG)
-    out = tmp_path_factory.mktemp("tflite") / "export"
-    exp = export_checkpoint(
-        trained["checkpoint"],
-        formats="torch,tflite,tflite-fp16,tflite-int8",
-        out=out,
-        parity_images=96,
-        calib_size=32,
-        progress=False,
-    )
-    return {**trained, "out": out, "entries": {a["format"]: a for a in exp.manifest["artifacts"]}}
+def tfl_export(export_digits) -> dict:
+    return export_digits("torch,tflite,tflite-fp16,tflite-int8", IMG, calib_size=32)
 
 
 @needs_litert

@@ -19,7 +19,7 @@ from conftest import val_images
 import deploy
 from deploy.base import FORMATS, ExportContext
 from deploy.capture import CAPTURE_TOLERANCE, OneHotSoftSplit, capture_error, for_converters
-from deploy.export import export_all, export_checkpoint, reference_logits, verify_artifacts
+from deploy.export import export_all, reference_logits, verify_artifacts
 from deploy.profiler import ProfileConfig, profile_folder
 from t2t.cli import main
 from t2tvit.errors import CheckpointError, ConfigError
@@ -37,21 +37,10 @@ ON_MAC = platform.system() == "Darwin"
 
 
 @pytest.fixture(scope="module")
-def mobile(digits_checkpoint, tmp_path_factory) -> dict:
+def mobile(export_digits) -> dict:
     if any(_MISSING.values()):
         pytest.skip(f"the mobile extra is not installed: {next(filter(None, _MISSING.values()))}")
-    trained = digits_checkpoint(IMG)
-    out = tmp_path_factory.mktemp("mobile") / "export"
-    exp = export_checkpoint(
-        trained["checkpoint"],
-        formats="torch,mobile",
-        out=out,
-        batch=(1, 1, 8),
-        parity_images=96,
-        calib_size=32,
-        progress=False,
-    )
-    return {**trained, "out": out, "entries": {a["format"]: a for a in exp.manifest["artifacts"]}}
+    return export_digits("torch,mobile", IMG, batch=(1, 1, 8), calib_size=32)
 
 
 def test_the_converter_rewrite_is_the_same_function() -> None:

@@ -29,19 +29,8 @@ LACKING = [p for p in INFERENCE_PRECISIONS if p not in NATIVE]
 
 
 @pytest.fixture(scope="module")
-def ov_export(digits_checkpoint, tmp_path_factory) -> dict:
-    trained = digits_checkpoint(IMG)
-    out = tmp_path_factory.mktemp("ov") / "export"
-    exp = export_checkpoint(
-        trained["checkpoint"],
-        formats="torch,openvino,openvino-fp16,openvino-int8",
-        out=out,
-        batch=(1, 1, 8),
-        parity_images=96,
-        calib_size=64,
-        progress=False,
-    )
-    return {**trained, "out": out, "entries": {a["format"]: a for a in exp.manifest["artifacts"]}}
+def ov_export(export_digits) -> dict:
+    return export_digits("torch,openvino,openvino-fp16,openvino-int8", IMG, batch=(1, 1, 8), calib_size=64)
 
 
 def test_openvino_rows_build_pass_parity_and_record_their_settings(ov_export) -> None:
