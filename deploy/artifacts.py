@@ -23,7 +23,15 @@ from t2tvit.errors import ConfigError
 
 from .base import FORMATS, Format, get_format
 
-__all__ = ["CHECKPOINT_SUFFIXES", "DEFAULT_FORMATS", "Artifact", "identify", "resolve"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "DEFAULT_FORMATS",
+    "Artifact",
+    "check_integrity",
+    "identify",
+    "integrity_problem",
+    "resolve",
+]
 
 # An export folder without a format: the first of these the manifest lists as built ok (the fp32
 # reference first, then the runtimes a CPU always has), else its first ok artifact.
@@ -47,6 +55,37 @@ class Artifact:
     reason: str | None = None  # and why, when it is not ok
     num_classes: int | None = None
     note: str | None = None  # how the format was guessed, when it was
+    sha256: str | None = None  # what the manifest recorded at export (None: nothing to check against)
+    verified: bool | None = None  # whether the file was checked against it (None: nothing to check)
+
+
+def integrity_problem(path: str | Path, fmt: Format, sha256: str | None) -> str | None:
+    """Why the artifact at ``path`` is not the one its manifest recorded (``sha256``, over the file, its
+    companions or a bundle's files, as :meth:`Format.digest` computes it), or None when it is."""
+    path = Path(path)
+    if not sha256:
+        return None
+    if not fmt.exists(path):
+        return f"{path.name} is missing"
+    if fmt.digest(path) == sha256:
+        return None
+    gone = [f.name for f in fmt.files(path)[1:] if not f.is_file()] if not fmt.bundle else []
+    if gone:
+        return f"its companion file {', '.join(gone)} is missing (or the files changed after export)"
+    return "its sha256 differs from the manifest's: the file changed after export (edited, truncated or replaced)"
+
+
+def check_integrity(art: Artifact) -> None:
+    """Refuse, in one sentence, an artifact that no longer matches its manifest; marks ``art.verified``."""
+    if art.fmt is None or not art.sha256:
+        return
+    problem = integrity_problem(art.path, art.fmt, art.sha256)
+    if problem is not None:
+        raise ConfigError(
+            f"{art.path} is not the {art.fmt.name} artifact its manifest recorded ({problem}); export it again, "
+            "or pass --no-verify (verify=False) if you changed it on purpose"
+        )
+    art.verified = True
 
 
 def _size(value: Any) -> tuple[int, int] | None:
@@ -205,6 +244,7 @@ def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]
         status=entry.get("status"),
         reason=entry.get("reason"),
         num_classes=m.get("num_classes"),
+        sha256=entry.get("sha256"),
     )
 
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -56,12 +59,45 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
             },
             job,
         )
-        run = subprocess.run([sys.executable, "-m", module, str(job), str(path)], capture_output=True, text=True)
+        argv = [sys.executable, "-m", module, str(job), str(path)]
+        run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_die_with(os.getpid()))
         if run.returncode != 0:
             lines = [ln for ln in (run.stderr or run.stdout).strip().splitlines() if ln.strip()]
             message = lines[-1] if lines else f"the converter process exited with status {run.returncode}"
             raise (ConfigError if run.returncode == 2 else RuntimeError)(message)
         return json.loads((Path(tmp) / "extra.json").read_text())
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the converter die with the process that started it (Linux: the kernel sends
+    SIGKILL when the parent goes, ``prctl(PR_SET_PDEATHSIG)``); elsewhere the child's own watchdog does it."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with_errno = ctypes.CDLL(None, use_errno=True)
+        with_errno.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+def _watch_parent(parent: int, interval: float = 1.0) -> None:
+    """In the child: exit when the parent is gone (where PR_SET_PDEATHSIG does not exist)."""
+
+    def watch() -> None:
+        import time
+
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="t2t-parent-watchdog", daemon=True).start()
 
 
 Writer = Callable[[Any, Path, Format, ExportContext], dict[str, Any]]
@@ -74,6 +110,8 @@ def run_child(write: Writer, argv: list[str] | None = None) -> int:
     import t2tvit
 
     job_path, out = argv if argv is not None else sys.argv[1:3]
+    if argv is None and not sys.platform.startswith("linux"):
+        _watch_parent(os.getppid())
     job = torch.load(job_path, map_location="cpu", weights_only=True)
     spec = job["spec"]
     model = t2tvit.build_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))

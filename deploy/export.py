@@ -20,18 +20,28 @@ Parity thresholds (:data:`PARITY`), per precision, and why:
 
 A format row may override them with ``options={"parity_max_abs": ..., "parity_min_agreement": ...}``.
 
-The output folder is built next to the target and swapped in at the end: an old export is
-replaced as a whole (never mixed into the new manifest) and survives a crashed run.
+Writing into an existing export folder merges: the requested formats' entries (and files) replace
+theirs, every other format, its manifest entry and any other file (``bench/`` reports, the user's
+own) are kept. The new folder is assembled next to the target (new artifacts written there, the kept
+files hard-linked in) and exchanged with the old one in one atomic rename, so a run killed at any
+moment leaves the previous export as it was. A lock file beside the folder refuses a second
+concurrent export into it; a dead process's lock is taken over, and its leftovers (staging folders,
+scratch folders in the system temp folder) are removed by the next export.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +52,9 @@ import numpy as np
 from t2tvit.errors import ConfigError
 from t2tvit.progress import Progress
 
+from .artifacts import integrity_problem
 from .base import (
+    FORMATS,
     ExportContext,
     Format,
     Predictor,
@@ -58,12 +70,15 @@ __all__ = [
     "MANIFEST",
     "Export",
     "PARITY",
+    "Verification",
     "PARITY_RANDOM_WEIGHTS",
     "PREPROCESSING_KEYS",
     "ParityThreshold",
     "check_parity",
+    "clean_leftovers",
     "export_all",
     "export_checkpoint",
+    "export_lock",
     "manifest_preprocessing",
     "prepare_out_dir",
     "read_manifest",
@@ -72,6 +87,8 @@ __all__ = [
     "tool_versions",
     "verify_artifacts",
     "verify_export",
+    "verify_folder",
+    "weights_digest",
 ]
 
 DEFAULT_MODEL = "t2t_vit_7"  # exported when neither a checkpoint nor a model name says which
@@ -178,14 +195,225 @@ def check_parity(
 
 
 def prepare_out_dir(out_dir: Path) -> None:
-    """Refuse an output folder that is not an earlier export (it would be replaced as a whole)."""
+    """Refuse, before any work, an output folder that is not an earlier export (it would be mixed with
+    foreign files), a path under a file, or a folder this user cannot write."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} is a file; pass a folder to --out")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise ConfigError(
             f"output folder {out_dir} is not empty and has no {MANIFEST}, so it is not an export folder "
-            "and will not be replaced; pass another --out or empty it"
+            "and will not be written into; pass another --out or empty it"
+        )
+    existing = out_dir.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create {out_dir}: {existing} is a file; pass another --out")
+    if out_dir.is_dir() and not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"export folder {out_dir} is not writable by this user; pass another --out or fix its permissions"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {out_dir}: {existing} is not writable by this user; pass another --out")
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 of the model's state dict (names, dtypes, shapes and bytes): which weights an export holds, so a
+    merge never mixes the artifacts of two models in one manifest."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _process_start() -> float:
+    """When this process started (seconds since the epoch): leftovers older than it are not this run's."""
+    try:
+        import psutil
+
+        return float(psutil.Process().create_time())
+    except Exception:  # noqa: BLE001 - no psutil: now is a safe bound for everything this run creates later
+        return time.time()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+SCRATCH_PREFIX = "t2t-export-scratch-"
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Remove what killed exports left: ``.OUT.partial-*`` / ``.OUT.old-*`` folders beside ``out_dir`` and the
+    ``t2t-export-scratch-*`` folders in the system temp folder, older than this process and (when their name
+    records it) of a process that is gone. Call it holding the folder's lock. Returns what was removed."""
+    start = _process_start()
+    removed: list[Path] = []
+    candidates: list[Path] = []
+    if out_dir.parent.is_dir():
+        for kind in ("partial", "old", "next"):
+            candidates += out_dir.parent.glob(f".{out_dir.name}.{kind}-*")
+    for p in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = p.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            continue
+        candidates.append(p)
+    for p in candidates:
+        try:
+            if not p.is_dir() or p.stat().st_mtime >= start:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def export_lock(out_dir: Path) -> Iterator[Path]:
+    """Hold ``.OUT.lock`` beside ``out_dir`` for one export (``fcntl.flock``: the kernel releases the lock of a
+    process that dies, so a killed export's lock is taken over). A second export into the same folder is refused
+    in one sentence."""
+    lock = out_dir.parent / f".{out_dir.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the atomic exchange still keeps the folder whole
+        yield lock
+        return
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise ConfigError(
+                f"another export into {out_dir} is running (process {holder}); wait for it to finish or pass "
+                "another --out"
+            ) from None
+        try:  # the file may have been removed by the holder that just finished: lock the one at the path
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def _umask() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
+    """Hard-link every file under ``src`` into ``dst`` (copies where links fail), except the top-level names
+    in ``skip`` and names ``dst`` already has (the new artifacts win)."""
+    for item in src.iterdir():
+        if item.name in skip:
+            continue
+        target = dst / item.name
+        if target.exists() or target.is_symlink():
+            continue
+        if item.is_symlink():
+            os.symlink(os.readlink(item), target)
+        elif item.is_dir():
+            target.mkdir()
+            shutil.copystat(item, target)
+            _link_tree(item, target, set())
+        else:
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+
+
+def _entry_files(entry: dict[str, Any]) -> set[str]:
+    """The top-level names an entry's artifact occupies in its folder (the file, its companions)."""
+    if not entry.get("file"):
+        return set()
+    fmt = FORMATS.get(entry.get("format")) if isinstance(entry.get("format"), str) else None
+    if fmt is None:
+        return {entry["file"]}
+    return {p.name for p in fmt.files(Path(entry["file"]))}
+
+
+def _merge_entries(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+    """The manifest's artifacts after this run: the new entries replace theirs, the others are kept; a format
+    this machine skipped does not replace one built earlier (elsewhere). Returns the entries, in table order,
+    and the top-level names of the old files that are dropped."""
+    by_name = {e.get("format"): e for e in old}
+    drop: set[str] = set()
+    for e in new:
+        before = by_name.get(e["format"])
+        if before is not None and e["status"] == "skipped" and before.get("file") and before.get("status") != "skipped":
+            continue  # e.g. a TensorRT engine built on a GPU machine, re-exported here without one
+        if before is not None:
+            drop |= _entry_files(before)
+        by_name[e["format"]] = e
+    order = {n: i for i, n in enumerate(FORMATS)}
+    entries = sorted(by_name.values(), key=lambda e: order.get(e.get("format"), len(order)))
+    keep = set().union(*(_entry_files(e) for e in entries)) if entries else set()
+    return entries, drop - keep
+
+
+def _same_model(out_dir: Path, old: dict[str, Any], spec: dict[str, Any], digest: str, ck: str | None) -> None:
+    """Refuse to merge into an export of another model or other weights (its artifacts would be mislabelled)."""
+    before = old.get("model") or {}
+    recorded = old.get("weights_sha256")
+    same = before == spec and (recorded == digest if recorded else old.get("source_checkpoint") == ck)
+    if not same:
+        was = f"{before.get('model')} {before.get('img_size')}" + (
+            f" from {old.get('source_checkpoint')}" if old.get("source_checkpoint") else " (random weights)"
+        )
+        raise ConfigError(
+            f"{out_dir} holds the export of another model or other weights ({was}); its formats would be mixed "
+            "with this one's, so pass another --out or remove that folder first"
         )
 
 
@@ -204,8 +432,8 @@ def export_all(
     """Export ``model`` to every format in ``formats`` under ``out_dir``; returns the manifest.
 
     ``parity_images``: normalised float32 ``(N, 3, H, W)`` real images, held out from calibration.
-    ``meta``: extra top-level manifest fields (data folders, preprocessing, ...).
-    ``out_dir`` is replaced as a whole (see :func:`prepare_out_dir`).
+    ``meta``: extra top-level manifest fields (data folders, preprocessing, ...). An existing export
+    folder of the same weights is merged into (see the module docstring); one of other weights is refused.
     """
     from .torch_eager import model_spec
 
@@ -221,45 +449,84 @@ def export_all(
         hook = None if fmt.missing() else getattr(fmt.impl(), "check_context", None)
         if hook is not None:
             hook(ctx)
-    reference = reference_logits(model, parity_images, ctx.batch[2])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    own_scratch = ctx.scratch is None
-    if own_scratch:
-        ctx.scratch = Path(tempfile.mkdtemp(prefix="t2t-export-scratch-"))
     ck = str(source_checkpoint) if source_checkpoint else None
-    entries: list[dict[str, Any]] = []
-    try:
-        with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar:
-            for fmt in fmts:
-                bar.step(f"{fmt.name}: exporting", 0)
-                entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar))
-                bar.step(f"{fmt.name}: {entries[-1]['status']}")
-        manifest = {
-            "schema": SCHEMA,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": spec,
-            "source_checkpoint": ck,
-            "input": _input(ctx),
-            "parity": {
-                "images": len(parity_images),
-                "reference": "fp32 PyTorch eager model, eval mode",
-                "thresholds": {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in PARITY.items()}
-                | {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in (thresholds or {}).items()},
-            },
-            "tool_versions": tool_versions(),
-            **(meta or {}),
-            "artifacts": entries,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_in(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if own_scratch and ctx.scratch is not None:
-            shutil.rmtree(ctx.scratch, ignore_errors=True)
-            ctx.scratch = None
-        ctx.built.clear()  # those paths were in the staging folder
+    digest = weights_digest(model)
+    with export_lock(out_dir):
+        clean_leftovers(out_dir)
+        old = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else None
+        if old is not None:
+            _same_model(out_dir, old, spec, digest, ck)
+        reference = reference_logits(model, parity_images, ctx.batch[2])
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        own_scratch = ctx.scratch is None
+        if own_scratch:
+            ctx.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        entries: list[dict[str, Any]] = []
+        try:
+            with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar:
+                for fmt in fmts:
+                    bar.step(f"{fmt.name}: exporting", 0)
+                    entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar))
+                    bar.step(f"{fmt.name}: {entries[-1]['status']}")
+            merged, dropped = _merge_entries((old or {}).get("artifacts", []), entries)
+            manifest = {
+                "schema": SCHEMA,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "model": spec,
+                "weights_sha256": digest,
+                "source_checkpoint": ck,
+                "source_checkpoint_from_folder": _relative(source_checkpoint, out_dir),
+                "input": _input(ctx),
+                "parity": {
+                    "images": len(parity_images),
+                    "reference": "fp32 PyTorch eager model, eval mode",
+                    "thresholds": {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in PARITY.items()}
+                    | {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in (thresholds or {}).items()},
+                },
+                "tool_versions": tool_versions(),
+                **(meta or {}),
+                "artifacts": merged,
+            }
+            _commit(staging, out_dir, manifest, dropped)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if own_scratch and ctx.scratch is not None:
+                shutil.rmtree(ctx.scratch, ignore_errors=True)
+                ctx.scratch = None
+            ctx.built.clear()  # those paths were in the staging folder
     return manifest
+
+
+def _relative(path: str | Path | None, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (how a moved pipeline or export folder finds its checkpoint again)."""
+    if not path:
+        return None
+    try:
+        return os.path.relpath(Path(path).resolve(), folder)
+    except ValueError:  # another drive (Windows)
+        return None
+
+
+def _commit(staging: Path, out_dir: Path, manifest: dict[str, Any], dropped: set[str]) -> None:
+    """Make ``staging`` (this run's artifacts) the export folder: the old folder's other files hard-linked in,
+    the manifest written, then one atomic exchange; the old folder stays whole until that instant."""
+    if out_dir.exists():
+        _link_tree(out_dir, staging, dropped | {MANIFEST})
+        mode = out_dir.stat().st_mode & 0o7777
+    else:
+        mode = 0o777 & ~_umask()  # mkdtemp made it 0700; an export folder follows the umask
+    tmp = staging / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, staging / MANIFEST)
+    os.chmod(staging, mode)
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+    elif not _exchange(staging, out_dir):  # no atomic exchange here: two renames, the old one kept until done
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        os.replace(old, staging)
 
 
 def _input(ctx: ExportContext) -> dict[str, Any]:
@@ -297,6 +564,7 @@ def _one(
         "tool_versions": tool_versions(fmt.tools),
         "description": fmt.description,
         "parity": None,
+        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # an entry may outlive later runs
     }
     why = fmt.missing()
     if why:
@@ -336,16 +604,6 @@ def _one(
     if not parity["passed"]:
         entry["reason"] = f"parity check failed: {parity['problem']}"
     return entry
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # The eval preprocessing a manifest records (``t2tvit.data.eval_transform_for``'s keyword overrides).
@@ -390,8 +648,9 @@ def verify_artifacts(
         if not fmt.exists(path):
             rec["problems"].append(f"{entry['file']} is missing")
         else:
-            if fmt.digest(path) != entry.get("sha256"):
-                rec["problems"].append("sha256 differs from the manifest: the file changed after export")
+            problem = integrity_problem(path, fmt, entry.get("sha256"))
+            if problem is not None:
+                rec["problems"].append(problem)
             try:
                 predictor = fmt.load(path)
                 if reference is not None:
@@ -419,11 +678,18 @@ class Export:
 
     folder: Path
     manifest: dict[str, Any]
+    formats: list[str] | None = None  # the formats this run exported (None: every entry of the manifest)
 
     @property
     def failed(self) -> list[str]:
-        """The formats that failed to build or to pass parity (skipped ones are not failures)."""
-        return [a["format"] for a in self.manifest["artifacts"] if a["status"] == "failed"]
+        """The formats this run failed to build or to pass parity (skipped ones are not failures; entries kept
+        from an earlier export into the same folder are not this run's)."""
+        mine = set(self.formats) if self.formats is not None else None
+        return [
+            a["format"]
+            for a in self.manifest["artifacts"]
+            if a["status"] == "failed" and (mine is None or a["format"] in mine)
+        ]
 
 
 def export_checkpoint(
@@ -457,6 +723,8 @@ def export_checkpoint(
     from t2tvit.data import eval_transform_for, image_folder
 
     fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
+    if out is not None:
+        prepare_out_dir(Path(out))  # an unwritable or foreign folder fails before any work
     if calib_size < 1 or parity_images < 1:
         raise ConfigError("--calib-size and --parity-images must be at least 1")
     check_qengine(qengine)
@@ -499,7 +767,7 @@ def export_checkpoint(
     manifest = export_all(
         net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress
     )
-    return Export(out, manifest)
+    return Export(out, manifest, [f.name for f in fmts])
 
 
 def _recorded(
@@ -539,3 +807,91 @@ def verify_export(
     transform = eval_transform_for(model, (h, w), **manifest_preprocessing(manifest))
     x, _ = load_images(dataset_path(data), transform, images, seed=seed, what="verification")
     return verify_artifacts(folder, model, x)
+
+
+@dataclass
+class Verification:
+    """What :func:`verify_folder` found: one :func:`verify_artifacts` record per built-ok artifact."""
+
+    folder: Path
+    results: list[dict[str, Any]]
+    reference: str | None  # what parity was checked against (None: parity not re-run)
+    problems: list[str]  # folder-wide problems (the reference's weights are not the exported ones)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(r["ok"] for r in self.results)
+
+
+def _recorded_path(folder: Path, recorded: str | None, from_folder: str | None = None) -> Path | None:
+    """A path the manifest recorded, found again: relative to the export folder (a moved folder), as recorded
+    (absolute, or relative to the working directory), or relative to the folder's parent."""
+    candidates = [folder / from_folder] if from_folder else []
+    if recorded:
+        candidates += [Path(recorded), folder / recorded, folder.parent / recorded]
+    return next((p for p in candidates if p.exists()), None)
+
+
+def verify_folder(
+    folder: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    data: str | Path | None = None,
+    parity: bool = True,
+) -> Verification:
+    """``t2t verify``: every built-ok artifact of an export folder is there, matches its sha256, loads and runs;
+    with ``parity`` (default) its parity check is run again on the images the export used (the recorded data
+    folder, the same fixed sample) against the recorded source checkpoint (``checkpoint`` / ``data`` override
+    them), or the seeded random weights of an export without one."""
+    import t2tvit
+    from compress.quantize import load_images
+    from t2tvit.data import eval_transform_for, image_folder
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"export folder {folder} does not exist; pass the --out folder of `t2t export`")
+    manifest = read_manifest(folder)
+    if not parity:
+        return Verification(folder, verify_artifacts(folder), None, [])
+    m = manifest.get("model") or {}
+    recorded = manifest.get("source_checkpoint")
+    if checkpoint is None and recorded:
+        checkpoint = _recorded_path(folder, recorded, manifest.get("source_checkpoint_from_folder"))
+        if checkpoint is None:
+            raise ConfigError(
+                f"the checkpoint {recorded} that {folder} was exported from is not found; pass --checkpoint PATH "
+                "(or --no-parity to check digests, loading and running only)"
+            )
+    recorded_data = (manifest.get("data") or {}).get("folder")
+    if data is None:
+        found = _recorded_path(folder, recorded_data) if recorded_data else None
+        data = found if found is not None else "digits"
+        if recorded_data and found is None:
+            raise ConfigError(
+                f"the image folder {recorded_data} the export checked parity on is not found; pass --data DIR "
+                "(or --no-parity)"
+            )
+    n = int((manifest.get("data") or {}).get("parity_images") or (manifest.get("parity") or {}).get("images") or 128)
+    h, w = (manifest.get("input") or {}).get("shape", [0, 0, *m.get("img_size", (224, 224))])[2:]
+    if checkpoint is None:
+        import torch
+
+        torch.manual_seed(0)  # what export_checkpoint does without a checkpoint
+    net = t2tvit.build_model(
+        m.get("model") or DEFAULT_MODEL,
+        checkpoint=checkpoint,
+        num_classes=m.get("num_classes"),
+        img_size=h if h == w else (h, w),
+    ).eval()
+    problems = []
+    if manifest.get("weights_sha256") and weights_digest(net) != manifest["weights_sha256"]:
+        problems.append(
+            f"the weights of {checkpoint or 'the seeded random model'} are not the ones exported (the checkpoint "
+            "changed after export); parity below is against the changed weights"
+        )
+    transform = eval_transform_for(net, (h, w), **manifest_preprocessing(manifest))
+    images, _ = load_images(image_folder(data), transform, n, what="parity")  # the export's seed: the same sample
+    thresholds = PARITY_RANDOM_WEIGHTS if not recorded and checkpoint is None else None
+    results = verify_artifacts(folder, net, images, thresholds)
+    reference = f"{checkpoint or 'seeded random weights'} on {len(images)} images of {data}"
+    return Verification(folder, results, reference, problems)

@@ -10,7 +10,9 @@ Each stage calls the library function of its own command with Python values and 
 returns: :func:`t2tvit.train.run`, :func:`compress.distill.run`, :func:`deploy.export.export_checkpoint`,
 :func:`deploy.export.verify_export`, :func:`deploy.profiler.profile_folder`. A finished stage leaves
 ``stage.json``; running again skips finished stages and continues an interrupted training stage from
-its ``last.pth``. ``redo=STAGE`` runs that stage and every later one again, from scratch. The
+its ``last.pth``. ``redo=STAGE`` runs that stage and every later one again, from scratch; the previous
+result of a stage is set aside while it runs again and put back if the new run fails. Paths in the
+stage records are relative to the pipeline folder, so the folder can be moved or copied. The
 settings are kept in ``pipeline.json``; running into the same folder with other settings is refused
 unless ``redo`` reruns every stage they affect, so a folder never mixes two pipelines.
 """
@@ -152,15 +154,17 @@ class PipelineResult:
         if t.get("val_top1") is not None:
             lines.append(f"  teacher {t['model']}: val top-1 {t['val_top1']:.2f}%")
         if st.get("val_top1") is not None:
-            lines.append(f"  student {st['model']}: val top-1 {st['val_top1']:.2f}%  ({st['checkpoint']})")
+            lines.append(
+                f"  student {st['model']}: val top-1 {st['val_top1']:.2f}%  ({_at(st['checkpoint'], self.out)})"
+            )
         if "export" in self.stages:
             counts = ", ".join(f"{n} {k}" for k, n in self.stages["export"]["artifacts"].items())
-            lines.append(f"  export: {counts}  ({self.stages['export']['folder']})")
+            lines.append(f"  export: {counts}  ({_at(self.stages['export']['folder'], self.out)})")
         if "verify" in self.stages:
             v = self.stages["verify"]
             lines.append(f"  verify: {v['ok']} of {v['checked']} artifacts re-checked ok")
         if "report" in self.stages:
-            lines.append(f"  report: {Path(self.stages['report']['folder']) / 'report.md'}")
+            lines.append(f"  report: {_at(self.stages['report']['folder'], self.out) / 'report.md'}")
         return lines
 
 
@@ -194,6 +198,8 @@ def run_pipeline(
             raise ConfigError(f"{name} must be one of {', '.join(STAGES)}, not {stage!r}")
     out = Path(out) if out is not None else Path("runs") / "compress" / settings.model
     check_same_pipeline(out, asdict(settings), redo)
+    for stage in STAGES:  # a run killed while a stage ran again: its previous result comes back
+        _restore(out / stage)
     folders = {stage: out / stage for stage in STAGES}
     redo_from = STAGES.index(redo) if redo else len(STAGES)
     results: dict[str, dict[str, Any]] = {}
@@ -205,17 +211,71 @@ def run_pipeline(
             echo(f"stage {stage}: done earlier ({folder}), skipped")
             results[stage] = earlier["summary"]
         else:
-            if i >= redo_from and folder.exists():  # redo: afresh, not resumed from an old last.pth
-                shutil.rmtree(folder)
+            previous = _set_aside(folder) if i >= redo_from else None  # redo: afresh, not from an old last.pth
             folder.mkdir(parents=True, exist_ok=True)
             echo(f"stage {i + 1}/{len(STAGES)}: {stage} -> {folder}")
             t0 = time.perf_counter()
-            results[stage] = _STAGE_RUNNERS[stage](settings, folders, results, command, echo)
+            try:
+                results[stage] = _STAGE_RUNNERS[stage](settings, folders, results, command, echo)
+            except BaseException:
+                if previous is not None:  # a failed redo never empties the previous result
+                    shutil.rmtree(folder, ignore_errors=True)
+                    _restore(folder)
+                raise
             record = {"stage": stage, "status": "done", "seconds": round(time.perf_counter() - t0, 1)}
             (folder / "stage.json").write_text(json.dumps(record | {"summary": results[stage]}, indent=2))
+            if previous is not None:
+                shutil.rmtree(previous, ignore_errors=True)
         if stage == stop_after:
             break
     return PipelineResult(out, results, time.perf_counter() - t_all)
+
+
+def _previous(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.previous"
+
+
+def _set_aside(folder: Path) -> Path | None:
+    """Move a stage's finished result aside while it runs again (a rename: instant, nothing copied)."""
+    if not folder.exists():
+        return None
+    keep = _previous(folder)
+    if keep.exists():
+        shutil.rmtree(keep)
+    if _done(folder) is None:  # an unfinished run of the stage: nothing worth keeping
+        shutil.rmtree(folder)
+        return None
+    folder.rename(keep)
+    return keep
+
+
+def _restore(folder: Path) -> None:
+    """Put a stage's set-aside result back when its new run did not finish."""
+    keep = _previous(folder)
+    if not keep.exists():
+        return
+    if _done(folder) is not None:  # the new run finished: the old one is stale
+        shutil.rmtree(keep, ignore_errors=True)
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    keep.rename(folder)
+
+
+def _rel(path: Path, root: Path) -> str:
+    """``path`` as recorded in a stage summary: relative to the pipeline folder when inside it."""
+    try:
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _at(recorded: str, root: Path) -> Path:
+    """A path a stage summary recorded: relative to the pipeline folder (older records: to the working
+    directory where it exists)."""
+    p = Path(recorded)
+    if p.is_absolute():
+        return p
+    return root / p if (root / p).exists() or not p.exists() else p
 
 
 # --------------------------------------------------------------------------- the stages
@@ -259,7 +319,8 @@ def _teacher(s: PipelineSettings, folders: dict[str, Path], results: dict, comma
     model = s.teacher_model or DEFAULT_TEACHER
     values = {"model": model, **({"epochs": s.teacher_epochs} if s.teacher_epochs else {}), **s.teacher_args}
     summary = _train("teacher", s, folders["teacher"], build_parser(), run, **values)
-    return {"checkpoint": str(folders["teacher"] / "best.pth"), "val_top1": _best_top1(summary), "model": model}
+    best = _rel(folders["teacher"] / "best.pth", _root(folders))
+    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": model}
 
 
 def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
@@ -275,17 +336,20 @@ def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, comma
         **s.student_args,
     }
     if teacher.get("checkpoint"):
-        values["teacher_path"] = teacher["checkpoint"]
+        values["teacher_path"] = str(
+            teacher["checkpoint"] if teacher.get("provided") else _at(teacher["checkpoint"], _root(folders))
+        )
         if teacher.get("model"):
             values["teacher_model"] = teacher["model"]
     summary = _train("student", s, folders["student"], build_parser(), run, **values)
-    return {"checkpoint": str(folders["student"] / "best.pth"), "val_top1": _best_top1(summary), "model": s.model}
+    best = _rel(folders["student"] / "best.pth", _root(folders))
+    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.model}
 
 
 def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .export import export_checkpoint
 
-    options = {"checkpoint": results["student"]["checkpoint"], "formats": s.formats}
+    options = {"checkpoint": _at(results["student"]["checkpoint"], _root(folders)), "formats": s.formats}
     options |= {"calib_data": str(_val_folder(s.data)), **s.export_args, "out": folders["export"]}
     try:
         manifest = export_checkpoint(**options).manifest
@@ -294,13 +358,15 @@ def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
     counts: dict[str, int] = {}
     for a in manifest["artifacts"]:
         counts[a["status"]] = counts.get(a["status"], 0) + 1
-    return {"folder": str(folders["export"]), "artifacts": counts}
+    return {"folder": _rel(folders["export"], _root(folders)), "artifacts": counts}
 
 
 def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .export import verify_export
 
-    checks = verify_export(folders["export"], results["student"]["checkpoint"], _val_folder(s.data))
+    checks = verify_export(
+        folders["export"], _at(results["student"]["checkpoint"], _root(folders)), _val_folder(s.data)
+    )
     (folders["verify"] / "verify.json").write_text(json.dumps(checks, indent=2))
     bad = [r for r in checks if not r["ok"]]
     for r in bad:
@@ -326,7 +392,12 @@ def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
     if echo is print:
         print_table(report)
     ok = [r for r in report.rows if r.status == "ok"]
-    return {"folder": str(folders["report"]), "rows": len(report.rows), "ok": len(ok), "checks": report.checks}
+    folder = _rel(folders["report"], _root(folders))
+    return {"folder": folder, "rows": len(report.rows), "ok": len(ok), "checks": report.checks}
+
+
+def _root(folders: dict[str, Path]) -> Path:
+    return folders["export"].parent
 
 
 _STAGE_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -21,7 +21,7 @@ import numpy as np
 
 from t2tvit.errors import ConfigError, T2TError
 
-from .artifacts import Artifact, resolve
+from .artifacts import Artifact, check_integrity, resolve
 from .base import FORMATS, Format, Predictor
 
 __all__ = ["DEFAULT_MODEL", "Predictions", "open_predictor", "predict_images", "read_class_names"]
@@ -47,8 +47,12 @@ def open_predictor(
     threads: int | None = None,
     model: str | None = None,
     img_size: int | None = None,
+    verify: bool = True,
 ) -> Predictor:
     """A Predictor for an artifact file, an export folder (``format`` picks the artifact) or a checkpoint.
+
+    ``verify``: an artifact its export folder's manifest lists is refused when it no longer matches the
+    sha256 recorded at export (tampered, truncated, a companion missing); False for a file changed on purpose.
 
     ``device``: default cpu, or cuda for formats that need a GPU. ``model`` / ``img_size``: only for a
     checkpoint that does not record them (or to run it at another size). The returned predictor's
@@ -58,6 +62,10 @@ def open_predictor(
     art = resolve(path, format, model=model, img_size=img_size)
     if device not in (None, "cpu", "cuda"):
         raise ConfigError(f"device must be 'cpu' or 'cuda', not {device!r}")
+    if verify:
+        check_integrity(art)
+    else:
+        art.verified = False if art.sha256 else None
     with quiet_runtimes():
         try:
             predictor = _load(art, device or (art.fmt.device_for() if art.fmt is not None else "cpu"), threads)

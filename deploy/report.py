@@ -619,6 +619,8 @@ def render_markdown(report: Report | dict[str, Any], plots: Sequence[str] = (SCA
         _peak_line(report),
         "",
     ]
+    if report.get("sources"):
+        out += ["## Where the figures come from", "", *[f"- {_one_line(t)}" for t in report["sources"]], ""]
     checks = _check_lines(report)
     if checks:
         out += ["## Checks", "", *[f"- {text}" for text, _ in checks], ""]
@@ -711,6 +713,8 @@ def print_table(report: Report | dict[str, Any], console: Any = None) -> None:
             console = Console(width=120)
     console.print(t)
     console.print(escape(_peak_line(report)))
+    for text in report.get("sources") or []:
+        console.print(f"[dim]{escape(text)}[/dim]")
     for text, passed in _check_lines(report):
         color = "green" if passed else "red"
         console.print(f"[{color}]{escape(text)}[/{color}]")

@@ -94,6 +94,12 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     add_parser(sub)
 
 
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    from t2t.verify_cmd import add_parser
+
+    add_parser(sub)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_train,
@@ -101,6 +107,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_predict,
     _add_bench,
+    _add_verify,
     _add_compress,
     _add_visualize,
 ]

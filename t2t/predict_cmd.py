@@ -86,6 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="input size, for a checkpoint (default: the one it was trained at) or a file that records "
         "none; an exported artifact has a fixed input size",
     )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="run an export folder's artifact even if it no longer matches the sha256 its manifest recorded "
+        "(a file you changed on purpose); by default it is refused",
+    )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print JSON (predictions and unreadable images)")
     out.add_argument("--plain", action="store_true", help="one plain line per image instead of a table")
@@ -100,7 +106,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch-size must be at least 1")
-    predictor = open_predictor(args.artifact, args.format, device=args.device, model=args.model, img_size=args.img_size)
+    predictor = open_predictor(
+        args.artifact,
+        args.format,
+        device=args.device,
+        model=args.model,
+        img_size=args.img_size,
+        verify=not args.no_verify,
+    )
     art = predictor.artifact
     names = read_class_names(args.classes) if args.classes else art.classes
     if art.status not in (None, "ok"):

@@ -25,7 +25,7 @@ from t2tvit.errors import ConfigError
 
 from ..base import first_line, resolve_formats
 from . import variants as var
-from .run import Group, ProfileConfig, _counts, _threads, build_report, measure_groups
+from .run import Group, ProfileConfig, _counts, _threads, build_report, integrity_summary, measure_groups
 from .schema import Report
 
 __all__ = ["BASELINES", "LITE_T2T", "PUBLISHED_TOP1", "compare_models", "profile_folders"]
@@ -101,7 +101,7 @@ def profile_folders(
 
 
 def _group(folder: Path, manifest: dict[str, Any], config: ProfileConfig) -> Group:
-    variants = var.collect(folder, manifest, [], config.device, config.formats, config.time_unverified)
+    variants = var.collect(folder, manifest, [], config.device, config.formats, config.time_unverified, config.verify)
     return Group(variants, var.model_info(manifest, variants), manifest)
 
 
@@ -175,6 +175,7 @@ def _combined(
     n_images = max((m["images"] for m in models), default=0)
     report = build_report(rows, model, sizes[0] if len(sizes) == 1 else sizes, peaks, config, data, n_images, command)
     config.checks.apply(report)
+    report.integrity = integrity_summary([v for g in groups for v in g.variants], config.verify)
     return report
 
 

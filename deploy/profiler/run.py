@@ -72,6 +72,9 @@ class ProfileConfig:
     # (MobileNetV3 at 64 px: max |dlogit| 8.1, allowed 0.81), yet it runs the kernels a trained one would.
     # Their rows keep the failure in their reason.
     time_unverified: bool = False
+    # Check every manifest artifact's files against the sha256 recorded at export before timing it; a file that
+    # changed is a failed row (exit status 1). False: for a file edited on purpose (its row says it was not checked).
+    verify: bool = True
 
     def resolved_threads(self) -> int:
         return int(self.threads) if self.threads else min(4, os.cpu_count() or 1)
@@ -124,7 +127,7 @@ def profile_folder(
             f"{where} has no manifest.json and no artifact files were given; pass an export folder or --files"
         )
     variants = var.collect(
-        folder_path, manifest, list(files or []), config.device, config.formats, config.time_unverified
+        folder_path, manifest, list(files or []), config.device, config.formats, config.time_unverified, config.verify
     )
     group = Group(variants, var.model_info(manifest, variants), manifest)
     data = image_folder(config.data) if config.data is not None else None
@@ -145,7 +148,16 @@ def profile_folder(
     n_images = 0 if group.images is None else len(group.images)
     report = build_report(rows, model, int(group.info["img_size"][0]), peaks, config, data, n_images, command)
     config.checks.apply(report)
+    report.integrity = integrity_summary(variants, config.verify)
     return report
+
+
+def integrity_summary(variants: Sequence[var.Variant], verify: bool) -> dict[str, Any] | None:
+    """The report's integrity block: whether files were checked against their manifest, and which changed."""
+    if not any(v.sha256 for v in variants):
+        return None  # files given directly: no manifest recorded their digests
+    failures = [v.name for v in variants if v.reason and v.reason.startswith(var.INTEGRITY_FAILED)]
+    return {"verified": bool(verify), "failures": failures, "passed": not failures}
 
 
 @dataclass

@@ -45,6 +45,11 @@ class Row:
     top5: float | None = None  # percent
     agreement: float | None = None  # share of top-1 decisions equal to the fp32 torch artifact's (0..1)
     checks: list[str] = field(default_factory=list)  # the user's checks this row misses, one sentence each
+    # where "agreement" comes from: "measured" (this run, on the data images, against the fp32 torch row) or
+    # "export" (the manifest's parity check at export time, not measured here)
+    agreement_source: str | None = None
+    # the file against the sha256 its manifest recorded: "verified", "not verified (--no-verify)", or the mismatch
+    integrity: str | None = None
     # a comparison of several models (deploy.profiler.compare): the row's model and that model's own counts
     model: str | None = None
     params: int | None = None
@@ -68,7 +73,43 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     peak_cuda: dict[str, Any] | None = None
     checks: dict[str, Any] | None = None  # the limits asked for, "passed" and "failures" (see deploy.profiler.checks)
+    # the artifacts' files against their manifest: "verified" (bool: checked at all) and "failures" (row names
+    # whose files changed after export: failed rows, exit status 1)
+    integrity: dict[str, Any] | None = None
     schema: int = SCHEMA
+
+    @property
+    def sources(self) -> list[str]:
+        """Where the figures come from, one sentence each (report.md and the terminal show them)."""
+        out = []
+        settings = self.settings or {}
+        measured = [r.name for r in self.rows if r.agreement_source == "measured"]
+        export = [r.name for r in self.rows if r.agreement_source == "export"]
+        if measured:
+            out.append(
+                f"agreement of {', '.join(measured)}: measured in this run on {settings.get('images')} images of "
+                f"{settings.get('data')} against the fp32 torch artifact"
+            )
+        if export:
+            out.append(
+                f"agreement of {', '.join(export)}: from the export's parity check recorded in manifest.json, "
+                "not measured in this run (pass --data to measure it)"
+            )
+        if any(r.latency for r in self.rows):
+            memory = " and peak memory" if any(r.peak_rss_mb is not None for r in self.rows) else ""
+            out.append(f"latency, throughput, load time, MAC rate{memory}: measured in this run")
+        if any(r.top1 is not None for r in self.rows):
+            where = f"{settings.get('images')} images of {settings.get('data')}"
+            out.append(f"top-1/top-5: measured in this run on {where}")
+        if self.integrity is not None:
+            if not self.integrity.get("verified"):
+                out.append("artifact files: not checked against the manifest's sha256 (--no-verify)")
+            elif self.integrity.get("failures"):
+                bad = ", ".join(self.integrity["failures"])
+                out.append(f"artifact files: {bad} changed after export (sha256 differs from the manifest): failed")
+            else:
+                out.append("artifact files: sha256 checked against the manifest, every one unchanged")
+        return out
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -77,13 +118,14 @@ class Report:
         """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` and a row's comparison fields
         (``model``, ``params``, ``macs``) left out when absent."""
         out = asdict(self)
-        for key in ("peak_cuda", "checks"):
+        for key in ("peak_cuda", "checks", "integrity"):
             if out[key] is None:
                 del out[key]
         for row in out["rows"]:  # a single model's rows: the comparison's fields stay out, as before them
             for key in _COMPARISON_FIELDS:
                 if row[key] is None:
                     del row[key]
+        out["sources"] = self.sources
         return out
 
     @classmethod

@@ -42,7 +42,10 @@ class Variant:
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
     manifest_agreement: float | None = None
+    manifest_images: int | None = None  # how many images the export's parity check ran on
     sha256: str | None = None  # what the manifest recorded
+    integrity: str | None = None  # "verified", "not verified (--no-verify)", or the mismatch (a failed row)
+    agreement_source: str | None = None  # "measured" (this run, on --data) or "export" (the manifest's parity)
     predictor: Any = None
     load_s: float | None = None
     first_ms: float | None = None
@@ -93,6 +96,8 @@ class Variant:
             top1=self.top1,
             top5=self.top5,
             agreement=self.agreement,
+            agreement_source=self.agreement_source if self.agreement is not None else None,
+            integrity=self.integrity,
         )
 
 
@@ -128,6 +133,7 @@ def _from_entry(
         v.batch_range = (int(batch[0]), int(batch[2]))
     parity = entry.get("parity") or {}
     v.manifest_agreement, v.sha256 = parity.get("top1_agreement"), entry.get("sha256")
+    v.manifest_images = parity.get("images")
     if v.file and folder is not None:
         v.path = folder / v.file
     status = entry.get("status")
@@ -175,9 +181,12 @@ def collect(
     device: str,
     formats: str | Sequence[str] | None = None,
     unverified: bool = False,
+    verify: bool = True,
 ) -> list[Variant]:
     """Every variant to profile, in manifest order then ``files`` order; each with what keeps it from running.
-    ``unverified``: also time artifacts that were built but failed their parity check (their rows say so)."""
+    ``unverified``: also time artifacts that were built but failed their parity check (their rows say so).
+    ``verify``: a manifest artifact whose files no longer match the sha256 recorded at export is a failed row
+    (False: timed anyway, its row saying it was not verified)."""
     wanted = {f.name for f in resolve_formats(formats)} if formats else None
     unique = _Names()
     out: list[Variant] = []
@@ -197,11 +206,14 @@ def collect(
             out.append(v)
     for v in out:
         if v.status == "ok":
-            _check_runnable(v)
+            _check_runnable(v, verify)
     return out
 
 
-def _check_runnable(v: Variant) -> None:
+INTEGRITY_FAILED = "integrity check failed"  # how a failed row's reason starts when its file changed
+
+
+def _check_runnable(v: Variant, verify: bool = True) -> None:
     """What this machine can run at all."""
     why = v.fmt.missing() or v.fmt.not_here()
     if why:
@@ -210,8 +222,21 @@ def _check_runnable(v: Variant) -> None:
         v.fail("skipped", "needs a CUDA GPU; none is visible on this machine")
     elif v.path is None or not v.fmt.exists(v.path):
         v.fail("failed", f"artifact file {v.file} is missing")
-    elif v.sha256 and v.fmt.digest(v.path) != v.sha256:
-        v.notes.append("sha256 differs from the manifest: the file changed after export and parity")
+    elif v.sha256 and not verify:
+        v.integrity = "not verified (--no-verify)"
+        v.notes.append("not checked against the manifest's sha256 (--no-verify)")
+    elif v.sha256:
+        from ..artifacts import integrity_problem
+
+        problem = integrity_problem(v.path, v.fmt, v.sha256)
+        if problem is None:
+            v.integrity = "verified"
+        else:
+            v.integrity = problem
+            v.fail(
+                "failed",
+                f"{INTEGRITY_FAILED}: {problem}; export it again, or pass --no-verify if you changed it on purpose",
+            )
 
 
 def _cuda_available() -> bool:
@@ -325,10 +350,12 @@ def agreements(variants: Sequence[Variant], measured: bool, use_manifest: bool =
             continue
         if ref is not None and v.preds is not None:
             v.agreement = float((v.preds == ref.preds).mean())
+            v.agreement_source = "measured"
         elif use_manifest and v.manifest_agreement is not None:
             v.agreement = float(v.manifest_agreement)
-            if measured:
-                v.notes.append("agreement from the export's parity check (no fp32 torch predictions here)")
+            v.agreement_source = "export"
+            images = f" on {v.manifest_images} images" if v.manifest_images else ""
+            v.notes.append(f"agreement from the export's parity check{images} (manifest), not measured in this run")
 
 
 def data_classes(folder: str | Path, num_classes: int | None = None) -> list[str]:
