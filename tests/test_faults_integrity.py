@@ -220,10 +220,11 @@ def test_an_export_into_an_existing_folder_merges(export, tmp_path) -> None:
         assert entries[name] == old[name]  # other formats' entries untouched
     # re-exporting a format with other settings replaces that format's entry only
     exp = export_checkpoint(
-        export["checkpoint"], formats="onnx", out=folder, opset=17, parity_images=16, calib_size=8, progress=False
-    )
+        export["checkpoint"], formats="onnx", out=folder, batch=(1, 1, 8), parity_images=16, calib_size=8,
+        progress=False,
+    )  # fmt: skip
     entries = {a["format"]: a for a in exp.manifest["artifacts"]}
-    assert entries["onnx"]["details"]["opset"] == 17 and entries["onnx"] != old["onnx"]
+    assert entries["onnx"]["status"] == "ok" and entries["onnx"]["batch"] == [1, 1, 8] != old["onnx"]["batch"]
     assert all(entries[n] == old[n] for n in FORMATS_HERE if n != "onnx")
     assert (folder / "notes.txt").read_text() == "keep me" and (folder / "bench" / "report.md").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder, no lock left
