@@ -300,7 +300,7 @@ def test_an_unwritable_parent_is_refused_before_any_work(command, digits_export,
     ("command", "extra", "why"),
     [
         ("train", ["--model", "t2t_vit_nonexistent"], "unknown model"),
-        ("distill", ["--teacher-path", "missing-teacher.pth"], "missing-teacher.pth"),
+        ("distill", ["--model", "t2t_vit_7_distilled", "--teacher-path", "no-teacher.pth"], "no-teacher.pth"),
     ],
 )
 def test_an_early_training_error_leaves_no_output_folder(command, extra, why, small_digits, tmp_path) -> None:
