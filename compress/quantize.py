@@ -123,7 +123,8 @@ def load_images(
     """Up to ``n`` real images from ``folder`` (any depth: ``<class>/<image>`` or flat), transformed.
 
     The images are a fixed random sample (``seed``) of every image in the folder, so a class-sorted
-    folder still gives every class. Unreadable files are skipped with a warning. Returns a float32
+    folder still gives every class. Unreadable files (corrupt, decompression bombs) are skipped and
+    counted in one warning. Returns a float32
     ``(N, 3, H, W)`` array and the files used, in the same order.
     """
     folder = Path(folder)
@@ -138,16 +139,25 @@ def load_images(
     order = np.random.default_rng(seed).permutation(len(files))
     arrays: list[np.ndarray] = []
     used: list[Path] = []
+    skipped: list[Path] = []
     for i in order:
         if n is not None and len(arrays) >= n:
             break
-        img = open_rgb(files[i])
+        img = open_rgb(files[i], warn=False)
         if img is None:
+            skipped.append(files[i])
             continue
         arrays.append(np.asarray(transform(img), dtype=np.float32))
         used.append(files[i])
     if not arrays:
         raise ConfigError(f"{what} folder {folder} holds no readable images; every file failed to decode")
+    if skipped:  # one warning with the count, as the trainer counts skipped samples
+        names = ", ".join(f.name for f in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(
+            f"{what} folder {folder}: skipped {len(skipped)} unreadable image(s) ({names}); used {len(used)}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return np.stack(arrays), used
 
 

@@ -709,8 +709,12 @@ def export_checkpoint(
     calib_size: int = 64,
     parity_images: int = 128,
     progress: bool = True,
+    new_head: bool = False,
 ) -> Export:
     """Export a checkpoint (or, without one, seeded random weights) to ``formats`` under ``out``.
+
+    A ``num_classes`` other than the checkpoint's is refused unless ``new_head`` asks for an untrained
+    head (then the checkpoint's class names are dropped).
 
     What the checkpoint recorded fills what is not given: the model name, image size, the trainer's
     crop/interpolation (recorded in the manifest's preprocessing) and its class names. Real images
@@ -733,7 +737,9 @@ def export_checkpoint(
         import torch
 
         torch.manual_seed(0)
-    net = t2tvit.build_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size).eval()
+    net = t2tvit.build_model(
+        name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, new_head=new_head
+    ).eval()
     hw = tuple(int(s) for s in net.img_size)
     folder = image_folder(calib_data or "digits")
     images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), parity_images + calib_size, what="image")

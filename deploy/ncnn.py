@@ -20,10 +20,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
+import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +188,27 @@ class NcnnPredictor(Predictor):
         return np.stack(out)
 
 
+@contextlib.contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptor 2 in the block; the list gets its lines."""
+    said: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said += [ln.strip() for ln in tmp.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+
+
+def _why(said: list[str], sep: str = ": ") -> str:
+    return f"{sep}{said[-1][:200]}" if said else ""
+
+
 def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = None) -> NcnnPredictor:
     """An ``ncnn.Net`` of ``path`` and its ``.bin``, fp16 storage as the row says, ``threads`` ncnn threads."""
     import ncnn
@@ -200,10 +225,17 @@ def load(path: Path, fmt: Format, device: str = "cpu", threads: int | None = Non
     net.opt.use_vulkan_compute = False
     n = int(threads) if threads else ncnn.get_physical_big_cpu_count()
     net.opt.num_threads = n
-    if net.load_param(str(path)) != 0:
-        raise CheckpointError(f"{path} could not be parsed by ncnn")
-    if net.load_model(str(weights)) != 0:
-        raise CheckpointError(f"{weights} could not be read by ncnn (truncated or not this graph's weights)")
+    with _native_stderr() as said:  # ncnn prints its reasons to the C stderr: fold them into the sentence
+        parsed = net.load_param(str(path)) == 0
+        read = parsed and net.load_model(str(weights)) == 0
+    if not parsed:
+        raise CheckpointError(
+            f"{path} could not be parsed by ncnn{_why(said)}; re-export it (t2t export --formats ncnn)"
+        )
+    if not read:
+        raise CheckpointError(
+            f"{weights} could not be read by ncnn (truncated or not this graph's weights{_why(said, '; ')})"
+        )
     size = (_read_side(path) or {}).get("img_size")
     hw = (int(size[0]), int(size[1])) if isinstance(size, list) and len(size) == 2 else None
     return NcnnPredictor(net, fmt, path, hw, n)

@@ -320,7 +320,9 @@ def load(
     try:
         model = core.read_model(str(path))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types for bad files
-        raise CheckpointError(f"{path} is not a loadable OpenVINO IR ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path} is not a loadable OpenVINO IR ({_native_reason(e)}); re-export it (t2t export --formats openvino)"
+        ) from None
     note = None
     if wanted not in INFERENCE_PRECISIONS:
         choices = ", ".join(INFERENCE_PRECISIONS)
@@ -334,8 +336,18 @@ def load(
     try:
         compiled = core.compile_model(model, "CPU", config)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path} could not be compiled by OpenVINO ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path} could not be compiled by OpenVINO ({_native_reason(e)})") from None
     return OpenVINOPredictor(compiled, fmt, path, wanted, note)
+
+
+def _native_reason(e: BaseException) -> str:
+    """OpenVINO's multi-line native message reduced to its last informative line (not the C++ source
+    locations of "Exception from ..." / "Check '...' failed at ...")."""
+    import re
+
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not re.match(r"(Exception from |Check '.*' failed at )", ln)]
+    return (lines[-1].rstrip(":") if lines else type(e).__name__)[:240]
 
 
 if __name__ == "__main__":

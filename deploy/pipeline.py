@@ -197,6 +197,21 @@ def run_pipeline(
         if stage is not None and stage not in STAGES:
             raise ConfigError(f"{name} must be one of {', '.join(STAGES)}, not {stage!r}")
     out = Path(out) if out is not None else Path("runs") / "compress" / settings.model
+    from t2tvit.faults import output_dir
+
+    # A pipeline that stops before any stage wrote a file leaves no folder behind (only pipeline.json).
+    with output_dir(out, "--out", disposable=("pipeline.json",)):
+        return _run_stages(settings, out, redo, stop_after, command, echo)
+
+
+def _run_stages(
+    settings: PipelineSettings,
+    out: Path,
+    redo: str | None,
+    stop_after: str | None,
+    command: str,
+    echo: Callable[[str], None],
+) -> PipelineResult:
     check_same_pipeline(out, asdict(settings), redo)
     for stage in STAGES:  # a run killed while a stage ran again: its previous result comes back
         _restore(out / stage)

@@ -82,7 +82,9 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here means a bad or unsafe file
-        raise CheckpointError(f"{path} is not a readable eager artifact ({type(e).__name__}: {e})") from None
+        from t2tvit.checkpoint import load_refusal  # never repeats torch's advice to unpickle anyway
+
+        raise CheckpointError(load_refusal(path, e, "an eager artifact written by `t2t export`")) from None
     if not isinstance(obj, dict) or obj.get("kind") != _KIND:
         raise CheckpointError(f"{path} is not an eager artifact written by `t2t export`")
     return obj

@@ -22,6 +22,9 @@ result's ``notes`` say why in one sentence. The attention comes from the model's
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,14 +75,33 @@ def visualize(
     ``teacher/best.pth`` of ``t2t compress``). Raises :class:`ConfigError` (one sentence) for a model
     without attention, or when no image can be read.
     """
+    from t2tvit.faults import check_output_dir, output_dir
+
     if limit < 1:
         raise ConfigError("--limit must be at least 1")
+    check_output_dir(out)  # before any model is opened
     net, art = _open_t2t(source, format, model, img_size)
     other = _open_compare(compare, compare_format, art) if compare is not None else None
     cam_model = _open_teacher(teacher, art) if teacher is not None else None
-    result = Visualization(out=Path(out))
+    final = Path(out)
+    result = Visualization(out=final)
     batch = _read_images(images, art, limit, result)
-    result.out.mkdir(parents=True, exist_ok=True)
+    with output_dir(final, "--out"):
+        # Drawn into a staging folder inside ``out`` and moved into place only when every image is drawn:
+        # an interrupted or failed run leaves no half-drawn image folder (and no ``out`` it created).
+        result.out = Path(tempfile.mkdtemp(prefix=".visualize-partial-", dir=final))
+        try:
+            _draw_all(result, net, art, batch, other, cam_model, heads)
+        except BaseException:
+            shutil.rmtree(result.out, ignore_errors=True)
+            raise
+        _publish(result, final)
+    return result
+
+
+def _draw_all(
+    result: Visualization, net: Any, art: Any, batch: list[tuple], other: Any, cam_model: Any, heads: bool
+) -> None:
     names = art.classes
     source_logits, compare_logits = [], []
     with quiet_runtimes():
@@ -102,7 +124,28 @@ def visualize(
                     result.files.append(_draw_compare(folder, look, _inspect(other_net, x), pixels, predictor.format))
     if other is not None:
         _compare_logits(result, [p for p, _, _ in batch], source_logits, compare_logits, other, names)
-    return result
+
+
+def _publish(result: Visualization, final: Path) -> None:
+    """Move every finished entry of the staging folder ``result.out`` into ``final`` (replacing an
+    earlier run's entry of the same name, one rename each) and point the result's paths there."""
+    stage = result.out
+    for entry in sorted(stage.iterdir()):
+        target = final / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        os.replace(entry, target)
+    stage.rmdir()
+
+    def moved(p: str | Path) -> Path:
+        return final / Path(p).relative_to(stage)
+
+    result.files = [moved(f) for f in result.files]
+    for img in result.images:
+        img["folder"] = str(moved(img["folder"]))
+    result.out = final
 
 
 # ---------------------------------------------------------------- opening

@@ -155,7 +155,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from t2t.compare_cmd import add_flags
 
     add_flags(p)
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, outputs=("out",))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -166,6 +166,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from t2t import compare_cmd
     from t2tvit.errors import ConfigError
+    from t2tvit.faults import check_output_dir
 
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     comparing = compare_cmd.is_comparison(args)
@@ -206,13 +207,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     )
     command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
     if comparing:
+        out = Path(args.out) if args.out else (Path(args.work) / "bench" if args.models else Path("bench"))
+    else:
+        out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
+    check_output_dir(out)  # before the profiling run, not after it
+    if comparing:
         from deploy.compare_report import write_comparison as write_report
 
         report = compare_cmd.run(args, config, command)
-        out = Path(args.out) if args.out else (Path(args.work) / "bench" if args.models else Path("bench"))
     else:
         report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)
-        out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
     written = write_report(report, out)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -131,28 +131,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    clashes = name_clashes()
-    if clashes:
-        where = "; ".join(f"`{name}` is {origin}" for name, origin in clashes.items())
-        print(
-            f"t2t: error: another installed package takes this toolkit's import names ({where}); "
-            "install t2tvit-edge in its own virtual environment (python3 -m venv .venv)",
-            file=sys.stderr,
-        )
-        return 2
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    from t2tvit.errors import T2TError
+# What an interrupt leaves, per command, when the library did not say more (t2tvit.faults.interrupt_note).
+INTERRUPTED = {
+    "info": "nothing was written",
+    "predict": "nothing was written",
+    "export": "the export folder's previous contents are intact (artifacts are staged and swapped in whole)",
+    "bench": "no report was written and any previous one is intact; run the same command again",
+    "visualize": "no image folder was written",
+    "compress": "finished stages are kept; run the same command again to continue",
+    "train": "no checkpoint was written yet",
+    "distill": "no checkpoint was written yet",
+}
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, check the outputs the command declares (``set_defaults(outputs=(dest, ...))``) before any
+    work, run it; a user's error is one sentence and exit 2, Ctrl-C one ``interrupted; ...`` line and
+    exit 130, a warning one line: never a traceback."""
+    import warnings
+
+    command = "t2t"
+    shown = warnings.showwarning
     try:
-        return args.func(args)
-    except T2TError as e:
-        print(f"t2t {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        clashes = name_clashes()
+        if clashes:
+            where = "; ".join(f"`{name}` is {origin}" for name, origin in clashes.items())
+            print(
+                f"t2t: error: another installed package takes this toolkit's import names ({where}); "
+                "install t2tvit-edge in its own virtual environment (python3 -m venv .venv)",
+                file=sys.stderr,
+            )
+            return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        command = f"t2t {args.command}"
+        from t2tvit.errors import T2TError
+        from t2tvit.faults import check_output_dir
+
+        def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+            text = (str(message).strip().splitlines() or [category.__name__])[0]
+            print(f"{command}: warning: {text}", file=sys.stderr if file is None else file)
+
+        warnings.showwarning = one_line
+        try:
+            for dest in getattr(args, "outputs", ()):
+                if getattr(args, dest, None) is not None:
+                    check_output_dir(getattr(args, dest), "--" + dest.replace("_", "-"))
+            return args.func(args)
+        except T2TError as e:
+            print(f"{command}: error: {e}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt as e:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the one line short
+        note = getattr(e, "t2t_note", None) or INTERRUPTED.get(command.removeprefix("t2t "))
+        print(f"{command}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr, flush=True)
+        return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

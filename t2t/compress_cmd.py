@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch size")
     g.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact")
     add_check_flags(g)
-    p.set_defaults(func=_cmd_compress)
+    p.set_defaults(func=_cmd_compress, outputs=("out",))
 
 
 # The pass-through flags: parsed by the underlying command's own parser, explicit values only.

@@ -63,7 +63,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"variant name (default: the one the checkpoint records, else {DEFAULT_MODEL})",
     )
-    p.add_argument("--num-classes", type=int, default=None, help="classes of the head (default: the checkpoint's)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the head (default: the checkpoint's; another count needs --new-head)",
+    )
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="with --num-classes other than the checkpoint's: replace its trained head by an untrained one",
+    )
     p.add_argument(
         "--img-size",
         type=int,
@@ -106,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-images", type=int, default=128, help="images for the parity checks (default: 128)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: artifacts/<model>)")
     p.add_argument("--json", action="store_true", help="print the manifest instead of the table")
-    p.set_defaults(func=_cmd_export)
+    p.set_defaults(func=_cmd_export, outputs=("out",))
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -126,7 +136,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
                 "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
             )
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json")}
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "outputs")}
     result = export_checkpoint(**options, progress=not args.json)
     if args.json:
         print(json.dumps(result.manifest, indent=2))

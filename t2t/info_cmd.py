@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--num-classes", type=int, default=None, help="classes of the head (default: 1000, or the checkpoint's)"
     )
     p.add_argument("--checkpoint", default=None, help="also load this checkpoint and report how it was mapped")
+    p.add_argument(
+        "--new-head",
+        action="store_true",
+        help="with --checkpoint and another --num-classes: describe it with an untrained head of that size",
+    )
     p.add_argument("--list", action="store_true", help="list every registered variant instead")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=_cmd_info)
@@ -54,7 +59,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     # Without a checkpoint only shapes matter: build on the meta device (instant even for t2t_vit_24).
     with torch.device("meta") if args.checkpoint is None else contextlib.nullcontext():
         model = t2tvit.create_model(
-            args.model, checkpoint=args.checkpoint, num_classes=args.num_classes, img_size=args.img_size
+            args.model,
+            checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
+            img_size=args.img_size,
+            new_head=args.new_head,
         )
     s = summarize(model, args.model)
     report = getattr(model, "load_report", None)

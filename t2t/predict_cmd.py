@@ -116,6 +116,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     art = predictor.artifact
     names = read_class_names(args.classes) if args.classes else art.classes
+    if args.classes and art.num_classes and len(names) != art.num_classes:
+        _wrong_class_count(args.classes, len(names), art.path.name, art.num_classes)
     if art.status not in (None, "ok"):
         print(f"t2t predict: warning: the manifest marks {art.path.name} {art.status}: {art.reason}", file=sys.stderr)
 
@@ -123,11 +125,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"t2t predict: cannot read {err['image']}: {err['error']}", file=sys.stderr)
 
     found = predict_images(predictor, args.images, topk=args.topk, batch_size=args.batch_size, on_error=report)
-    if found.results and args.classes and len(names) > found.results[0]["num_classes"]:
-        raise ConfigError(
-            f"{args.classes} names {len(names)} classes but {art.path.name} predicts "
-            f"{found.results[0]['num_classes']}; pass the class names of the dataset it was trained on"
-        )
+    if found.results and args.classes and len(names) != found.results[0]["num_classes"]:
+        _wrong_class_count(args.classes, len(names), art.path.name, found.results[0]["num_classes"])
     info = {
         "artifact": str(art.path),
         "format": predictor.format,
@@ -144,6 +143,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 1 if found.errors else 0
+
+
+def _wrong_class_count(source: str, named: int, artifact: str, outputs: int) -> None:
+    """--classes must name exactly the head's outputs: fewer or more names would label by the wrong index."""
+    from t2tvit.errors import ConfigError
+
+    raise ConfigError(
+        f"{source} names {named} classes but {artifact} predicts {outputs}; "
+        "pass the class names of the dataset it was trained on, one per output"
+    )
 
 
 def _print_results(args: argparse.Namespace, info: dict[str, Any], found: Any, names: list[str] | None) -> None:

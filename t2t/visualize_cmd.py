@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=16, help="draw at most this many images (default: 16)")
     p.add_argument("--model", default=None, help="variant name, for a checkpoint that does not record it")
     p.add_argument("--img-size", type=int, default=None, help="input size, for a checkpoint that does not record it")
-    p.set_defaults(func=_cmd_visualize)
+    p.set_defaults(func=_cmd_visualize, outputs=("out",))
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from .errors import CheckpointError
 
 __all__ = [
     "StateDictFit",
+    "load_refusal",
     "read_checkpoint",
     "read_state_dict",
     "recorded_args",
@@ -64,22 +65,30 @@ def read_checkpoint(path: str | Path) -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure here is a bad or unsafe file
-        # torch's own messages advise retrying with weights_only=False, i.e. running the file's
-        # pickled code: never pass that on. Say what the file is and what was expected instead.
-        unsafe = _unsafe_globals(path, str(e)) if isinstance(e, pickle.UnpicklingError) else []
-        if unsafe:
-            what = f"pickles objects that are not on the allow-list ({', '.join(unsafe[:5])})"
-        elif isinstance(e, pickle.UnpicklingError) and _first_bytes(path).startswith(b"\x80"):
-            what = (
-                f"is a pickle of {path.stat().st_size:,} bytes that the safe loader refuses (objects other than "
-                "tensors and plain data, or written by pickle.dump rather than torch.save)"
-            )
-        else:
-            raise CheckpointError(f"{path} {_what_file_is(path)}; expected {_EXPECTED}") from None
-        raise CheckpointError(
-            f"{path} {what}; it was not loaded because unpickling it could run arbitrary code - "
-            "re-save just the state dict with torch.save"
-        ) from None
+        raise CheckpointError(load_refusal(path, e)) from None
+
+
+def load_refusal(path: Path, e: BaseException, expected: str | None = None) -> str:
+    """The one sentence for a file that ``torch.load(weights_only=True)`` refused with ``e``.
+
+    torch's own messages advise retrying with ``weights_only=False``, i.e. running the file's pickled
+    code: never pass that on (every loader that unpickles uses this). Say what the file is and what
+    was ``expected`` instead.
+    """
+    unsafe = _unsafe_globals(path, str(e)) if isinstance(e, pickle.UnpicklingError) else []
+    if unsafe:
+        what = f"pickles objects that are not on the allow-list ({', '.join(unsafe[:5])})"
+    elif isinstance(e, pickle.UnpicklingError) and _first_bytes(path).startswith(b"\x80"):
+        what = (
+            f"is a pickle of {path.stat().st_size:,} bytes that the safe loader refuses (objects other than "
+            "tensors and plain data, or written by pickle.dump rather than torch.save)"
+        )
+    else:
+        return f"{path} {_what_file_is(path)}; expected {expected or _EXPECTED}"
+    return (
+        f"{path} {what}; it was not loaded because unpickling it could run arbitrary code - "
+        "re-save just the state dict with torch.save"
+    )
 
 
 def _first_bytes(path: Path, n: int = 16) -> bytes:

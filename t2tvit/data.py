@@ -54,6 +54,7 @@ __all__ = [
     "posterize",
     "repair_augment_ops",
     "set_epoch",
+    "to_rgb",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -172,22 +173,50 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+# Pillow modes holding more than 8 bits per sample, and the divisor that maps their full range to 0..255.
+# ``convert("RGB")`` clips them instead (a 16-bit grey of 4096, 1/16 of full scale, would become white).
+_WIDE_MODES = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0}
+
+
+def to_rgb(im: Any) -> Any:
+    """``im`` as an 8-bit RGB PIL image, the same way for every reader of the toolkit.
+
+    16-bit greyscale (Pillow's ``I;16*`` and ``I`` modes, as 16-bit PNG/TIFF/PGM open) is scaled from
+    0..65535 to 0..255, not clipped; 16-bit RGB(A) PNGs already open as 8-bit RGB(A) (Pillow keeps the
+    high byte). Palette images with a transparent colour go through RGBA so Pillow does not warn; as
+    with every image with alpha, the colour stored under a transparent pixel is kept (what training on
+    the same file saw). Everything else is Pillow's own ``convert("RGB")``.
+    """
+    from PIL import Image
+
+    if im.mode in _WIDE_MODES or im.mode == "F":  # F: 32-bit float grey, already on the 0..255 scale
+        grey = np.asarray(im, dtype=np.float64) / _WIDE_MODES.get(im.mode, 1.0)
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("P", "PA") and (im.mode == "PA" or "transparency" in im.info):
+        return im.convert("RGBA").convert("RGB")
+    if im.mode == "RGB":
+        return im.copy()
+    return im.convert("RGB")
+
+
 def _read_rgb(path: str | Path) -> Any:
+    """Decode ``path`` fully (Pillow opens lazily) and return it as :func:`to_rgb` does; raises what the
+    decoder raises (an unreadable file, a decompression bomb over ``Image.MAX_IMAGE_PIXELS``...)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return im.convert("RGB")
+        im.load()
+        return to_rgb(im)
 
 
 def open_rgb(path: str | Path, warn: bool = True) -> Any:
-    """The image at ``path`` as an RGB PIL image, or None (with a warning naming it) if it cannot be decoded."""
-    from PIL import UnidentifiedImageError
-
+    """The image at ``path`` as an RGB PIL image (:func:`to_rgb`), or None (with a warning naming it) if
+    it cannot be decoded: a corrupt or foreign file, a decompression bomb, any decoder failure."""
     try:
         return _read_rgb(path)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except Exception as e:  # noqa: BLE001 - any decoder failure (incl. DecompressionBombError) skips this file
         if warn:
-            warnings.warn(f"skipping unreadable image {path}: {e}", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"skipping unreadable image {path}: {_describe(e)}", RuntimeWarning, stacklevel=3)
         return None
 
 

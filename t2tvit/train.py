@@ -11,6 +11,7 @@ The file is the wiring (DeiT's ``main.py``): parse, build, loop. The loop itself
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as _dt
 import json
@@ -30,6 +31,7 @@ from torch import nn
 
 from .checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
 from .errors import CheckpointError, ConfigError, T2TError
+from .faults import interrupt_note, output_dir
 
 __all__ = [
     "CheckpointSaver",
@@ -257,7 +259,8 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     if _is_t2t(args.model):
         kwargs["img_size"] = args.img_size
         if args.finetune:
-            return create_model(args.model, checkpoint=args.finetune, num_classes=num_classes, **kwargs)
+            # --finetune is the explicit new-head path (the official recipe's): another class count gets one
+            return create_model(args.model, checkpoint=args.finetune, num_classes=num_classes, new_head=True, **kwargs)
         model = create_model(args.model, num_classes=num_classes, **kwargs)
         if args.initial_checkpoint:
             from . import load_checkpoint
@@ -483,8 +486,15 @@ def _resolve_output(args: argparse.Namespace, d: Dist) -> Path:
                 f"{out} already holds a run (last.pth); pass --resume {out / 'last.pth'} to continue it "
                 "or choose another --output"
             )
-        out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _resume_note(out: Path) -> str:
+    """What an interrupted run left: the checkpoint to resume from, or nothing (its folder is removed)."""
+    last = out / "last.pth"
+    if last.is_file():
+        return f"resume with --resume {last}"
+    return "no checkpoint was written yet, so there is nothing to resume"
 
 
 def _ranks_digest(model: nn.Module, d: Dist) -> list[list[float]]:
@@ -732,7 +742,6 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     ``criterion_factory(args, model, mixup_active) -> loss`` replaces the label loss; the
     distillation command plugs its teacher in here, so there is one loop.
     """
-    from .data import build_loader
 
     if not 0.0 <= args.max_skipped_fraction <= 1.0:
         raise ConfigError(
@@ -752,6 +761,17 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     root = _data_root(args)
     resume_state = _read_resume(args)
     out = _resolve_output(args, d)
+    # The run folder is made now (an unwritable --output fails before any work) and removed again
+    # if the run stops before writing anything but args.json: no empty folder after an early error.
+    made = output_dir(out, "--output", disposable=("args.json",)) if d.main else contextlib.nullcontext(out)
+    with made, interrupt_note(lambda: _resume_note(out)):
+        return _train_into(args, d, out, root, resume_state, criterion_factory)
+
+
+def _train_into(
+    args: argparse.Namespace, d: Dist, out: Path, root: Path, resume_state: Any, criterion_factory: Any
+) -> dict[str, Any]:
+    from .data import build_loader
 
     train_set, val_set = _datasets(root)
     num_classes = args.num_classes or len(train_set.classes)

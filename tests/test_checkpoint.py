@@ -67,7 +67,7 @@ def test_loaded_model_is_real_trainable_and_fp32(trained, tmp_path, num_classes)
     stay on meta, frozen tensors stay frozen, and a half-precision file still gives fp32."""
     path = tmp_path / "half.pth"
     torch.save({"state_dict": {k: v.half() for k, v in trained.state_dict().items()}}, path)
-    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=num_classes)
+    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=num_classes, new_head=True)
     params = dict(model.named_parameters())
     assert not any(p.is_meta for p in params.values())
     assert {p.dtype for p in params.values()} == {torch.float32}
@@ -117,7 +117,9 @@ def test_new_image_size_regenerates_the_position_table_exactly(trained, tmp_path
 
 def test_new_class_count_replaces_the_head_only(trained, tmp_path) -> None:
     path = _official_file(trained, tmp_path / "ck.pth.tar")
-    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=10)
+    with pytest.raises(t2tvit.ConfigError, match=r"1000-class head but 10 classes were asked for; pass --new-head"):
+        t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=10)
+    model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=10, new_head=True)
     assert model.head.weight.shape == (10, 256)
     assert torch.equal(model.norm.weight, trained.norm.weight)
     assert any("new 10-class head" in n for n in model.load_report.notes)

@@ -51,7 +51,18 @@ def test_info_reports_how_a_checkpoint_was_mapped(tmp_path) -> None:
 
     path = tmp_path / "ck.pth.tar"
     torch.save({"state_dict_ema": timm.create_model("t2t_vit_7").state_dict()}, path)
-    res = t2t("info", "--model", "t2t_vit_7", "--checkpoint", str(path), "--num-classes", "10", "--img-size", "256")
+    res = t2t(
+        "info",
+        "--model",
+        "t2t_vit_7",
+        "--checkpoint",
+        str(path),
+        "--num-classes",
+        "10",
+        "--img-size",
+        "256",
+        "--new-head",
+    )
     assert res.returncode == 0, res.stderr
     assert "[state_dict_ema]" in res.stdout and "new 10-class head" in res.stdout
     assert "position table regenerated for 257 tokens" in res.stdout

@@ -187,13 +187,17 @@ def create_model(
     img_size: int | tuple[int, int] | None = None,
     use_ema: bool = True,
     strict: bool = True,
+    *,
+    new_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered T2T-ViT and optionally load a checkpoint into it.
 
-    ``num_classes`` defaults to the checkpoint's class count (or 1000); a
-    different count gets a new head. ``img_size`` may differ from the size the
-    checkpoint was trained at: the position table is regenerated exactly.
+    ``num_classes`` defaults to the checkpoint's class count (or 1000). Another count replaces the
+    trained head with an untrained one only with ``new_head=True`` (fine-tuning on another dataset);
+    without it that is refused, as a silently random head would answer with confident nonsense
+    (``num_classes=0``, a feature extractor without a head, needs no flag). ``img_size`` may differ
+    from the size the checkpoint was trained at: the position table is regenerated exactly.
     """
     import timm
 
@@ -210,6 +214,12 @@ def create_model(
     sd, source, ck_model = read_state_dict(read_checkpoint(checkpoint), use_ema)
     if num_classes is None and "head.weight" in sd:
         kwargs["num_classes"] = sd["head.weight"].shape[0]
+    trained = int(sd["head.weight"].shape[0]) if "head.weight" in sd else None
+    if num_classes and trained is not None and num_classes != trained and not new_head:
+        raise ConfigError(
+            f"{checkpoint} has a trained {trained}-class head but {num_classes} classes were asked for; pass "
+            "--new-head (new_head=True) to replace it with an untrained head, or drop --num-classes"
+        )
     # A strict load replaces every tensor, so build on the meta device and let the checkpoint's
     # tensors become the parameters: no random init of weights that are thrown away (t2t_vit_24:
     # 0.54 s -> 0.20 s in benchmarks/bench_parts.py). A non-strict load keeps some initialised
@@ -226,10 +236,13 @@ def build_model(
     checkpoint: str | Path | None = None,
     num_classes: int | None = None,
     img_size: int | tuple[int, int] | None = None,
+    *,
+    new_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """A registered T2T-ViT (:func:`create_model`), or any other timm model with random weights: the CNN and
-    DeiT baselines the lite T2T-ViTs are compared with (latency does not depend on the weights).
+    """A registered T2T-ViT (:func:`create_model`, ``new_head`` as there), or any other timm model with
+    random weights: the CNN and DeiT baselines the lite T2T-ViTs are compared with (latency does not
+    depend on the weights).
 
     A model whose constructor takes no ``img_size`` (a CNN: any input size works) is built without it and
     gets an ``img_size`` attribute, so the exporter records the input size it was built for.
@@ -237,7 +250,7 @@ def build_model(
     import timm
 
     if name in list_variants():
-        return create_model(name, checkpoint, num_classes, img_size, **kwargs)
+        return create_model(name, checkpoint, num_classes, img_size, new_head=new_head, **kwargs)
     if not timm.is_model(name):
         return create_model(name)  # the unknown-model error, with its suggestions
     if checkpoint is not None:
