@@ -378,6 +378,8 @@ def train_one_epoch(
     log.start(f"epoch {epoch}", total)
     loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
     skips = _EpochSkips(skip_guard, f"training epoch {epoch}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for step, (images, targets, dropped) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
@@ -410,6 +412,10 @@ def train_one_epoch(
         [loss_sum, seen, overflow, *(skips.counts[r] for r in SKIP_REASONS)], device
     )
     skip_guard.check(skips.skipped, skips.tried, skips.what, final=True)
+    memory = {}
+    if device.type == "cuda":  # the largest rank's peak of tensors allocated in this epoch
+        (peak,) = _all_reduce([torch.cuda.max_memory_allocated(device) / 2**20], device, dist.ReduceOp.MAX)
+        memory["peak_mem_mib"] = round(peak, 1)
     return {
         "train_loss": loss_sum / max(seen_all, 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -419,6 +425,7 @@ def train_one_epoch(
         **_skip_metrics("", skipped),
         "overflow_steps": int(overflow),
         "nonfinite_steps": nonfinite,
+        **memory,
         "num_updates": num_updates,
     }
 

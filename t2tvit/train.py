@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="with fp16, an overflow at a GradScaler scale below this counts as a non-finite step (--max-nonfinite)",
     )
+    g.add_argument(
+        "--dist-backend",
+        choices=["nccl", "gloo"],
+        default=None,
+        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU); gloo lets "
+        "several processes share one GPU",
+    )
     g.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/train/MODEL-TIME)")
@@ -235,21 +242,35 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed(device_arg: str | None) -> Dist:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+def setup_distributed(device_arg: str | None, backend: str | None = None) -> Dist:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU, or ``backend``).
+
+    With gloo, more processes than GPUs share them round-robin (a DDP check on one GPU); NCCL
+    refuses two ranks on one device, so that case is a one-sentence error, not NCCL's.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if want == "cpu" and backend == "nccl":
+        raise ConfigError("--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo on CPU")
+    backend = backend or ("nccl" if want == "cuda" else "gloo")
     if want == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if local_rank >= count and backend == "nccl":
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU of its own ({count} visible) and NCCL cannot share one; "
+                "launch at most one process per GPU, or pass --dist-backend gloo"
+            )
+        index = local_rank % count
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend)
     return Dist(rank, world, local_rank, device)
 
 
@@ -878,7 +899,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
             f"--max-skipped-fraction {args.max_skipped_fraction:g} is not a fraction; give a value from 0 "
             "(stop on skipped samples) to 1 (never stop)"
         )
-    d = setup_distributed(args.device)
+    d = setup_distributed(args.device, args.dist_backend)
     with backend_settings(args, d.device):
         if args.eval_checkpoint:
             return evaluate_checkpoint(args, d)
