@@ -604,3 +604,10 @@ def test_deterministic_resume_on_cuda_repeats_the_uninterrupted_run(small_digits
     b = t2tvit.checkpoint.read_checkpoint(resumed / "last.pth")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_nccl_on_cpu_is_refused_in_one_sentence() -> None:
+    from t2tvit.train import setup_distributed
+
+    with pytest.raises(ConfigError, match="--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo"):
+        setup_distributed("cpu", "nccl")
