@@ -167,6 +167,17 @@ for det in plain deterministic; do
   fi
 done
 
+if [ "$device" = cuda ]; then  # the trainer's GPU tests (RNG per rank, fp16 guard, deterministic resume)
+  mkdir -p "$res/5-resume"
+  step "5 gpu tests" logged "$res/5-resume/pytest-gpu.txt" python -m pytest -q -rs -m gpu tests/test_train.py \
+    tests/test_distill.py
+  if grep -q "SKIPPED" "$res/5-resume/pytest-gpu.txt"; then
+    echo "!! 5 gpu tests: skipped on a GPU machine (see $res/5-resume/pytest-gpu.txt)"
+    status=1
+    failed+=("5 gpu test skips")
+  fi
+fi
+
 # ---------------------------------------------------------------- 6. training throughput
 if [ "$device" = cuda ]; then
   step "6 bench_train" python -m benchmarks.bench_train --device cuda --models t2t_vit_14 --official --rounds 3 \
@@ -200,8 +211,7 @@ check_tensorrt() {  # the TensorRT installed now: tests, export, inspector JSON,
   fi
   out=$res/8-tensorrt-$ver
   mkdir -p "$out"
-  step "8 pytest ($ver)" logged "$out/pytest.txt" python -m pytest -q -rs tests/test_tensorrt.py tests/test_train.py \
-    tests/test_distill.py -m gpu
+  step "8 pytest ($ver)" logged "$out/pytest.txt" python -m pytest -q -rs tests/test_tensorrt.py
   if grep -q "SKIPPED" "$out/pytest.txt"; then
     echo "!! 8 pytest ($ver): tests were skipped on a GPU machine with TensorRT (see $out/pytest.txt)"
     status=1

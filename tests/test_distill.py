@@ -267,3 +267,20 @@ def test_teacher_in_channels_last_gives_the_same_logits() -> None:
     nhwc.model.load_state_dict(net.state_dict())
     assert nhwc.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(nhwc(images), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+def test_cnn_teacher_on_cuda_runs_channels_last_with_the_cpu_logits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path)
+    cpu = build_teacher("resnet18", path, 10, img_size=32)
+    gpu = build_teacher("resnet18", path, 10, img_size=32, device="cuda")
+    assert gpu.channels_last and not cpu.channels_last
+    images = torch.randn(4, 3, 32, 32)
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+    try:
+        torch.testing.assert_close(gpu(images.cuda()).cpu(), cpu(images), rtol=1e-3, atol=1e-3)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
