@@ -136,7 +136,7 @@ def numerics(a: argparse.Namespace) -> int:
         "scaler_overflows": overflows,
         "scale_first_last_min": [scales[0], scales[-1], min(scales)],
         "fp16_step_ms": 1000 * elapsed / a.steps,
-        "final_loss": float(loss),
+        "final_loss": float(loss.detach()),
         "problems": problems,
     }
     return _write(a.out, "numerics", record, not problems)
@@ -203,7 +203,8 @@ def distill(a: argparse.Namespace) -> int:
     from t2tvit.train import parse_args
     from t2tvit.train import run as train
 
-    argv = [str(a.data), "--config", "digits", "--teacher-path", str(a.teacher), "--output", str(a.run), *a.extra]
+    argv = [str(a.data), "--config", "digits", "--model", "t2t_vit_7_distilled", "--teacher-path", str(a.teacher)]
+    argv += ["--output", str(a.run), *a.extra]
     args = parse_args(argv, build_parser())  # the parser and defaults of `t2t distill`
     kept: dict[str, Any] = {}
     timing: list[tuple[Any, Any]] = []
@@ -230,7 +231,13 @@ def distill(a: argparse.Namespace) -> int:
         teacher.forward = timed
         return crit
 
-    train(args, criterion_factory=criterion_factory)
+    from t2tvit.errors import T2TError
+
+    try:
+        train(args, criterion_factory=criterion_factory)
+    except T2TError as e:
+        print(f"distill: {e}", file=sys.stderr)
+        return 1
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     teacher_s = sum(s.elapsed_time(e) * 1e-3 if hasattr(s, "elapsed_time") else e - s for s, e in timing)
@@ -252,7 +259,7 @@ def distill(a: argparse.Namespace) -> int:
         "teacher_channels_last": kept["teacher"].channels_last,
         "teacher_s": teacher_s,
         "train_s": train_s,
-        "teacher_share_of_step_time": teacher_s / train_s if train_s else None,
+        "teacher_share_of_train_time": teacher_s / train_s if train_s else None,
     }
     ok = not changed and bool(buffers) and record["nonfinite_steps"] == 0
     return _write(a.out, f"distill-{args.distillation_type}", record, ok)
@@ -309,7 +316,7 @@ def summary(a: argparse.Namespace) -> int:
     """``summary.md``: one line per result file, its verdict and the numbers a reader looks for first."""
     keys = (
         "top1", "nonfinite_steps", "overflow_steps", "img_per_s", "peak_mem_mib", "recompiles", "logit_error_rel_max",
-        "scale_first_last_min", "stopped", "teacher_tensors_changed", "teacher_share_of_step_time", "bit_exact",
+        "scale_first_last_min", "stopped", "teacher_tensors_changed", "teacher_share_of_train_time", "bit_exact",
         "max_abs_diff", "ranks_in_sync", "problems",
     )  # fmt: skip
     lines = [f"# GPU check ({a.out})", "", "| result | ok | numbers |", "|---|---|---|"]

@@ -130,7 +130,8 @@ done
 if [ "$device" = cuda ]; then
   step "2 numerics" python -m benchmarks.gpu_check numerics --device cuda --out "$res/2-numerics"
 else
-  step "2 numerics" python -m benchmarks.gpu_check numerics --device cpu --batch 2 --steps 3 --out "$res/2-numerics"
+  step "2 numerics" python -m benchmarks.gpu_check numerics --device cpu --img-size 32 --batch 2 --steps 3 \
+    --out "$res/2-numerics"
 fi
 
 # ---------------------------------------------------------------- 3. the fp16 NaN guard
