@@ -9,7 +9,10 @@ ratios, so machine drift hits all variants alike. ``--compile`` variants are com
 up before the first round (their compile time is reported separately).
 
 Usage: ``python -m benchmarks.bench_train`` (CPU, fp32 eager vs compiled) or, on a GPU,
-``python -m benchmarks.bench_train --device cuda`` (adds bf16 and fp16 autocast).
+``python -m benchmarks.bench_train --device cuda`` (adds bf16 and fp16 autocast). ``--official``
+adds the official code's formulation (:mod:`benchmarks.reference`, eager) at each precision, and
+then runs ours without drop path too, since the official model has none: the same work per step.
+On CUDA, TF32 is on for fp32 (the trainer's default there) and each row records its peak memory.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--block-s", type=float, default=3.0, help="target seconds per timed block")
+    p.add_argument("--official", action="store_true", help="also time the official code's model (eager)")
     p.add_argument("--out", type=Path, help="output stem (default: benchmarks/results/bench_train_<device>)")
     a = p.parse_args(argv)
     a.precisions = a.precisions or (["fp32"] if a.device == "cpu" else ["fp32", "bf16", "fp16"])
@@ -61,14 +65,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Variant:
     """One (model, precision, compiled?) configuration with its own model copy and optimizer."""
 
-    def __init__(self, name: str, precision: str, compiled: bool, a: argparse.Namespace, device: torch.device):
+    def __init__(
+        self,
+        name: str,
+        precision: str,
+        compiled: bool,
+        a: argparse.Namespace,
+        device: torch.device,
+        official: bool = False,
+    ):
         import t2tvit
         from t2tvit.engine import LabelLoss, NonFiniteGuard, StepLog
 
         torch.manual_seed(0)
-        self.label = f"{precision}{' compile' if compiled else ''}"
+        self.label = f"{'official ' if official else ''}{precision}{' compile' if compiled else ''}"
         self.precision, self.compiled, self.device = precision, compiled, device
-        self.model = t2tvit.create_model(name, img_size=a.img_size, drop_path_rate=0.1).to(device)
+        if official:
+            from benchmarks.reference import reference_model
+
+            self.model = reference_model(name, img_size=a.img_size).to(device)
+        else:
+            drop_path = 0.0 if a.official else 0.1  # the official formulation has no drop path
+            self.model = t2tvit.create_model(name, img_size=a.img_size, drop_path_rate=drop_path).to(device)
         self.run_model: nn.Module = torch.compile(self.model) if compiled else self.model
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
@@ -89,6 +107,7 @@ class Variant:
         loader = [self.batches[i % 2] for i in range(steps)]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         train_one_epoch(
             self.run_model, loader, self.criterion, self.optimizer, epoch=0, device=self.device,
@@ -96,6 +115,7 @@ class Variant:
         )  # fmt: skip
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+            self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         return (time.perf_counter() - t0) / steps
 
 
@@ -107,6 +127,13 @@ def bench(name: str, a: argparse.Namespace, device: torch.device, prog: Progress
             v = Variant(name, precision, compiled, a, device)
             t0 = time.perf_counter()
             v.run(3)  # compiles (when compiled) and warms up
+            warm[v.label] = time.perf_counter() - t0
+            prog.log(f"{name} {v.label}: warm-up {warm[v.label]:.1f} s", advance=1)
+            variants.append(v)
+        if a.official:
+            v = Variant(name, precision, False, a, device, official=True)
+            t0 = time.perf_counter()
+            v.run(3)
             warm[v.label] = time.perf_counter() - t0
             prog.log(f"{name} {v.label}: warm-up {warm[v.label]:.1f} s", advance=1)
             variants.append(v)
@@ -135,6 +162,7 @@ def bench(name: str, a: argparse.Namespace, device: torch.device, prog: Progress
                 "speedup_vs_" + variants[0].label: statistics.median(ratios),
                 "warmup_s": warm[v.label],
                 "nonfinite_steps": v.guard.total,
+                "peak_mem_mib": getattr(v, "peak_mib", None),
             }
         )
     return rows
@@ -147,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA GPU visible; run with --device cpu", file=sys.stderr)
         return 2
     torch.set_num_threads(a.threads)
-    n_variants = len(a.precisions) * (1 if a.no_compile else 2)
+    if device.type == "cuda":  # the trainer's default on CUDA (t2t train --tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    n_variants = len(a.precisions) * ((1 if a.no_compile else 2) + a.official)
     start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     rows: list[dict[str, Any]] = []
     with Progress(len(a.models) * (n_variants + a.rounds)) as prog:
@@ -156,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_meta(device, time.perf_counter() - start, load_start)
     speed_key = next(k for k in rows[0] if k.startswith("speedup_vs_"))
     header = ["model", "variant", "batch", "img/s (median)", "img/s (best)", speed_key.replace("_", " "), "warm-up s"]
+    header.append("peak MiB")
     lines = [
         "# Training-step throughput (`benchmarks/bench_train.py`)",
         "",
@@ -176,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['batch']} | {r['img_per_s']:.1f} | {r['img_per_s_best']:.1f} | "
-            f"{r[speed_key]:.3f} | {r['warmup_s']:.1f} |"
+            f"{r[speed_key]:.3f} | {r['warmup_s']:.1f} | "
+            f"{'–' if r['peak_mem_mib'] is None else format(r['peak_mem_mib'], '.0f')} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -510,6 +510,59 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         return len(range(self.rank, self.length, self.world_size))
 
 
+class _EpochTagged(torch.utils.data.Sampler):
+    """A training sampler whose indices carry the epoch: ``(epoch, index)``, read by :class:`_EpochSeeded`."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _EpochSeeded(Dataset):
+    """The training set as persistent loader workers must see it: reseeded at each epoch's first batch.
+
+    Workers that live across epochs (``persistent_workers``) are seeded once, so epoch ``e``'s
+    augmentations would depend on every epoch before it and a resumed run could not repeat the
+    uninterrupted one. Each worker instead reseeds Python, NumPy and torch from
+    (seed, rank, epoch, worker id) when the epoch its indices carry changes. In the main process
+    (``workers=0``) nothing is reseeded: that process's generators are the run's own, checkpointed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int):
+        self.dataset, self.seed, self.rank = dataset, seed, rank
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # classes, samples, transform... of the wrapped set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, tagged: tuple[int, int]) -> Any:
+        epoch, index = tagged
+        info = torch.utils.data.get_worker_info()
+        if info is not None and epoch != self._epoch:
+            import random
+
+            self._epoch = epoch
+            seed = (((self.seed * 1_000_003 + self.rank) * 10_007 + epoch) * 1_009 + info.id) % 2**32
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        return self.dataset[index]
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -519,19 +572,23 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     seed: int = 0,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """A loader yielding ``(images, targets, skipped)``, sharded over ``world_size`` ranks.
 
     Training shuffles with a ``DistributedSampler`` (also for one process) whose order
     depends only on ``seed`` and the epoch, and drops the last incomplete batch. Call
-    :func:`set_epoch` before each epoch: it also reseeds the worker processes from
-    (seed, rank, epoch), which is what makes a resumed run repeat the uninterrupted one.
-    Evaluation visits every image exactly once across ranks.
+    :func:`set_epoch` before each epoch: the workers (kept alive across epochs and
+    validation passes, as timm does) reseed from (seed, rank, epoch, worker) at its first
+    batch, which is what makes a resumed run repeat the uninterrupted one.
+    Evaluation visits every image exactly once across ranks. ``pin_memory``: page-locked
+    batches for fast, asynchronous copies to a CUDA device (give it only when training on one).
     """
     if training:
-        sampler: Any = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        sampler: Any = _EpochTagged(
+            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
         )
+        dataset = _EpochSeeded(dataset, seed, rank)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
     loader = DataLoader(
@@ -540,11 +597,11 @@ def build_loader(
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate_skip,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         drop_last=training,
         worker_init_fn=_seed_worker,
         generator=torch.Generator(),
-        persistent_workers=False,
+        persistent_workers=workers > 0,
     )
     loader.seed, loader.rank = seed, rank  # read by set_epoch
     set_epoch(loader, 0)

@@ -67,16 +67,25 @@ class LabelLoss(nn.Module):
 
 @dataclass
 class NonFiniteGuard:
-    """Counts non-finite losses; after ``max_consecutive`` in a row the run is stopped.
+    """Counts non-finite steps; after ``max_consecutive`` in a row the run is stopped.
 
     A step whose loss or (without a GradScaler) gradient norm is NaN/inf is skipped (no
     optimizer step) and reported with its epoch and step, so one bad batch does not end a
     long run, but a diverged run does not burn GPU hours producing NaN either.
+
+    With fp16 a GradScaler skips overflowing steps itself and halves its scale, with no floor:
+    gradients that are non-finite at every scale drive the scale to 0 and every later step is
+    skipped while the run seems to go on. So an overflow counts as non-finite once the scale
+    after it is below ``min_scale`` or once ``max_overflows`` overflows came in a row (a healthy
+    run overflows a few times in a row at its start, then once per growth interval).
     """
 
     max_consecutive: int = 10
+    min_scale: float = 1.0
+    max_overflows: int = 50
     consecutive: int = 0
     total: int = 0
+    consecutive_overflows: int = 0
     events: list[str] = field(default_factory=list)
 
     def observe(self, finite: bool, epoch: int, step: int, what: str = "") -> None:
@@ -94,6 +103,25 @@ class NonFiniteGuard:
                 f"step {step}); "
                 "lower --lr, set --clip-grad, or use --amp-dtype bf16; the last good checkpoint is kept"
             )
+
+    def observe_scaler(self, overflowed: bool, scale: float, epoch: int, step: int) -> bool:
+        """Record one fp16 step: ``overflowed`` if the GradScaler skipped it, ``scale`` its scale after ``update()``.
+
+        Returns whether the step counted as non-finite. Every rank sees the same verdict (DDP has
+        averaged the gradients the scaler checked), so all ranks stop at the same step.
+        """
+        if not overflowed:
+            self.consecutive_overflows = 0
+            self.observe(True, epoch, step)
+            return False
+        self.consecutive_overflows += 1
+        if scale < self.min_scale:
+            self.observe(False, epoch, step, f"fp16 gradients (loss scale {scale:g} < {self.min_scale:g})")
+            return True
+        if self.consecutive_overflows >= self.max_overflows:
+            self.observe(False, epoch, step, f"fp16 gradients ({self.consecutive_overflows} overflows in a row)")
+            return True
+        return False
 
 
 class TooManySkipped(T2TError):
@@ -244,18 +272,26 @@ def _backward_step(
     epoch: int,
     step: int,
 ) -> str:
-    """Backward and optimizer step; ``"ok"``, ``"overflow"`` (the fp16 scaler skipped it, normal) or
+    """Backward and optimizer step; ``"ok"``, ``"overflow"`` (the fp16 scaler skipped it, normal),
+    ``"diverging"`` (an overflow at a collapsed scale or after too many in a row: counted by the guard) or
     ``"nonfinite"`` (non-finite gradients without a scaler: the weights were left untouched)."""
     if scaler is not None and scaler.is_enabled():
         scaler.scale(loss).backward()
         if clip_grad:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        scale = scaler.get_scale()
         scaler.step(optimizer)
+        # The scaler's own verdict (found_inf, all-reduced gradients: the same on every rank), read
+        # before update() clears it. Comparing scales instead misses the collapsed case: 0 halved is 0.
+        found = getattr(scaler, "_found_inf_per_device", None)  # torch 2.x; a private helper, so checked
+        scale = scaler.get_scale()
+        overflowed = any(bool(v) for v in found(optimizer).values()) if found else None
         scaler.update()
-        guard.observe(True, epoch, step)
-        return "overflow" if scaler.get_scale() < scale else "ok"  # inf/NaN gradients: the scaler skipped
+        if overflowed is None:
+            overflowed = scaler.get_scale() < scale or scale == 0.0
+        if guard.observe_scaler(overflowed, scaler.get_scale(), epoch, step):
+            return "diverging"  # an overflow the guard counts as non-finite (the scaler skipped it too)
+        return "overflow" if overflowed else "ok"
     loss.backward()
     norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
     finite = bool(torch.isfinite(norm))  # DDP has averaged the gradients: every rank agrees
@@ -342,6 +378,8 @@ def train_one_epoch(
     log.start(f"epoch {epoch}", total)
     loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
     skips = _EpochSkips(skip_guard, f"training epoch {epoch}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for step, (images, targets, dropped) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
@@ -360,8 +398,8 @@ def train_one_epoch(
             guard.observe(False, epoch, step, f"loss {value}")
             continue
         result = _backward_step(loss, model, optimizer, scaler, clip_grad, guard, epoch, step)
-        overflow += result == "overflow"
-        if result == "nonfinite":
+        overflow += result in ("overflow", "diverging")
+        if result in ("nonfinite", "diverging"):
             nonfinite += 1
             continue
         num_updates = _after_update(model, model_ema, lr_scheduler, num_updates + 1)
@@ -374,6 +412,10 @@ def train_one_epoch(
         [loss_sum, seen, overflow, *(skips.counts[r] for r in SKIP_REASONS)], device
     )
     skip_guard.check(skips.skipped, skips.tried, skips.what, final=True)
+    memory = {}
+    if device.type == "cuda":  # the largest rank's peak of tensors allocated in this epoch
+        (peak,) = _all_reduce([torch.cuda.max_memory_allocated(device) / 2**20], device, dist.ReduceOp.MAX)
+        memory["peak_mem_mib"] = round(peak, 1)
     return {
         "train_loss": loss_sum / max(seen_all, 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -383,6 +425,7 @@ def train_one_epoch(
         **_skip_metrics("", skipped),
         "overflow_steps": int(overflow),
         "nonfinite_steps": nonfinite,
+        **memory,
         "num_updates": num_updates,
     }
 

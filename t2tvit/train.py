@@ -18,7 +18,7 @@ import json
 import os
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -119,6 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true", help="mixed precision autocast")
     g.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16", help="autocast dtype with --amp")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument(
+        "--tf32",
+        dest="tf32",
+        action="store_true",
+        default=None,
+        help="TF32 matmuls and convolutions for fp32 work on CUDA (default: on with CUDA; args.json records it)",
+    )
+    g.add_argument("--no-tf32", dest="tf32", action="store_false", help="full fp32 matmuls and convolutions on CUDA")
+    g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, no cudnn "
+        "autotuning): a resumed run repeats the uninterrupted one bit for bit on GPU too (CPU always does); slower",
+    )
+    g.add_argument(
+        "--sync-bn", action="store_true", help="synchronise BatchNorm statistics across DDP processes (CNN models)"
+    )
+    g.add_argument(
+        "--min-loss-scale",
+        type=float,
+        default=1.0,
+        help="with fp16, an overflow at a GradScaler scale below this counts as a non-finite step (--max-nonfinite)",
+    )
+    g.add_argument(
+        "--dist-backend",
+        choices=["nccl", "gloo"],
+        default=None,
+        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU); gloo lets "
+        "several processes share one GPU",
+    )
     g.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/train/MODEL-TIME)")
@@ -213,22 +243,65 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed(device_arg: str | None) -> Dist:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU)."""
+def setup_distributed(device_arg: str | None, backend: str | None = None) -> Dist:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPUs, gloo on CPU, or ``backend``).
+
+    With gloo, more processes than GPUs share them round-robin (a DDP check on one GPU); NCCL
+    refuses two ranks on one device, so that case is a one-sentence error, not NCCL's.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     want = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if want == "cpu" and backend == "nccl":
+        raise ConfigError("--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo on CPU")
+    backend = backend or ("nccl" if want == "cuda" else "gloo")
     if want == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if local_rank >= count and backend == "nccl":
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU of its own ({count} visible) and NCCL cannot share one; "
+                "launch at most one process per GPU, or pass --dist-backend gloo"
+            )
+        index = local_rank % count
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend=backend)
     return Dist(rank, world, local_rank, device)
+
+
+def agree(d: Dist, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` on every rank, raising the same one-sentence error on every rank if any rank failed.
+
+    A user error found on one rank alone (rank 0's check of the output folder, a ``--resume`` or
+    ``--teacher-path`` file another node cannot read) would otherwise end that rank while the
+    others wait in DDP's first collective until the backend's timeout (10 minutes with NCCL).
+    ``fn`` must run the same collectives on every rank before it can raise.
+    """
+    failure: T2TError | None = None
+    try:
+        result = fn(*args, **kwargs)
+    except T2TError as e:
+        failure, result = e, None
+    if not d.distributed:
+        if failure is not None:
+            raise failure
+        return result
+    verdicts: list[Any] = [None] * d.world_size
+    mine = None if failure is None else (type(failure).__name__, str(failure))
+    dist.all_gather_object(verdicts, mine)
+    for rank, verdict in enumerate(verdicts):
+        if verdict is not None:
+            kind, message = verdict
+            where = "" if rank == 0 or d.world_size == 1 else f"on rank {rank}: "
+            error = CheckpointError if kind == "CheckpointError" else ConfigError
+            raise error(where + message)
+    return result
 
 
 def _broadcast(obj: Any, d: Dist) -> Any:
@@ -372,24 +445,45 @@ class CheckpointSaver:
         return path
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's random generators; of CUDA, only the device this rank trains on.
+
+    One state per rank, not one per visible device: a run resumed on another layout (1 node of 8
+    GPUs, then 2 of 4) gives each rank the state it saved, whatever its device index now is.
+    """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _cuda_rng_for(saved: Any, index: int) -> torch.Tensor | None:
+    """The CUDA generator state to restore on device ``index`` from a checkpoint's ``saved`` entry.
+
+    Checkpoints since this fix hold this rank's one state; older ones held a list, one per device
+    visible to the process (all of them under torchrun), whose ``index``-th entry is this rank's
+    when it exists.
+    """
+    if isinstance(saved, torch.Tensor):
+        return saved
+    if isinstance(saved, (list, tuple)) and 0 <= index < len(saved):
+        return saved[index]
+    return None
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is not None and device.type == "cuda":
+        cuda = _cuda_rng_for(state.get("cuda"), device.index or 0)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 def _plain(args: argparse.Namespace) -> dict[str, Any]:
@@ -533,7 +627,13 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     model = build_model(args, args.num_classes or saved.get("num_classes") or len(val.classes)).to(d.device)
     _set_transforms(args, data_config(args, model), None, val)
     loader = build_loader(
-        val, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
+        val,
+        args.batch_size,
+        training=False,
+        workers=args.workers,
+        rank=d.rank,
+        world_size=d.world_size,
+        pin_memory=d.device.type == "cuda",
     )
     metrics = evaluate(
         model,
@@ -667,11 +767,72 @@ def _restore(t: _Training, state: dict[str, Any], steps: int, d: Dist, path: str
     t.history = list(state.get("history", []))
     rng = state.get("rng_per_rank", {}).get(d.rank)
     if rng is not None:
-        _set_rng_state(rng)
+        _set_rng_state(rng, d.device)
     t.lr_scheduler.step(t.start_epoch)
     t.lr_scheduler.step_update(t.num_updates)
     if d.main:
         print(f"resumed {path} at epoch {t.start_epoch}")
+
+
+@contextlib.contextmanager
+def backend_settings(args: argparse.Namespace, device: torch.device) -> Iterator[None]:
+    """TF32, cuDNN autotuning and deterministic kernels as ``args`` says, restored afterwards.
+
+    ``--tf32`` unset becomes True on CUDA (timm's and DeiT's default: fp32 matmuls and convolutions
+    in TF32, ~10 bits of mantissa, several times faster on Ampere and later) and False elsewhere;
+    ``args.tf32`` and ``args.cudnn_benchmark`` then hold what was used, so args.json and the
+    checkpoint record it. ``--deterministic`` turns off cuDNN autotuning and asks torch for
+    deterministic kernels (ops without one warn, naming themselves); cuBLAS needs
+    ``CUBLAS_WORKSPACE_CONFIG`` before its first call, so it is set here, before any CUDA work.
+    """
+    cuda = device.type == "cuda"
+    if args.tf32 is None:
+        args.tf32 = cuda
+    args.cudnn_benchmark = cuda and not args.deterministic
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+    try:
+        if args.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.deterministic = True
+        if cuda:
+            # The legacy switches timm's train.py sets; torch 2.15 maps them onto fp32_precision.
+            torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+            torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+            torch.backends.cudnn.benchmark = args.cudnn_benchmark
+        yield
+    finally:
+        (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
+        ) = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
+        if saved[6] is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def apply_sync_bn(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
+    """``--sync-bn``: BatchNorm layers become ``SyncBatchNorm`` (statistics over every rank's batch) under DDP.
+
+    The layers keep their parameters and buffers (the optimizer and EMA built later see the same
+    tensors). One process has nothing to synchronise, as in timm; torch's SyncBatchNorm runs on
+    GPUs only, so a CPU run under DDP is refused.
+    """
+    if not args.sync_bn or not d.distributed:
+        return model
+    if d.device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA GPUs (torch's SyncBatchNorm does not run on CPU); drop --sync-bn")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _wrap(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
@@ -742,15 +903,20 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     ``criterion_factory(args, model, mixup_active) -> loss`` replaces the label loss; the
     distillation command plugs its teacher in here, so there is one loop.
     """
-
     if not 0.0 <= args.max_skipped_fraction <= 1.0:
         raise ConfigError(
             f"--max-skipped-fraction {args.max_skipped_fraction:g} is not a fraction; give a value from 0 "
             "(stop on skipped samples) to 1 (never stop)"
         )
-    d = setup_distributed(args.device)
-    if args.eval_checkpoint:
-        return evaluate_checkpoint(args, d)
+    d = setup_distributed(args.device, args.dist_backend)
+    with backend_settings(args, d.device):
+        if args.eval_checkpoint:
+            return evaluate_checkpoint(args, d)
+        return _train(args, d, criterion_factory)
+
+
+def _train(args: argparse.Namespace, d: Dist, criterion_factory: Any) -> dict[str, Any]:
+
     if args.amp and args.amp_dtype == "fp16" and d.device.type == "cpu":
         print("note: fp16 autocast on CPU is slow and partial; --amp-dtype bf16 is the CPU choice", file=sys.stderr)
     seed = args.seed + d.rank
@@ -758,9 +924,9 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    root = _data_root(args)
-    resume_state = _read_resume(args)
-    out = _resolve_output(args, d)
+    root = agree(d, _data_root, args)
+    resume_state = agree(d, _read_resume, args)
+    out = agree(d, _resolve_output, args, d)
     # The run folder is made now (an unwritable --output fails before any work) and removed again
     # if the run stops before writing anything but args.json: no empty folder after an early error.
     made = output_dir(out, "--output", disposable=("args.json",)) if d.main else contextlib.nullcontext(out)
@@ -773,16 +939,18 @@ def _train_into(
 ) -> dict[str, Any]:
     from .data import build_loader
 
-    train_set, val_set = _datasets(root)
+    train_set, val_set = agree(d, _datasets, root)
     num_classes = args.num_classes or len(train_set.classes)
     if num_classes < len(train_set.classes):
         raise ConfigError(f"--num-classes {num_classes} is less than the {len(train_set.classes)} class folders")
-    model = build_model(args, num_classes)
+    model = agree(d, build_model, args, num_classes)
     _set_transforms(args, data_config(args, model), train_set, val_set)
     model.to(d.device)
+    model = agree(d, apply_sync_bn, model, args, d)
     if getattr(model, "load_report", None) is not None and d.main:
         print(model.load_report)
 
+    pin = d.device.type == "cuda"
     train_loader = build_loader(
         train_set,
         args.batch_size,
@@ -791,16 +959,23 @@ def _train_into(
         rank=d.rank,
         world_size=d.world_size,
         seed=args.seed,
+        pin_memory=pin,
     )
     val_loader = build_loader(
-        val_set, args.batch_size, training=False, workers=args.workers, rank=d.rank, world_size=d.world_size
+        val_set,
+        args.batch_size,
+        training=False,
+        workers=args.workers,
+        rank=d.rank,
+        world_size=d.world_size,
+        pin_memory=pin,
     )
     if len(train_loader) == 0:
         raise ConfigError(
             f"{len(train_set)} training images make no full batch of {args.batch_size} per process; lower -b"
         )
     steps = len(train_loader) if args.steps_per_epoch is None else min(len(train_loader), args.steps_per_epoch)
-    t = _build_training(args, model, num_classes, steps, criterion_factory)
+    t = agree(d, _build_training, args, model, num_classes, steps, criterion_factory)
     if resume_state is not None:
         _restore(t, resume_state, steps, d, args.resume)
     if d.main:
@@ -831,7 +1006,7 @@ def _epochs(
     train_model = _wrap(t.model, args, d)
     writer = _tensorboard(args, d, out)
     saver = CheckpointSaver(out, keep=args.keep)
-    guard = NonFiniteGuard(args.max_nonfinite)
+    guard = NonFiniteGuard(args.max_nonfinite, min_scale=args.min_loss_scale)
     skip_guard = SkipGuard(args.max_skipped_fraction)  # one per run: each skipped file is named once
     log = StepLog(d.main, args.log_interval)
     amp_dtype = _amp_dtype(args)
@@ -871,7 +1046,7 @@ def _epochs(
         is_best = t.best is None or score > t.best
         t.best = score if is_best else t.best
         t.history.append(row)
-        rngs = [_rng_state()]
+        rngs = [_rng_state(d.device)]
         if d.distributed:
             gathered: list[Any] = [None] * d.world_size
             dist.all_gather_object(gathered, rngs[0])

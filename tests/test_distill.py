@@ -225,3 +225,62 @@ def test_soft_distillation_with_mixup_under_two_gloo_processes(
     assert summary["ranks_in_sync"] and summary["last"]["train_images"] == 80
     assert math.isfinite(summary["last"]["train_loss"])
     assert res.stdout.count("teacher resnet18") == 1  # printed by rank 0 only
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft", "none"])
+def test_timm_deit_distilled_student_trains_both_heads(tmp_path: Path, kind: str) -> None:
+    # timm's deit_*_distilled return the mean of their heads in training unless set_distilled_training(True):
+    # the distillation criterion sets it, so the first step gets (cls, dist) and both heads get a gradient.
+    from compress.distill import build_parser, distillation_criterion
+    from t2tvit.train import make_args
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path)
+    student = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32)
+    args = make_args(
+        build_parser(), model="deit_tiny_distilled_patch16_224", img_size=32, teacher_model="resnet18",
+        teacher_path=str(path), distillation_type=kind,
+    )  # fmt: skip
+    criterion = distillation_criterion(args, student, mixup_active=False)
+    student.train()
+    images, targets = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    outputs = student(images)
+    assert isinstance(outputs, tuple) and len(outputs) == 2
+    criterion(images, outputs, targets).backward()
+    for head in (student.head, student.head_dist):
+        assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    student.eval()
+    with torch.no_grad():
+        mean = student(images)
+    assert mean.shape == (4, 10)  # evaluation still averages the two heads
+
+
+def test_teacher_in_channels_last_gives_the_same_logits() -> None:
+    # On CUDA build_teacher puts a convolutional teacher in channels_last; the function must not change.
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=10).eval()
+    plain = Teacher(net, TeacherInput(None))
+    images = torch.randn(2, 3, 32, 32)
+    want = plain(images)
+    nhwc = Teacher(timm.create_model("resnet18", num_classes=10), TeacherInput(None), channels_last=True)
+    nhwc.model.load_state_dict(net.state_dict())
+    assert nhwc.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc(images), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it)")
+def test_cnn_teacher_on_cuda_runs_channels_last_with_the_cpu_logits(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path)
+    cpu = build_teacher("resnet18", path, 10, img_size=32)
+    gpu = build_teacher("resnet18", path, 10, img_size=32, device="cuda")
+    assert gpu.channels_last and not cpu.channels_last
+    images = torch.randn(4, 3, 32, 32)
+    tf32, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+    try:
+        torch.testing.assert_close(gpu(images.cuda()).cpu(), cpu(images), rtol=1e-3, atol=1e-3)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32

@@ -402,3 +402,212 @@ def test_t2t_train_command_runs_other_models_and_precisions(small_digits: Path, 
     assert t2tvit.checkpoint.read_checkpoint(out / "last.pth")["args"]["model"] == (
         "resnet18" if "resnet18" in extra else "t2t_vit_7"
     )
+
+
+class _InfGradientOn(torch.autograd.Function):
+    """Identity forward, inf backward: a finite loss whose fp16-scaled gradient overflows."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("inf")
+
+
+class _OverflowOn(nn.Module):
+    """A real linear model whose gradient is inf on the given calls (all calls when ``steps`` is None)."""
+
+    def __init__(self, steps: set[int] | None = None):
+        super().__init__()
+        self.net, self.calls, self.steps = nn.Linear(12, 3), 0, steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        y = self.net(x.flatten(1))
+        return _InfGradientOn.apply(y) if self.steps is None or self.calls in self.steps else y
+
+
+def _fp16_epoch(model: nn.Module, guard: NonFiniteGuard, steps: int = 30, init_scale: float = 16.0):
+    from t2tvit.engine import LabelLoss
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)  # the real scaler; it runs on CPU
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(steps)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(
+        model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
+        scaler=scaler, guard=guard, log=StepLog(False),
+    )  # fmt: skip
+    return stats, scaler
+
+
+def test_fp16_guard_stops_a_run_whose_loss_scale_collapses(capsys) -> None:
+    # Gradients inf at every scale: the GradScaler skips every step and halves its scale (16, 8, ..., 1,
+    # 0.5, ...) without a floor. Below --min-loss-scale 1 each overflow counts as non-finite, so the
+    # third one after the scale fell under 1 (step 7: 16 / 2**7) stops the run.
+    torch.manual_seed(0)
+    model = _OverflowOn()
+    before = model.net.weight.detach().clone()
+    with pytest.raises(
+        TrainingDiverged, match=r"3 consecutive non-finite steps \(last: fp16 gradients \(loss scale 0.125 < 1\) at "
+        r"epoch 0 step 7\)"
+    ):  # fmt: skip
+        _fp16_epoch(model, NonFiniteGuard(3, min_scale=1.0))
+    assert torch.equal(model.net.weight, before)  # the scaler skipped every step
+    assert "non-finite fp16 gradients (loss scale 0.5 < 1) at epoch 0 step 5" in capsys.readouterr().out
+
+
+def test_fp16_guard_stops_after_too_many_overflows_in_a_row() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match=r"\(last: fp16 gradients \(4 overflows in a row\) at epoch 0 step 4\)"):
+        _fp16_epoch(_OverflowOn(), NonFiniteGuard(1, min_scale=0.0, max_overflows=4), init_scale=2.0**20)
+
+
+def test_fp16_isolated_overflows_are_counted_not_fatal() -> None:
+    torch.manual_seed(0)
+    guard = NonFiniteGuard(1, min_scale=1.0, max_overflows=3)  # 9 and 10: two in a row
+    stats, scaler = _fp16_epoch(_OverflowOn({3, 9, 10}), guard, steps=12, init_scale=16.0)
+    assert stats["overflow_steps"] == 3 and stats["nonfinite_steps"] == 0 and guard.total == 0
+    assert scaler.get_scale() == 2.0  # halved three times, never below the floor
+    assert stats["num_updates"] == 12  # timm's count: a skipped fp16 step still advances the schedule
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_error_found_on_rank_0_alone_ends_every_rank_with_its_sentence(small_digits: Path, tmp_path: Path) -> None:
+    # Only rank 0 checks the output folder; rank 1 used to go on into DDP's first collective and wait
+    # there for the backend's timeout (gloo: 30 minutes). Two real gloo processes, no launcher to kill them.
+    out = tmp_path / "taken"
+    assert main([str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--output", str(out)]) == 0
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )  # fmt: skip
+        cmd = [sys.executable, "-m", "t2tvit.train", str(small_digits), *QUICK, "-b", "8", "--epochs", "1"]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--device", "cpu", "--output", str(out)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+        )
+    try:
+        results = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [2, 2], [r[1][-2000:] for r in results]
+    for _, err in results:
+        assert f"{out} already holds a run (last.pth); pass --resume" in err and "Traceback" not in err
+
+
+def test_cuda_rng_state_is_one_per_rank_and_reads_old_checkpoints() -> None:
+    from t2tvit.train import _cuda_rng_for, _rng_state
+
+    state = torch.arange(16, dtype=torch.uint8)
+    assert _cuda_rng_for(state, 5) is state  # this rank's own state, whatever its device index now
+    old = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]  # one per visible device (1x4 GPUs)
+    assert torch.equal(_cuda_rng_for(old, 2), old[2])
+    assert _cuda_rng_for(old, 7) is None  # resumed on a node with more devices: skipped, no IndexError
+    assert _cuda_rng_for(None, 0) is None
+    assert _rng_state(torch.device("cpu"))["cuda"] is None
+
+
+def test_deterministic_and_tf32_are_recorded_and_restored(small_digits: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    flags = [str(small_digits), *QUICK, "-b", "16", "--epochs", "1", "--steps-per-epoch", "2", "--deterministic"]
+    assert main([*flags, "--output", str(out)]) == 0
+    recorded = json.loads((out / "args.json").read_text())
+    assert recorded["deterministic"] is True and recorded["tf32"] is False and recorded["cudnn_benchmark"] is False
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's settings are given back
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ or os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    assert build_parser().parse_args(["d", "--no-tf32"]).tf32 is False
+    assert build_parser().parse_args(["d"]).tf32 is None  # decided by the device: on for CUDA
+
+
+def test_sync_bn_converts_under_ddp_on_gpus_and_is_refused_on_cpu() -> None:
+    from t2tvit.train import Dist, apply_sync_bn
+
+    args = build_parser().parse_args(["d", "--sync-bn"])
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert apply_sync_bn(model, args, Dist(0, 1, 0, torch.device("cpu"))) is model  # one process: nothing to sync
+    with pytest.raises(ConfigError, match="--sync-bn needs CUDA GPUs"):
+        apply_sync_bn(model, args, Dist(0, 2, 0, torch.device("cpu")))
+    weight = model[1].weight
+    converted = apply_sync_bn(model, args, Dist(0, 2, 0, torch.device("cuda", 0)))  # conversion needs no GPU
+    assert isinstance(converted[1], nn.SyncBatchNorm) and converted[1].weight is weight
+
+
+_NO_CUDA = "needs a CUDA GPU (benchmarks/gpu_check.sh runs these)"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=_NO_CUDA)
+def test_cuda_rng_state_round_trips_on_this_ranks_device() -> None:
+    from t2tvit.train import _rng_state, _set_rng_state
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    state = _rng_state(device)
+    a = torch.rand(4, device=device)
+    torch.rand(100, device=device)
+    _set_rng_state(state, device)
+    assert torch.equal(torch.rand(4, device=device), a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=_NO_CUDA)
+def test_fp16_guard_with_the_real_scaler_on_cuda() -> None:
+    from t2tvit.engine import LabelLoss
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = _OverflowOn().to(device)
+    scaler = torch.amp.GradScaler("cuda", init_scale=16.0)
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(30)]
+    with pytest.raises(TrainingDiverged, match="loss scale 0.125 < 1"):
+        train_one_epoch(
+            model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
+            device=device, amp_dtype=torch.float16, scaler=scaler, guard=NonFiniteGuard(3), log=StepLog(False),
+        )  # fmt: skip
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=_NO_CUDA)
+@pytest.mark.parametrize(
+    "amp", [["--amp", "--amp-dtype", "fp16"], ["--amp", "--amp-dtype", "bf16"]], ids=["fp16", "bf16"]
+)
+def test_deterministic_resume_on_cuda_repeats_the_uninterrupted_run(small_digits: Path, tmp_path: Path, amp) -> None:
+    flags = [
+        str(small_digits), *QUICK, "-j", "2", "-b", "16", "--epochs", "2", "--device", "cuda", "--deterministic",
+        "--drop-path", "0.1", "--model-ema", "--model-ema-decay", "0.9", *amp,
+    ]  # fmt: skip
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main([*flags, "--output", str(full)]) == 0  # epoch 0's checkpoint is kept (--keep 3)
+    assert main([*flags, "--output", str(resumed), "--resume", str(full / "checkpoint-0.pth")]) == 0
+    a = t2tvit.checkpoint.read_checkpoint(full / "last.pth")
+    b = t2tvit.checkpoint.read_checkpoint(resumed / "last.pth")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_nccl_on_cpu_is_refused_in_one_sentence() -> None:
+    from t2tvit.train import setup_distributed
+
+    with pytest.raises(ConfigError, match="--dist-backend nccl needs CUDA GPUs; use --dist-backend gloo"):
+        setup_distributed("cpu", "nccl")
