@@ -281,9 +281,10 @@ def test_cli_unknown_format_lists_the_valid_names(tmp_path) -> None:
 def test_cli_empty_calibration_folder_and_mismatched_checkpoint(trained, tmp_path) -> None:
     empty = tmp_path / "empty"
     (empty / "cat").mkdir(parents=True)
-    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--calib-data", str(empty), "--out", str(tmp_path))
+    out = str(tmp_path / "out")  # tmp_path itself is not an export folder: refused before anything else
+    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--calib-data", str(empty), "--out", out)
     assert res.returncode == 2 and "holds no images" in res.stderr and "Traceback" not in res.stderr
-    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--model", "t2t_vit_14", "--out", str(tmp_path))
+    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--model", "t2t_vit_14", "--out", out)
     assert res.returncode == 2 and "does not fit t2t_vit_14" in res.stderr and "t2t_vit_7" in res.stderr
 
 
