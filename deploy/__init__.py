@@ -16,7 +16,7 @@ Submodules import their heavy dependencies (torch, the runtimes) only when used.
 __toolkit__ = "t2tvit-edge"  # read (not imported) by t2t.cli.name_clashes: is this package ours?
 
 from .base import FORMATS, Format, Predictor, get_format, resolve_formats
-from .export import Export, export_all, export_checkpoint, verify_artifacts, verify_export
+from .export import Export, export_all, export_checkpoint, verify_artifacts, verify_export, verify_folder
 from .predict import open_predictor, predict_images, read_class_names
 
 open = open_predictor  # noqa: A001 - deploy.open(path) is the one entry point, like io.open
@@ -36,4 +36,5 @@ __all__ = [
     "resolve_formats",
     "verify_artifacts",
     "verify_export",
+    "verify_folder",
 ]

@@ -232,14 +232,14 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-def _process_start() -> float:
-    """When this process started (seconds since the epoch): leftovers older than it are not this run's."""
-    try:
-        import psutil
+# When this process began exporting (this module's import, on the wall clock leftovers' mtimes use): a leftover
+# older than it is not this process's. psutil's create_time is derived from the boot time and drifts from the
+# wall clock by seconds on some machines, enough to spare a folder a process killed just before.
+_STARTED = time.time()
 
-        return float(psutil.Process().create_time())
-    except Exception:  # noqa: BLE001 - no psutil: now is a safe bound for everything this run creates later
-        return time.time()
+
+def _process_start() -> float:
+    return _STARTED
 
 
 def _pid_alive(pid: int) -> bool:

@@ -141,11 +141,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.manifest, indent=2))
     else:
-        _print_table(result.manifest, result.folder)
+        _print_table(result.manifest, result.folder, result.formats)
     return 1 if result.failed else 0
 
 
-def _print_table(manifest: dict[str, Any], out: Any) -> None:
+def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -165,6 +165,8 @@ def _print_table(manifest: dict[str, Any], out: Any) -> None:
         size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "-"
         ratio = f"{a['bytes'] / fp32:.2f}" if a.get("bytes") and fp32 else "-"
         note = a.get("reason") or ""
+        if formats is not None and a["format"] not in formats:  # merged into: an entry of an earlier export
+            note = f"kept from the export of {a.get('exported') or 'an earlier run'}" + (f"; {note}" if note else "")
         mobile = (a.get("details") or {}).get("optimize_for_mobile")
         if not note and mobile and mobile != "applied":
             note = "optimize_for_mobile unavailable (no XNNPACK in this PyTorch build)"
@@ -179,7 +181,8 @@ def _print_table(manifest: dict[str, Any], out: Any) -> None:
             escape(note),
         )
     console.print(table)
-    n = {s: sum(a["status"] == s for a in arts) for s in ("ok", "skipped", "failed")}
+    mine = [a for a in arts if formats is None or a["format"] in formats]
+    n = {s: sum(a["status"] == s for a in mine) for s in ("ok", "skipped", "failed")}
     console.print(
         f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed; "
         f"parity on {manifest['parity']['images']} images; manifest: {escape(str(out))}/manifest.json"

@@ -186,15 +186,19 @@ def test_artifact_failing_its_threshold_is_marked_failed(trained, tmp_path) -> N
     assert (tmp_path / "out" / by["torch-int8"]["file"]).is_file()
 
 
-def test_old_artifacts_are_replaced_never_mixed(trained, tmp_path) -> None:
+def test_an_export_into_an_earlier_one_merges_and_never_mixes_models(trained, tmp_path) -> None:
     out = tmp_path / "out"
     ctx = ExportContext(img_size=(IMG, IMG))
     export_all(trained["model"], ["torch", "torchscript"], out, ctx, trained["parity"][:8], progress=False)
-    (out / "model-stale.onnx").write_bytes(b"old")
+    (out / "model-stale.onnx").write_bytes(b"old")  # a file of the user's: kept
     m = export_all(trained["model"], ["torch-int8"], out, ctx, trained["parity"][:8], progress=False)
-    assert [a["format"] for a in m["artifacts"]] == ["torch-int8"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, FORMATS["torch-int8"].filename])
+    assert [a["format"] for a in m["artifacts"]] == ["torch", "torch-int8", "torchscript"]
+    names = [FORMATS[n].filename for n in ("torch", "torch-int8", "torchscript")]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "model-stale.onnx", *names])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
+    other = t2tvit.create_model("t2t_vit_7", num_classes=10, img_size=IMG).eval()
+    with pytest.raises(ConfigError, match="another model or other weights"):
+        export_all(other, ["torch"], out, ctx, trained["parity"][:8], progress=False)
     # a folder that is not an export is never deleted
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -277,9 +281,10 @@ def test_cli_unknown_format_lists_the_valid_names(tmp_path) -> None:
 def test_cli_empty_calibration_folder_and_mismatched_checkpoint(trained, tmp_path) -> None:
     empty = tmp_path / "empty"
     (empty / "cat").mkdir(parents=True)
-    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--calib-data", str(empty), "--out", str(tmp_path))
+    out = str(tmp_path / "out")  # tmp_path itself is not an export folder: refused before anything else
+    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--calib-data", str(empty), "--out", out)
     assert res.returncode == 2 and "holds no images" in res.stderr and "Traceback" not in res.stderr
-    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--model", "t2t_vit_14", "--out", str(tmp_path))
+    res = t2t("export", "--checkpoint", str(trained["checkpoint"]), "--model", "t2t_vit_14", "--out", out)
     assert res.returncode == 2 and "does not fit t2t_vit_14" in res.stderr and "t2t_vit_7" in res.stderr
 
 
