@@ -1115,6 +1115,9 @@ def main(
     except T2TError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # also under torchrun, where t2t's own dispatch is not in the way
+        print(f"{parser.prog}: interrupted; {getattr(e, 't2t_note', '')}".rstrip("; "), file=sys.stderr, flush=True)
+        return 130
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
