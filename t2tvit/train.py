@@ -34,7 +34,10 @@ from .errors import CheckpointError, ConfigError, T2TError
 
 __all__ = [
     "CheckpointSaver",
+    "agree",
+    "apply_sync_bn",
     "atomic_save",
+    "backend_settings",
     "build_parser",
     "build_transforms",
     "data_config",
