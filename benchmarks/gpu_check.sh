@@ -11,8 +11,9 @@
 # benchmarks/results/gpu/<step>/ holding the command that made it (all commands: commands.txt):
 #
 # 1. precision matrix on the digits, 2 epochs each: fp32 (TF32), bf16, fp16, bf16 + --compile, for t2t_vit_7
-#    and t2t_vit_t_7: finite loss, top-1 at least the CPU figure less MARGIN points, 0 non-finite steps,
-#    overflow count, img/s, peak memory, recompiles (TORCH_LOGS=recompiles);
+#    and t2t_vit_t_14 (the smallest variant with the transformer T2T module; there is no t2t_vit_t_7):
+#    finite loss, top-1 at least the CPU figure less MARGIN points, 0 non-finite steps, overflow count,
+#    img/s, peak memory, recompiles (TORCH_LOGS=recompiles);
 # 2. numerics at 224: t2t_vit_14, batch 64, fp16/bf16 autocast logits against float64 (at most twice the
 #    CPU figures 1.3e-3 / 9.4e-3), gradients finite, the GradScaler's scale over 200 fp16 steps;
 # 3. the fp16 NaN guard stopping an injected divergence (gradients inf at every scale);
@@ -38,7 +39,7 @@ MARGIN=${MARGIN:-3}             # top-1 points a GPU run may fall short of the C
 # The CPU figures: top-1 after 2 epochs of `t2t train digits --config digits`, measured on CPU, with the command.
 cpu_figures=${CPU_FIGURES:-benchmarks/results/digits_2_epochs_cpu.json}
 declare -A cpu_top1=()
-for m in t2t_vit_7 t2t_vit_t_7; do  # a missing figure fails that model's verdicts in step 1
+for m in t2t_vit_7 t2t_vit_t_14; do  # a missing figure fails that model's verdicts in step 1
   cpu_top1[$m]=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['top1'])" \
     "$cpu_figures" "$m" 2>/dev/null) || cpu_top1[$m]=""
 done
@@ -104,7 +105,7 @@ logged() {  # logged LOG CMD...: run with the console in LOG (its last lines sho
 }
 
 # ---------------------------------------------------------------- 1. precision matrix
-for model in t2t_vit_7 t2t_vit_t_7; do
+for model in t2t_vit_7 t2t_vit_t_14; do
   for prec in $precisions; do
     name=$model-$prec
     case $prec in
