@@ -11,8 +11,9 @@
 # benchmarks/results/gpu/<step>/ holding the command that made it (all commands: commands.txt):
 #
 # 1. precision matrix on the digits, 2 epochs each: fp32 (TF32), bf16, fp16, bf16 + --compile, for t2t_vit_7
-#    and t2t_vit_t_7: finite loss, top-1 at least the CPU figure less MARGIN points, 0 non-finite steps,
-#    overflow count, img/s, peak memory, recompiles (TORCH_LOGS=recompiles);
+#    and t2t_vit_t_14 (the smallest variant with the transformer T2T module; there is no t2t_vit_t_7):
+#    finite loss, top-1 at least the CPU figure less MARGIN points, 0 non-finite steps, overflow count,
+#    img/s, peak memory, recompiles (TORCH_LOGS=recompiles);
 # 2. numerics at 224: t2t_vit_14, batch 64, fp16/bf16 autocast logits against float64 (at most twice the
 #    CPU figures 1.3e-3 / 9.4e-3), gradients finite, the GradScaler's scale over 200 fp16 steps;
 # 3. the fp16 NaN guard stopping an injected divergence (gradients inf at every scale);
@@ -36,14 +37,11 @@ if [ "${1:-}" = "--device" ]; then
 fi
 MARGIN=${MARGIN:-3}             # top-1 points a GPU run may fall short of the CPU figure (not bit-identical)
 # The CPU figures: top-1 after 2 epochs of `t2t train digits --config digits`, measured on CPU, with the command.
-cpu_figures=benchmarks/results/digits_2_epochs_cpu.json
+cpu_figures=${CPU_FIGURES:-benchmarks/results/digits_2_epochs_cpu.json}
 declare -A cpu_top1=()
-for m in t2t_vit_7 t2t_vit_t_7; do
-  if ! cpu_top1[$m]=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['top1'])" \
-    "$cpu_figures" "$m"); then
-    echo "gpu_check: no CPU top-1 figure for $m in $cpu_figures; step 1 would compare against nothing"
-    exit 2
-  fi
+for m in t2t_vit_7 t2t_vit_t_14; do  # a missing figure fails that model's verdicts in step 1
+  cpu_top1[$m]=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]]['top1'])" \
+    "$cpu_figures" "$m" 2>/dev/null) || cpu_top1[$m]=""
 done
 
 if [ "$device" = cuda ]; then
@@ -62,7 +60,9 @@ else
   precisions="fp32 bf16 fp16"   # --compile on 2 shared cores takes minutes: GPU only
   MARGIN=100
 fi
-rm -rf "$res" "$runs"
+STEPS=${STEPS:-1 2 3 4 5 6 7 8}  # e.g. STEPS="5 8" reruns steps 5 and 8 (a later step reuses step 1's model)
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+if [ "$STEPS" = "1 2 3 4 5 6 7 8" ]; then rm -rf "$res" "$runs"; fi
 mkdir -p "$res" "$runs"
 if [ "$device" = cuda ]; then nvidia-smi >"$res/nvidia-smi.txt" 2>&1; fi
 status=0
@@ -107,127 +107,154 @@ logged() {  # logged LOG CMD...: run with the console in LOG (its last lines sho
 }
 
 # ---------------------------------------------------------------- 1. precision matrix
-for model in t2t_vit_7 t2t_vit_t_7; do
-  for prec in $precisions; do
-    name=$model-$prec
-    case $prec in
-      fp32) flags=() ;;
-      bf16) flags=(--amp --amp-dtype bf16) ;;
-      fp16) flags=(--amp --amp-dtype fp16) ;;
-      bf16-compile) flags=(--amp --amp-dtype bf16 --compile) ;;
-    esac
+if want 1; then
+  for model in t2t_vit_7 t2t_vit_t_14; do
+    for prec in $precisions; do
+      name=$model-$prec
+      case $prec in
+        fp32) flags=() ;;
+        bf16) flags=(--amp --amp-dtype bf16) ;;
+        fp16) flags=(--amp --amp-dtype fp16) ;;
+        bf16-compile) flags=(--amp --amp-dtype bf16 --compile) ;;
+      esac
+      rm -rf "$runs/matrix/$name"
     cmd=(t2t train digits --config digits --model "$model" --epochs 2 --device "$device" "${quick[@]}"
-      "${flags[@]}" --output "$runs/matrix/$name")
-    if step "1 train $name" logged "$runs/matrix-$name.log" env TORCH_LOGS=recompiles "${cmd[@]}"; then
-      step "1 verdict $name" python -m benchmarks.gpu_check run-summary "$name" "$runs/matrix/$name" \
-        --console "$runs/matrix-$name.log" --train-command "${cmd[*]}" \
-        --min-top1 "$(python -c "print(max(0.0, ${cpu_top1[$model]} - $MARGIN))")" --out "$res/1-precision"
-    fi
+        "${flags[@]}" --output "$runs/matrix/$name")
+      if ! step "1 train $name" logged "$runs/matrix-$name.log" env TORCH_LOGS=recompiles "${cmd[@]}"; then
+        continue
+      fi
+      if [ -z "${cpu_top1[$model]}" ]; then
+        echo "!! 1 verdict $name failed: no CPU top-1 figure for $model in $cpu_figures"
+        status=1
+        failed+=("1 verdict $name")
+      else
+        step "1 verdict $name" python -m benchmarks.gpu_check run-summary "$name" "$runs/matrix/$name" \
+          --console "$runs/matrix-$name.log" --train-command "${cmd[*]}" \
+          --min-top1 "$(python -c "print(max(0.0, ${cpu_top1[$model]} - $MARGIN))")" --out "$res/1-precision"
+      fi
+    done
   done
-done
+fi
 
 # ---------------------------------------------------------------- 2. numerics at 224
-if [ "$device" = cuda ]; then
-  step "2 numerics" python -m benchmarks.gpu_check numerics --device cuda --out "$res/2-numerics"
-else
-  step "2 numerics" python -m benchmarks.gpu_check numerics --device cpu --img-size 32 --batch 2 --steps 3 \
-    --out "$res/2-numerics"
+if want 2; then
+  if [ "$device" = cuda ]; then
+    step "2 numerics" python -m benchmarks.gpu_check numerics --device cuda --out "$res/2-numerics"
+  else
+    step "2 numerics" python -m benchmarks.gpu_check numerics --device cpu --img-size 32 --batch 2 --steps 3 \
+      --out "$res/2-numerics"
+  fi
 fi
 
 # ---------------------------------------------------------------- 3. the fp16 NaN guard
-step "3 nan guard" python -m benchmarks.gpu_check nan-guard --device "$device" --out "$res/3-nan-guard"
+if want 3; then
+  step "3 nan guard" python -m benchmarks.gpu_check nan-guard --device "$device" --out "$res/3-nan-guard"
+fi
 
 # ---------------------------------------------------------------- 4. distillation
-teacher=$runs/teacher/best.pth
-step "4 teacher" logged "$runs/teacher.log" t2t train digits --config digits --model resnet18 --epochs 3 \
-  --device "$device" "${quick[@]}" --output "$runs/teacher"
-for kind in hard soft; do
-  if need "4 distill $kind" "$teacher"; then
-    step "4 distill $kind" python -m benchmarks.gpu_check distill --out "$res/4-distill" digits "$teacher" \
-      "$runs/distill-$kind" --amp --distillation-type "$kind" --epochs 2 --device "$device" "${quick[@]}"
-  fi
-done
+if want 4; then
+  teacher=$runs/teacher/best.pth
+  rm -rf "$runs/teacher" "$runs"/distill-*
+  step "4 teacher" logged "$runs/teacher.log" t2t train digits --config digits --model resnet18 --epochs 3 \
+    --device "$device" "${quick[@]}" --output "$runs/teacher"
+  for kind in hard soft; do
+    if need "4 distill $kind" "$teacher"; then
+      step "4 distill $kind" python -m benchmarks.gpu_check distill --out "$res/4-distill" digits "$teacher" \
+        "$runs/distill-$kind" --amp --distillation-type "$kind" --epochs 2 --device "$device" "${quick[@]}"
+    fi
+  done
+fi
 
 # ---------------------------------------------------------------- 5. resume in fp16
-for det in plain deterministic; do
-  extra=()
-  exact=()
-  if [ "$det" = deterministic ] || [ "$device" = cpu ]; then exact=(--exact); fi  # CPU is always exact
-  if [ "$det" = deterministic ]; then extra=(--deterministic); fi
-  base=(t2t train digits --config digits --epochs 3 --amp --amp-dtype fp16 --model-ema --model-ema-decay 0.9
-    --drop-path 0.1 --device "$device" "${quick[@]}" "${extra[@]}")
-  step "5 resume $det: 3 epochs" logged "$runs/resume-$det-straight.log" "${base[@]}" \
-    --output "$runs/resume-$det/straight"
-  if need "5 resume $det: 2 + 1" "$runs/resume-$det/straight/checkpoint-1.pth"; then
-    step "5 resume $det: 2 + 1" logged "$runs/resume-$det-resumed.log" "${base[@]}" \
-      --output "$runs/resume-$det/resumed" --resume "$runs/resume-$det/straight/checkpoint-1.pth"
-  fi
-  if need "5 resume $det: compare" "$runs/resume-$det/straight/last.pth" "$runs/resume-$det/resumed/last.pth"; then
-    step "5 resume $det: compare" python -m benchmarks.gpu_check compare "fp16-$det" \
-      "$runs/resume-$det/straight/last.pth" "$runs/resume-$det/resumed/last.pth" "${exact[@]}" --out "$res/5-resume"
-  fi
-done
+if want 5; then
+  for det in plain deterministic; do
+    extra=()
+    exact=()
+    if [ "$det" = deterministic ] || [ "$device" = cpu ]; then exact=(--exact); fi  # CPU is always exact
+    if [ "$det" = deterministic ]; then extra=(--deterministic); fi
+    rm -rf "$runs/resume-$det"
+    base=(t2t train digits --config digits --epochs 3 --amp --amp-dtype fp16 --model-ema --model-ema-decay 0.9
+      --drop-path 0.1 --device "$device" "${quick[@]}" "${extra[@]}")
+    step "5 resume $det: 3 epochs" logged "$runs/resume-$det-straight.log" "${base[@]}" \
+      --output "$runs/resume-$det/straight"
+    if need "5 resume $det: 2 + 1" "$runs/resume-$det/straight/checkpoint-1.pth"; then
+      step "5 resume $det: 2 + 1" logged "$runs/resume-$det-resumed.log" "${base[@]}" \
+        --output "$runs/resume-$det/resumed" --resume "$runs/resume-$det/straight/checkpoint-1.pth"
+    fi
+    if need "5 resume $det: compare" "$runs/resume-$det/straight/last.pth" "$runs/resume-$det/resumed/last.pth"; then
+      step "5 resume $det: compare" python -m benchmarks.gpu_check compare "fp16-$det" \
+        "$runs/resume-$det/straight/last.pth" "$runs/resume-$det/resumed/last.pth" "${exact[@]}" --out "$res/5-resume"
+    fi
+  done
 
-if [ "$device" = cuda ]; then  # the trainer's GPU tests (RNG per rank, fp16 guard, deterministic resume)
-  mkdir -p "$res/5-resume"
-  step "5 gpu tests" logged "$res/5-resume/pytest-gpu.txt" python -m pytest -q -rs -m gpu tests/test_train.py \
-    tests/test_distill.py
-  if grep -q "SKIPPED" "$res/5-resume/pytest-gpu.txt"; then
-    echo "!! 5 gpu tests: skipped on a GPU machine (see $res/5-resume/pytest-gpu.txt)"
-    status=1
-    failed+=("5 gpu test skips")
+  if [ "$device" = cuda ]; then  # the trainer's GPU tests (RNG per rank, fp16 guard, deterministic resume)
+    mkdir -p "$res/5-resume"
+    step "5 gpu tests" logged "$res/5-resume/pytest-gpu.txt" python -m pytest -q -rs -m gpu tests/test_train.py \
+      tests/test_distill.py
+    if grep -q "SKIPPED" "$res/5-resume/pytest-gpu.txt"; then
+      echo "!! 5 gpu tests: skipped on a GPU machine (see $res/5-resume/pytest-gpu.txt)"
+      status=1
+      failed+=("5 gpu test skips")
+    fi
   fi
 fi
 
 # ---------------------------------------------------------------- 6. training throughput
-if [ "$device" = cuda ]; then
-  step "6 bench_train" python -m benchmarks.bench_train --device cuda --models t2t_vit_14 --official --rounds 3 \
-    --block-s 1 --out "$res/6-bench-train/bench_train_cuda"
-else
-  step "6 bench_train" python -m benchmarks.bench_train --device cpu --models t2t_vit_7 --img-size 32 --batch 4 \
-    --official --no-compile --rounds 1 --block-s 0.2 --out "$res/6-bench-train/bench_train_cpu"
+if want 6; then
+  if [ "$device" = cuda ]; then
+    step "6 bench_train" python -m benchmarks.bench_train --device cuda --models t2t_vit_14 --official --rounds 3 \
+      --block-s 1 --out "$res/6-bench-train/bench_train_cuda"
+  else
+    step "6 bench_train" python -m benchmarks.bench_train --device cpu --models t2t_vit_7 --img-size 32 --batch 4 \
+      --official --no-compile --rounds 1 --block-s 0.2 --out "$res/6-bench-train/bench_train_cpu"
+  fi
 fi
 
 # ---------------------------------------------------------------- 7. DDP on one GPU
-ddp=(torchrun --standalone --nproc-per-node 2 -m t2tvit.train digits --config digits --epochs 1 --device "$device"
-  --dist-backend gloo "${quick[@]}" --output "$runs/ddp")
-if step "7 ddp" logged "$runs/ddp.log" "${ddp[@]}"; then
-  step "7 ddp verdict" python -m benchmarks.gpu_check ddp "$runs/ddp" --train-command "${ddp[*]}" --out "$res/7-ddp"
-fi
-if [ "$device" = cuda ]; then  # torch's SyncBatchNorm runs on GPUs only
-  step "7 ddp --sync-bn" logged "$runs/ddp-syncbn.log" torchrun --standalone --nproc-per-node 2 -m t2tvit.train \
-    digits --config digits --model resnet18 --epochs 1 --device cuda --dist-backend gloo --sync-bn \
-    --output "$runs/ddp-syncbn"
+if want 7; then
+  rm -rf "$runs/ddp" "$runs/ddp-syncbn"
+  ddp=(torchrun --standalone --nproc-per-node 2 -m t2tvit.train digits --config digits --epochs 1 --device "$device"
+    --dist-backend gloo "${quick[@]}" --output "$runs/ddp")
+  if step "7 ddp" logged "$runs/ddp.log" "${ddp[@]}"; then
+    step "7 ddp verdict" python -m benchmarks.gpu_check ddp "$runs/ddp" --train-command "${ddp[*]}" --out "$res/7-ddp"
+  fi
+  if [ "$device" = cuda ]; then  # torch's SyncBatchNorm runs on GPUs only
+    step "7 ddp --sync-bn" logged "$runs/ddp-syncbn.log" torchrun --standalone --nproc-per-node 2 -m t2tvit.train \
+      digits --config digits --model resnet18 --epochs 1 --device cuda --dist-backend gloo --sync-bn \
+      --output "$runs/ddp-syncbn"
+  fi
 fi
 
 # ---------------------------------------------------------------- 8. CUDA latency and TensorRT
-ckpt=$runs/matrix/t2t_vit_7-fp32/best.pth
-check_tensorrt() {  # the TensorRT installed now: tests, export, inspector JSON, bench
-  local ver out
-  if ! ver=$(python -c "import tensorrt; print(tensorrt.__version__)"); then
-    echo "!! 8 tensorrt failed: tensorrt is not importable (pip install -e '.[tensorrt]' or set TRT_SPECS)"
-    status=1
-    failed+=("8 tensorrt import")
-    return 1
-  fi
-  out=$res/8-tensorrt-$ver
-  mkdir -p "$out"
-  step "8 pytest ($ver)" logged "$out/pytest.txt" python -m pytest -q -rs tests/test_tensorrt.py
-  if grep -q "SKIPPED" "$out/pytest.txt"; then
-    echo "!! 8 pytest ($ver): tests were skipped on a GPU machine with TensorRT (see $out/pytest.txt)"
-    status=1
-    failed+=("8 pytest skips ($ver)")
-  fi
-  need "8 export ($ver)" "$ckpt" || return 1
-  step "8 export ($ver)" t2t export --checkpoint "$ckpt" --formats torch,onnx,onnx-int8-static,tensorrt,tensorrt-fp16,tensorrt-int8 \
-    --batch 1,8,32 --out "$runs/trt$ver/export" --json
-  step "8 export batch 1 ($ver)" t2t export --checkpoint "$ckpt" --formats tensorrt,tensorrt-fp16,tensorrt-int8 \
-    --batch 1,1,1 --out "$runs/trt$ver/export-b1" --json
-  if need "8 manifests ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/manifest.json"; then
-    cp "$runs/trt$ver/export/manifest.json" "$out/export.json"
-    cp "$runs/trt$ver/export-b1/manifest.json" "$out/export-b1.json"
-  fi
-  step "8 inspector JSON ($ver)" python - "$runs/trt$ver/export" "$out" <<'EOF'
+if want 8; then
+  ckpt=$runs/matrix/t2t_vit_7-fp32/best.pth
+  check_tensorrt() {  # the TensorRT installed now: tests, export, inspector JSON, bench
+    local ver out
+    if ! ver=$(python -c "import tensorrt; print(tensorrt.__version__)"); then
+      echo "!! 8 tensorrt failed: tensorrt is not importable (pip install -e '.[tensorrt]' or set TRT_SPECS)"
+      status=1
+      failed+=("8 tensorrt import")
+      return 1
+    fi
+    out=$res/8-tensorrt-$ver
+    rm -rf "$out" "$runs/trt$ver"
+    mkdir -p "$out"
+    step "8 pytest ($ver)" logged "$out/pytest.txt" python -m pytest -q -rs tests/test_tensorrt.py
+    if grep -q "SKIPPED" "$out/pytest.txt"; then
+      echo "!! 8 pytest ($ver): tests were skipped on a GPU machine with TensorRT (see $out/pytest.txt)"
+      status=1
+      failed+=("8 pytest skips ($ver)")
+    fi
+    need "8 export ($ver)" "$ckpt" || return 1
+    step "8 export ($ver)" t2t export --checkpoint "$ckpt" --formats torch,onnx,onnx-int8-static,tensorrt,tensorrt-fp16,tensorrt-int8 \
+      --batch 1,8,32 --out "$runs/trt$ver/export" --json
+    step "8 export batch 1 ($ver)" t2t export --checkpoint "$ckpt" --formats tensorrt,tensorrt-fp16,tensorrt-int8 \
+      --batch 1,1,1 --out "$runs/trt$ver/export-b1" --json
+    if need "8 manifests ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/manifest.json"; then
+      cp "$runs/trt$ver/export/manifest.json" "$out/export.json"
+      cp "$runs/trt$ver/export-b1/manifest.json" "$out/export-b1.json"
+    fi
+    step "8 inspector JSON ($ver)" python - "$runs/trt$ver/export" "$out" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -251,25 +278,26 @@ for engine_file in engines:
     (out / f"inspector-{name}.json").write_text(info)
     print(name, layer_precisions(info), io_tensors(info))
 EOF
-  if need "8 bench ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/model-tensorrt.engine"; then
-    step "8 bench ($ver)" t2t bench "$runs/trt$ver/export" --files "$runs/trt$ver/export-b1/model-tensorrt.engine" \
-      --formats torch,tensorrt,tensorrt-fp16,tensorrt-int8 --device cuda --batch-sizes 1,8,32 --data digits \
-      --duration 3 --out "$out/bench"
-  fi
-}
+    if need "8 bench ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/model-tensorrt.engine"; then
+      step "8 bench ($ver)" t2t bench "$runs/trt$ver/export" --files "$runs/trt$ver/export-b1/model-tensorrt.engine" \
+        --formats torch,tensorrt,tensorrt-fp16,tensorrt-int8 --device cuda --batch-sizes 1,8,32 --data digits \
+        --duration 3 --out "$out/bench"
+    fi
+  }
 
-if [ "$device" = cuda ]; then
-  if [ -n "${TRT_SPECS:-}" ]; then
-    for spec in $TRT_SPECS; do
-      if step "8 install $spec" pip install --quiet "$spec"; then
-        check_tensorrt
-      fi
-    done
+  if [ "$device" = cuda ]; then
+    if [ -n "${TRT_SPECS:-}" ]; then
+      for spec in $TRT_SPECS; do
+        if step "8 install $spec" pip install --quiet "$spec"; then
+          check_tensorrt
+        fi
+      done
+    else
+      check_tensorrt
+    fi
   else
-    check_tensorrt
+    echo "== 8 tensorrt: not in a CPU dry run (needs CUDA and TensorRT)"
   fi
-else
-  echo "== 8 tensorrt: not in a CPU dry run (needs CUDA and TensorRT)"
 fi
 
 step "summary" python -m benchmarks.gpu_check summary --out "$res"

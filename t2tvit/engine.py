@@ -327,6 +327,21 @@ def _forward_loss(
     return loss, len(images)
 
 
+class _PeakMemory:
+    """On CUDA, ``peak_mem_mib``: the largest rank's peak of tensors allocated since construction."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def metrics(self) -> dict[str, float]:
+        if self.device.type != "cuda":
+            return {}
+        (peak,) = _all_reduce([torch.cuda.max_memory_allocated(self.device) / 2**20], self.device, dist.ReduceOp.MAX)
+        return {"peak_mem_mib": round(peak, 1)}
+
+
 def _after_update(model: nn.Module, model_ema: Any, lr_scheduler: Any, num_updates: int) -> int:
     """The EMA and the per-update LR schedule follow optimizer update ``num_updates``; returns it."""
     if model_ema is not None:
@@ -363,23 +378,19 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns rank-averaged metrics and the update count.
 
-    ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); a step whose gradients
-    overflow is skipped by the scaler and counted in ``overflow_steps``. A non-finite loss,
-    or a batch with no usable sample on any rank, is agreed on by all ranks and the step
-    skipped everywhere (so DDP's collective backward never hangs); non-finite ones are
-    reported through ``guard``. Skipped samples are counted by reason (``skipped_unreadable``,
-    ``skipped_transform``, total ``skipped_images``), named once and limited by ``skip_guard``.
+    ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); a step whose gradients overflow is
+    skipped by the scaler and counted in ``overflow_steps`` (and by ``guard`` once the scale collapses).
+    A non-finite loss, or a batch with no usable sample on any rank, is agreed on by all ranks and the
+    step skipped everywhere (so DDP's collective backward never hangs); non-finite ones are reported
+    through ``guard``. Skipped samples are counted by reason, named once and limited by ``skip_guard``.
     """
     model.train()
-    guard = guard or NonFiniteGuard()
-    skip_guard = skip_guard or SkipGuard()
-    log = log or StepLog(False)
+    guard, skip_guard, log = guard or NonFiniteGuard(), skip_guard or SkipGuard(), log or StepLog(False)
     total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
     log.start(f"epoch {epoch}", total)
     loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
     skips = _EpochSkips(skip_guard, f"training epoch {epoch}")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    memory = _PeakMemory(device)
     t0 = time.perf_counter()
     for step, (images, targets, dropped) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
@@ -412,10 +423,6 @@ def train_one_epoch(
         [loss_sum, seen, overflow, *(skips.counts[r] for r in SKIP_REASONS)], device
     )
     skip_guard.check(skips.skipped, skips.tried, skips.what, final=True)
-    memory = {}
-    if device.type == "cuda":  # the largest rank's peak of tensors allocated in this epoch
-        (peak,) = _all_reduce([torch.cuda.max_memory_allocated(device) / 2**20], device, dist.ReduceOp.MAX)
-        memory["peak_mem_mib"] = round(peak, 1)
     return {
         "train_loss": loss_sum / max(seen_all, 1),
         "lr": max(g["lr"] for g in optimizer.param_groups),
@@ -425,7 +432,7 @@ def train_one_epoch(
         **_skip_metrics("", skipped),
         "overflow_steps": int(overflow),
         "nonfinite_steps": nonfinite,
-        **memory,
+        **memory.metrics(),
         "num_updates": num_updates,
     }
 

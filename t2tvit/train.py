@@ -35,7 +35,10 @@ from .faults import interrupt_note, output_dir
 
 __all__ = [
     "CheckpointSaver",
+    "agree",
+    "apply_sync_bn",
     "atomic_save",
+    "backend_settings",
     "build_parser",
     "build_transforms",
     "data_config",
