@@ -43,15 +43,17 @@ def opset_of(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def export_fp32(model: nn.Module, path: Path, ctx: ExportContext, runtime: str = "onnx") -> dict[str, Any]:
-    """fp32 ONNX of ``model``'s deploy graph for ``runtime`` with a dynamic batch dimension; returns the
-    manifest fields (``deploy_graph``: the graph's proof)."""
+def export_fp32(
+    model: nn.Module, path: Path, ctx: ExportContext, runtime: str = "onnx", t2t: str | None = None
+) -> dict[str, Any]:
+    """fp32 ONNX of ``model``'s deploy graph for ``runtime`` (``t2t``: another T2T-module form, for
+    benchmarks) with a dynamic batch dimension; returns the manifest fields (``deploy_graph``: its proof)."""
     import onnx
     import torch
 
     from .graph import checked_graph
 
-    graph, record = checked_graph(model, runtime, ctx)
+    graph, record = checked_graph(model, runtime, ctx, t2t=t2t)
 
     bmin, bopt, bmax = ctx.batch
     dynamic = bmin != bmax
