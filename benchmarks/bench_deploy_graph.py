@@ -176,6 +176,36 @@ def _timer(call: Callable[[], Any]) -> Callable[[], float]:
     return step
 
 
+def write(result: dict[str, Any], out: Path) -> None:
+    """``<host class>.json`` and a Markdown table of the ratios under ``out``; prints the table."""
+    tag, host, rows = result["host_class"], result["host"], result["rows"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# Deploy-graph forms per runtime: {host}",
+        "",
+        f"`{result['command']}` ({result['created']}). T2T-ViT-7, {result['img_size']} px, batch 1, "
+        f"{result['threads']} threads; "
+        "all variants timed interleaved in one process on a machine shared with other jobs, so read the ratio "
+        "against the runtime's current form (`plain` for OpenVINO, `one_hot` for ONNX Runtime and LiteRT), "
+        "not the milliseconds. |Δ| is the largest |Δlogit| against the PyTorch model over its largest |logit|.",
+        "",
+        "| runtime | form | median ms | × current | |Δ| | T2T share (OpenVINO profile) | T2T on reference kernels |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        prof = r.get("profile") or {}
+        refs = ", ".join(f"{k} {v} ms" for k, v in prof.get("t2t_reference_kernels_ms", {}).items())
+        share = f"{prof['t2t_share']:.0%}" if prof else ""
+        lines.append(
+            f"| {r['runtime']} | {r['form']} | {r['median_ms']:.2f} | {r['ratio_vs_current']} | "
+            f"{r['max_abs_diff_rel']:.1e} | {share} | {refs or ('none' if prof else '')} |"
+        )
+    lines += [f"\nSkipped: {k}: {v}" for k, v in result["skipped"].items()]
+    (out / f"{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -236,30 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "rows": rows,
     }
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# Deploy-graph forms per runtime: {host}",
-        "",
-        f"`{result['command']}` ({result['created']}). T2T-ViT-7, {a.size} px, batch 1, {a.threads} threads; "
-        "all variants timed interleaved in one process on a machine shared with other jobs, so read the ratio "
-        "against the runtime's current form (`plain` for OpenVINO, `one_hot` for ONNX Runtime and LiteRT), "
-        "not the milliseconds. |Δ| is the largest |Δlogit| against the PyTorch model over its largest |logit|.",
-        "",
-        "| runtime | form | median ms | × current | |Δ| | T2T share (OpenVINO profile) | T2T on reference kernels |",
-        "|---|---|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        prof = r.get("profile") or {}
-        refs = ", ".join(f"{k} {v} ms" for k, v in prof.get("t2t_reference_kernels_ms", {}).items())
-        share = f"{prof['t2t_share']:.0%}" if prof else ""
-        lines.append(
-            f"| {r['runtime']} | {r['form']} | {r['median_ms']:.2f} | {r['ratio_vs_current']} | "
-            f"{r['max_abs_diff_rel']:.1e} | {share} | {refs or ('none' if prof else '')} |"
-        )
-    lines += [f"\nSkipped: {k}: {v}" for k, v in skipped.items()]
-    (a.out / f"{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write(result, a.out)
     return 0
 
 

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from deploy.base import ExportContext, Format, Predictor, get_format, sha256_file
+from deploy.onnx import graph_record
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -687,8 +688,6 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     fmt = get_format(fmt)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from deploy.onnx import graph_record
-
     plan = build_plan(trt_major(trt.__version__), fmt.precision)
     shapes = profile_shapes(ctx.batch, ctx.img_size)
     onnx_path = _source_onnx(model, plan, ctx)
