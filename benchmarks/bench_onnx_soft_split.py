@@ -2,9 +2,9 @@
 
 PyTorch runs the soft split as a strided gather (``t2tvit.models.layers._windows_nchw`` /
 ``_windows_nhwc``). Exported to ONNX, that gather becomes 5-D and 6-D Transposes with inner
-dimensions of 3 or 7, which ONNX Runtime runs slowly; ``SoftSplit`` therefore exports itself to
-ONNX as a grouped convolution with one-hot kernels (``windows_conv``), the same tokens bit for
-bit, and keeps the gather everywhere else. This script measures that choice on whole models: for
+dimensions of 3 or 7, which ONNX Runtime runs slowly; the ONNX export therefore takes the deploy graph's
+``one_hot`` form (:mod:`deploy.graph`: grouped convolutions with one-hot kernels), the same tokens bit
+for bit, and the other runtimes keep the gather. This script measures that choice on whole models: for
 each model (random weights, seed 0: latency does not depend on them) it builds every runtime's
 artifact both ways -- ONNX fp32 and dynamic int8, PyTorch eager, frozen TorchScript, ExecuTorch
 fp32 when installed -- through the formats' own export and load, checks the two forms agree, and
@@ -61,6 +61,7 @@ def _artifacts(model: Any, img_size: int, tmp: Path) -> dict[tuple[str, str], An
     """(runtime, form) -> a loaded Predictor, every runtime built through its format's own export."""
     from compress.quantize import quantize_onnx_dynamic
     from deploy.base import ExportContext, get_format
+    from deploy.onnx import export_fp32
     from deploy.torch_eager import TorchPredictor
 
     ctx = ExportContext(img_size=(img_size, img_size), batch=(1, 1, 8))
@@ -75,7 +76,10 @@ def _artifacts(model: Any, img_size: int, tmp: Path) -> dict[tuple[str, str], An
             warnings.simplefilter("ignore")
             for name, path in built.items():
                 fmt = get_format(name)
-                fmt.impl().export(m, path, fmt, ctx)
+                if name == "onnx":  # the deploy graph in this form (the exporter would pick ONNX's own)
+                    export_fp32(m, path, ctx, t2t="one_hot" if form == "conv" else "gather")
+                else:
+                    fmt.impl().export(m, path, fmt, ctx)
         quantize_onnx_dynamic(built["onnx"], tmp / f"{form}-int8.onnx")
         built["onnx-int8-dynamic"] = tmp / f"{form}-int8.onnx"
         for name in ("onnx", "onnx-int8-dynamic", "torchscript", "executorch"):

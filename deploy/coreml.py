@@ -1,6 +1,6 @@
 """Core ML artifacts: ``coreml`` (ML program, fp16 compute) and ``coreml-int8`` (int8 weights), as ``.mlpackage``.
 
-* Converted by ``coremltools.convert`` from ``torch.export`` of :func:`deploy.capture.for_converters` (the
+* Converted by ``coremltools.convert`` from ``torch.export`` of :func:`deploy.graph.deploy_graph` (the
   model rewritten with operators coremltools converts; proven equal to the model at export). The TorchScript
   path fails on the traced batch size of the class-token concat, ``torch.export`` does not.
   ``compute_precision=FLOAT16``: weights and activations in fp16, input ``images`` and output ``logits`` float32.
@@ -61,12 +61,11 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     """Convert the converter-ready model to an ML program at batch 1 and save ``path`` (a folder)."""
     import torch
 
-    from .capture import capture_error, for_converters
+    from .graph import checked_graph
     from .torch_eager import model_spec
 
-    captured = for_converters(model)
-    check = ctx.calib[:16] if ctx.calib is not None and len(ctx.calib) else ctx.example(2).numpy()
-    extra: dict[str, Any] = capture_error(model, captured, check)
+    captured, record = checked_graph(model, "coreml", ctx)
+    extra: dict[str, Any] = {"deploy_graph": record}
     h, w = ctx.img_size
     spec = model_spec(model)
     with _quiet() as ct, torch.no_grad():
@@ -89,7 +88,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         ml.save(str(path))
     found = structure(path, fmt, ctx.img_size, spec.get("num_classes"))
     extra.update(
-        converter="coremltools.convert (torch.export of deploy.capture.for_converters), mlprogram, iOS16",
+        converter="coremltools.convert (torch.export of deploy.graph.deploy_graph), mlprogram, iOS16",
         compute_precision="fp16",
         weights="int8 (linear symmetric, per channel)" if fmt.options.get("int8") else "fp16",
         batch="fixed 1; predict loops over a batch",

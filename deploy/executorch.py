@@ -1,6 +1,7 @@
 """ExecuTorch ``.pte`` files, lowered to the XNNPACK delegate: fp32 and int8.
 
-The successor of the lite-interpreter ``.ptl``: ``torch.export`` captures the model with a
+The successor of the lite-interpreter ``.ptl``: ``torch.export`` captures the model's deploy graph
+(:func:`deploy.graph.checked_graph`) with a
 dynamic batch dimension bounded by ``ctx.batch``, ``to_edge_transform_and_lower`` hands every
 subgraph XNNPACK supports to its delegate (the rest runs on ExecuTorch's portable kernels) and
 ``to_executorch`` memory-plans it for the batch upper bound. int8 goes through the PT2E flow
@@ -87,8 +88,10 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     if fmt.precision not in ("fp32", "int8"):
         raise ConfigError(f"ExecuTorch exports fp32 or int8, not {fmt.precision}")
     path = Path(path)
+    from deploy.graph import checked_graph
+
     example, dynamic_shapes = _capture_args(ctx)
-    module = model.eval()
+    module, record = checked_graph(model, "executorch", ctx)
     if fmt.precision == "int8":
         module = _quantize_int8(module, example, dynamic_shapes, ctx)
     with torch.no_grad():
@@ -114,6 +117,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         "delegated_nodes": info.num_delegated_nodes,
         "non_delegated_nodes": info.num_non_delegated_nodes,
         "executorch_version": tool_versions(("executorch",))["executorch"],
+        "deploy_graph": record,
     }
     if fmt.precision == "int8":
         extra["quantization"] = "pt2e XNNPACKQuantizer: symmetric int8, per-channel weights, calibrated activations"

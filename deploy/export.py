@@ -18,6 +18,10 @@ Parity thresholds (:data:`PARITY`), per precision, and why:
 * int8: top-1 agreement ≥ 0.95 with fp32 on held-out real images. Quantization moves every
   logit, so only the decision can be compared; max |Δlogit| is recorded for information.
 
+Every row converted from the deploy graph (:mod:`deploy.graph`) records in ``deploy_graph`` the
+graph's largest |Δlogit| against the model on real images; a graph beyond its tolerance fails the row
+with that difference before anything is converted.
+
 A format row may override them with ``options={"parity_max_abs": ..., "parity_min_agreement": ...}``.
 
 Writing into an existing export folder merges: the requested formats' entries (and files) replace
@@ -585,6 +589,8 @@ def _one(
     ctx.built[fmt.name] = path
     # an export may compute in another precision than its row's (OpenVINO fp32 weights run in bf16)
     precision = extra.pop("precision", fmt.precision)
+    if extra.get("deploy_graph"):  # the converted graph's proof of equality with the model (deploy.graph)
+        entry["deploy_graph"] = extra.pop("deploy_graph")
     entry.update(precision=precision, file=fmt.filename, bytes=fmt.size(path), sha256=fmt.digest(path), details=extra)
     elsewhere = fmt.not_here()
     if elsewhere:  # written and checked as far as this machine can, but parity was not checked: never "ok"

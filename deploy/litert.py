@@ -13,8 +13,8 @@ in the LiteRT interpreter (``ai_edge_litert``), which runs here on x86 with XNNP
   typing-extensions 4.16). Its nightly interpreter installs the same ``ai_edge_litert`` module as the
   ``ai-edge-litert`` release, so the two must not be installed together.
 * The conversion runs in a child process (:mod:`deploy.child`): litert-torch starts JAX and writes its
-  own progress logs. It converts :func:`deploy.capture.for_converters`, the model with its soft splits as
-  one-hot convolutions (litert-torch lowers ``Tensor.unfold`` to a 6-D pad that LiteRT rejects: "'tfl.pad'
+  own progress logs. It converts :func:`deploy.graph.deploy_graph` (LiteRT's form: soft splits as
+  one-hot convolutions, since litert-torch lowers ``Tensor.unfold`` to a 6-D pad that LiteRT rejects: "'tfl.pad'
   op ... at most 5-D"), checked against the model on real images before conversion.
 * The program is fixed at batch 1 (litert-torch's dynamic batch fails to lower T2T-ViT's reshapes:
   "Shapes must be 1D sequences of concrete values"); the :class:`LiteRTPredictor` runs a batch image by
@@ -61,6 +61,10 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     extra = {"converter": "litert-torch " + _version("litert-torch-nightly", "litert-torch"), "batch": 1}
     if not src.is_file():
         extra = _convert(model, src, ctx)
+    else:  # the tflite row converted it in this run: the same graph, proven again for this row's record
+        from .graph import checked_graph
+
+        extra["deploy_graph"] = checked_graph(model, "litert", ctx)[1]
     extra.update(_quantize(src, path, mode, ctx.calib), weights="fp16" if mode == "fp16" else "int8")
     return {**extra, "from": "fp32 LiteRT program of the same model"}
 
@@ -77,11 +81,10 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     import litert_torch
     import torch
 
-    from .capture import capture_error, for_converters
+    from .graph import checked_graph
 
-    captured = for_converters(model)
-    check = ctx.calib[:16] if ctx.calib is not None and len(ctx.calib) else ctx.example(2).numpy()
-    extra: dict[str, Any] = capture_error(model, captured, check)
+    captured, record = checked_graph(model, "litert", ctx)
+    extra: dict[str, Any] = {"deploy_graph": record}
     with torch.no_grad():
         litert_torch.convert(captured, (ctx.example(1),)).export(str(path))
     return {

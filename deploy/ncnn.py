@@ -1,6 +1,6 @@
 """ncnn artifacts (Tencent's runtime for Android CPU/Vulkan): ``ncnn`` (fp32) and ``ncnn-fp16`` (fp16 storage).
 
-* Converted by ``pnnx`` (the converter ncnn ships) from a TorchScript trace of :func:`deploy.capture.for_converters`,
+* Converted by ``pnnx`` (the converter ncnn ships) from a TorchScript trace of :func:`deploy.graph.deploy_graph`,
   the model rewritten with operators pnnx converts (soft splits, 4-D attention, the Performer's shared
   weight; see that module), proven equal to the model on the calibration images at export.
 * The artifact is ``model-<row>.param`` (the graph, text) with companions ``.bin`` (the weights) and
@@ -55,12 +55,11 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     import torch
     from pnnx import EXEC_PATH
 
-    from .capture import capture_error, for_converters
+    from .graph import checked_graph
     from .torch_eager import model_spec
 
-    captured = for_converters(model)
-    check = ctx.calib[:16] if ctx.calib is not None and len(ctx.calib) else ctx.example(2).numpy()
-    extra: dict[str, Any] = capture_error(model, captured, check)
+    captured, record = checked_graph(model, "ncnn", ctx)
+    extra: dict[str, Any] = {"deploy_graph": record}
     fp16 = bool(fmt.options.get("fp16"))
     h, w = ctx.img_size
     with tempfile.TemporaryDirectory(dir=ctx.scratch_dir()) as tmp, torch.no_grad(), warnings.catch_warnings():
@@ -87,7 +86,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     side = {"format": fmt.name, "model": spec.get("model"), "img_size": [h, w], "num_classes": spec.get("num_classes")}
     _side(path).write_text(json.dumps({**side, "fp16_weights": fp16, "batch": 1}) + "\n")
     extra.update(
-        converter="pnnx (TorchScript trace of deploy.capture.for_converters)",
+        converter="pnnx (TorchScript trace of deploy.graph.deploy_graph)",
         weights="fp16" if fp16 else "fp32",
         batch="fixed 1: one ncnn extractor per image; predict loops over a batch",
     )

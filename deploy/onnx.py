@@ -8,9 +8,11 @@
 * ``onnx-int8-static``: ONNX Runtime static QDQ quantization calibrated on ``ctx.calib``
   (see :func:`compress.quantize.quantize_onnx_static` for what is quantized and why).
 
-Both int8 formats start from the fp32 ONNX: the ``onnx`` artifact when it was built in the same
-run (``ctx.built``), else an fp32 export into the scratch folder (:func:`fp32_onnx`, which the
-TensorRT exporter can use too).
+Every ONNX file is an export of the deploy graph (:func:`deploy.graph.checked_graph`), proven equal
+to the model before it is written; the proof is the row's ``deploy_graph`` field. Both int8 formats
+start from the fp32 ONNX: the ``onnx`` artifact when it was built in the same run (``ctx.built``),
+else an fp32 export into the scratch folder (:func:`fp32_onnx`, which the TensorRT exporter uses too,
+with TensorRT's own deploy graph).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from t2tvit.errors import CheckpointError, ConfigError
 
 from .base import ExportContext, Format, Predictor, require_artifact
 
-__all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "load", "opset_of"]
+__all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "graph_record", "load", "opset_of"]
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -41,10 +43,17 @@ def opset_of(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def export_fp32(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, Any]:
-    """fp32 ONNX of ``model`` with a dynamic batch dimension; returns the manifest fields."""
+def export_fp32(
+    model: nn.Module, path: Path, ctx: ExportContext, runtime: str = "onnx", t2t: str | None = None
+) -> dict[str, Any]:
+    """fp32 ONNX of ``model``'s deploy graph for ``runtime`` (``t2t``: another T2T-module form, for
+    benchmarks) with a dynamic batch dimension; returns the manifest fields (``deploy_graph``: its proof)."""
     import onnx
     import torch
+
+    from .graph import checked_graph
+
+    graph, record = checked_graph(model, runtime, ctx, t2t=t2t)
 
     bmin, bopt, bmax = ctx.batch
     dynamic = bmin != bmax
@@ -54,7 +63,7 @@ def export_fp32(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, A
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(out):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model.eval(),
+            graph,
             (ctx.example(n),),
             str(path),
             input_names=[INPUT_NAME],
@@ -71,17 +80,29 @@ def export_fp32(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, A
         "exporter": "torch.onnx.export(dynamo=True)",
         "dynamic_batch": [bmin, bmax] if dynamic else False,
         "checked": "onnx.checker",
+        "deploy_graph": record,
     }
 
 
-def fp32_onnx(model: nn.Module, ctx: ExportContext) -> Path:
-    """The fp32 ONNX of this export run: the ``onnx`` artifact if built, else one in the scratch folder."""
-    if "onnx" in ctx.built and Path(ctx.built["onnx"]).is_file():
+def fp32_onnx(model: nn.Module, ctx: ExportContext, runtime: str = "onnx") -> Path:
+    """The fp32 ONNX of this export run for ``runtime``: the ``onnx`` artifact if built and its deploy
+    graph is ``runtime``'s too, else one in the scratch folder."""
+    from .graph import T2T_FORM
+
+    same = T2T_FORM[runtime] == T2T_FORM["onnx"]
+    if same and "onnx" in ctx.built and Path(ctx.built["onnx"]).is_file():
         return Path(ctx.built["onnx"])
-    path = ctx.scratch_dir() / "model-fp32.onnx"
+    path = ctx.scratch_dir() / ("model-fp32.onnx" if same else f"model-fp32-{runtime}.onnx")
     if not path.is_file():
-        export_fp32(model, path, ctx)
+        export_fp32(model, path, ctx, runtime="onnx" if same else runtime)
     return path
+
+
+def graph_record(model: nn.Module, ctx: ExportContext, runtime: str = "onnx") -> dict[str, Any]:
+    """The ``deploy_graph`` proof of the graph behind :func:`fp32_onnx` (for rows built from that file)."""
+    from .graph import checked_graph
+
+    return checked_graph(model, runtime, ctx)[1]
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
@@ -97,7 +118,8 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         info = quantize_onnx_static(src, path, ctx.calib)
     else:
         raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
-    return {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info}
+    record = graph_record(model, ctx)
+    return {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info, "deploy_graph": record}
 
 
 def describe(path: Path) -> dict[str, Any] | None:

@@ -3,11 +3,12 @@
 On an x86 CPU OpenVINO is the runtime a user would pick instead of ours, so the toolkit builds its
 files too and holds them to the same manifest, parity, profiler and predict paths as every other format.
 
-* The IR is converted from the PyTorch model itself (``ov.convert_model``), not from our ONNX file:
-  the PyTorch frontend keeps each layer's module path in the node names
-  (``__module.tokens_to_token.attention1.kqv/aten::linear/MatMul``), which is what NNCF's ignored
-  scope matches, and it converts the soft splits as the unfold they are. The batch dimension is
-  dynamic over the export's batch range; height and width are fixed.
+* The IR is converted from OpenVINO's deploy graph of the model (:func:`deploy.graph.checked_graph`,
+  proven equal to the model; ``ov.convert_model``), not from our ONNX file: the PyTorch frontend keeps
+  each layer's module path in the node names (``__module.tokens_to_token.attention1...``), which is
+  what NNCF's ignored scope matches. The plain model's soft-split gather would become 5-D/6-D
+  Transposes run by OpenVINO's reference kernel. The batch dimension is dynamic over the export's batch
+  range; height and width are fixed.
 * An IR is two files, ``model-<row>.xml`` (the graph) and ``model-<row>.bin`` (the weights); the row's
   ``companions`` makes the manifest's size and sha256 cover both.
 * ``openvino-int8``: NNCF post-training quantization (``model_type=TRANSFORMER``: per-channel
@@ -204,9 +205,12 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
 def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
     import openvino as ov
 
+    from .graph import checked_graph
+
     precision = ctx.inference_precision  # checked by export() in the parent, before the child started
-    ov_model = _convert(model, ctx)
-    extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)"}
+    graph, record = checked_graph(model, "openvino", ctx)
+    ov_model = _convert(graph, ctx)
+    extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)", "deploy_graph": record}
     if fmt.options.get("int8"):
         ov_model, info = _quantize(ov_model, ctx.calib, fmt.options)
         extra.update(info)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from deploy.base import ExportContext, Format, Predictor, get_format, sha256_file
+from deploy.onnx import graph_record
 from t2tvit.errors import ConfigError
 
 __all__ = [
@@ -613,9 +614,9 @@ def _retarget_to_fp16(node: Any, f32: int, f16: int, home: dict[str, int]) -> No
 def _source_onnx(model: Any, plan: dict[str, Any], ctx: ExportContext) -> Path:
     """The ONNX the engine is parsed from, in the scratch folder (never next to the engine).
 
-    fp32 is the ``onnx`` format's own export (:func:`deploy.onnx.fp32_onnx`: one file, no external
-    data, a static batch when the batch range is one size, which a dynamic dimension with minimum
-    1 would be specialised away from); fp16 and int8 are derived from it.
+    fp32 is the ``onnx`` format's export of TensorRT's deploy graph (:func:`deploy.onnx.fp32_onnx`: one
+    file, no external data, a static batch when the batch range is one size, which a dynamic dimension
+    with minimum 1 would be specialised away from); fp16 and int8 are derived from it.
     """
     import onnx
 
@@ -623,7 +624,7 @@ def _source_onnx(model: Any, plan: dict[str, Any], ctx: ExportContext) -> Path:
 
     if plan["onnx"] == "qdq" and (ctx.calib is None or len(ctx.calib) == 0):
         raise ConfigError("tensorrt-int8 needs calibration images; pass --calib-data DIR")
-    src = fp32_onnx(model, ctx)
+    src = fp32_onnx(model, ctx, runtime="tensorrt")
     if plan["onnx"] == "fp32":
         return src
     scratch = ctx.scratch_dir()
@@ -757,6 +758,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         "sidecar": sidecar_path(path).name,
         "source_onnx": plan["onnx"],
         "source_onnx_sha256": onnx_sha,
+        "deploy_graph": graph_record(model, ctx, runtime="tensorrt"),
         "timing_cache": cache_status,
     }
 

@@ -20,8 +20,8 @@ import torch
 import deploy
 import t2tvit
 from deploy.base import FORMATS
-from deploy.capture import CAPTURE_TOLERANCE, capture_error, for_converters
 from deploy.export import MANIFEST, export_checkpoint, reference_logits, verify_artifacts
+from deploy.graph import GRAPH_TOLERANCE, deploy_graph, graph_check
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.models.layers import SoftSplit
 
@@ -35,13 +35,13 @@ needs_litert = pytest.mark.skipif(
 
 
 def test_the_converter_copy_of_the_transformer_token_variant_is_the_same_function() -> None:
-    # LiteRT converts deploy.capture.for_converters like ncnn and Core ML (test_mobile checks T2T-ViT-7 and
+    # LiteRT converts deploy.graph.deploy_graph like ncnn and Core ML (test_mobile checks T2T-ViT-7 and
     # the one-hot soft split bit for bit); the token-transformer variant at another size goes through it too
     torch.manual_seed(0)
     t = t2tvit.create_model("t2t_vit_t_14", num_classes=5, img_size=64).eval()
-    captured = for_converters(t)
+    captured = deploy_graph(t, "litert")
     assert not any(isinstance(m, SoftSplit) for m in captured.modules())
-    assert capture_error(t, captured, torch.randn(2, 3, 64, 64))["capture_max_abs_diff"] <= CAPTURE_TOLERANCE
+    assert graph_check(t, captured, torch.randn(2, 3, 64, 64))["max_abs_diff"] <= GRAPH_TOLERANCE
 
 
 def test_without_litert_torch_the_rows_are_skipped_with_the_install_line(
@@ -75,7 +75,8 @@ def test_tflite_rows_build_reload_and_pass_parity(tfl_export) -> None:
         assert e[name]["status"] == "ok", (name, e[name]["reason"])
         assert e[name]["details"]["batch"] == 1  # the program is fixed at one image: a clear record
         assert "litert-torch-nightly" in e[name]["tool_versions"]
-    assert e["tflite"]["details"]["capture_max_abs_diff"] <= e["tflite"]["details"]["capture_limit"]
+    for name in ("tflite", "tflite-fp16", "tflite-int8"):
+        assert e[name]["deploy_graph"]["max_abs_diff"] <= e[name]["deploy_graph"]["limit"]
     assert e["tflite"]["parity"]["max_abs_diff"] <= 1e-3  # the same arithmetic in another runtime (measured 3e-6)
     assert e["tflite-fp16"]["details"]["weights"] == "fp16" and e["tflite-int8"]["details"]["weights"] == "int8"
     # fp16 weights: half the file; int8 weights: about a quarter (0.27 measured)

@@ -18,8 +18,8 @@ from conftest import val_images
 
 import deploy
 from deploy.base import FORMATS, ExportContext
-from deploy.capture import CAPTURE_TOLERANCE, OneHotSoftSplit, capture_error, for_converters
 from deploy.export import export_all, reference_logits, verify_artifacts
+from deploy.graph import GRAPH_TOLERANCE, OneHotSoftSplit, deploy_graph, graph_check
 from deploy.profiler import ProfileConfig, profile_folder
 from t2t.cli import main
 from t2tvit.errors import CheckpointError, ConfigError
@@ -46,10 +46,10 @@ def mobile(export_digits) -> dict:
 def test_the_converter_rewrite_is_the_same_function() -> None:
     torch.manual_seed(0)
     model = deploy_model()
-    captured = for_converters(model)
     x = torch.randn(4, 3, IMG, IMG)
-    rec = capture_error(model, captured, x)
-    assert rec["capture_max_abs_diff"] <= CAPTURE_TOLERANCE
+    for runtime in ("ncnn", "coreml", "litert"):
+        rec = graph_check(model, deploy_graph(model, runtime, IMG), x)
+        assert rec["max_abs_diff"] <= GRAPH_TOLERANCE and rec["runtime"] == runtime and rec["phone_rewrites"]
     # the one-hot convolution gathers the soft split's tokens bit for bit, both layouts
     for k, s, p, c, last in ((7, 4, 2, 3, False), (3, 2, 1, 64, True)):
         t = torch.randn(2, 16, 16, c) if last else torch.randn(2, c, 16, 16)
@@ -70,7 +70,7 @@ def test_ncnn_rows_build_and_pass_parity(mobile) -> None:
         a = e[name]
         assert a["status"] == "ok", (name, a["reason"])
         assert {"pnnx", "ncnn"} <= set(a["tool_versions"])
-        assert a["details"]["capture_max_abs_diff"] <= a["details"]["capture_limit"]
+        assert a["deploy_graph"]["max_abs_diff"] <= a["deploy_graph"]["limit"] and a["deploy_graph"]["images"] == 16
         param = mobile["out"] / a["file"]
         # size and digest cover the weights and the sidecar beside the .param
         files = [param, param.with_suffix(".bin"), param.with_suffix(".json")]

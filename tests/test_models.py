@@ -301,34 +301,3 @@ def test_soft_split_matches_nn_unfold_forward_and_backward() -> None:
     ref0 = torch.nn.functional.unfold(img, 7, padding=2, stride=4).transpose(1, 2)
     assert torch.equal(SoftSplit(7, 4, 2, channels_last=False)(img), ref0)
     assert math.prod(ref0.shape[1:]) == 8 * 12 * 147
-
-
-def test_soft_split_exports_to_onnx_as_one_hot_convolutions_with_the_same_tokens(tmp_path) -> None:
-    # ONNX Runtime runs the gather's 5-D/6-D transposes slowly, so ONNX export writes the soft split
-    # as a grouped convolution with one-hot kernels: the same tokens, bit for bit, in ORT too.
-    import contextlib
-    import io
-
-    import onnx
-    import onnxruntime as ort
-
-    from t2tvit.models.layers import SoftSplit, windows_conv
-
-    x = torch.randn(2, 28, 20, 64)
-    img = torch.randn(2, 3, 32, 48)
-    cases = [(SoftSplit(3, 2, 1, channels_last=True), x), (SoftSplit(7, 4, 2, channels_last=False), img)]
-    for split, inp in cases:
-        nchw = inp.permute(0, 3, 1, 2) if split.channels_last else inp
-        k, s, p = split.kernel_size, split.stride, split.padding
-        ref = torch.nn.functional.unfold(nchw, k, padding=p, stride=s).transpose(1, 2)
-        assert torch.equal(windows_conv(inp, k, s, p, split.channels_last), ref)
-
-        path = tmp_path / f"split{k}.onnx"
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-            torch.onnx.export(split, (inp,), str(path), dynamo=True, external_data=False)
-        graph = onnx.load(str(path)).graph
-        ops = [n.op_type for n in graph.node]
-        assert ops.count("Conv") == 1, ops
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (out,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
-        np.testing.assert_array_equal(out, ref.numpy())

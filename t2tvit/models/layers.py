@@ -18,8 +18,8 @@ Parameter and buffer names match the official implementation
   block reads (``nn.Unfold`` gives channel-major columns that must then be
   transposed and copied), with a strided-add backward instead of ``col2im``.
   The feature order is ``nn.Unfold``'s (channel, row, column), so weights are
-  unchanged. Exported to ONNX they become a one-hot grouped convolution instead
-  (:func:`windows_conv`): ONNX Runtime runs the gather's 5-D/6-D transposes slowly.
+  unchanged. Converters take :func:`deploy.graph.deploy_graph` instead, the same
+  function in the operators each runtime runs well.
 """
 
 from __future__ import annotations
@@ -95,11 +95,8 @@ def soft_split(x: torch.Tensor, k: int, s: int, p: int, channels_last: bool) -> 
     """The windows of :class:`SoftSplit`, by the fastest exact route for the caller.
 
     A leaf for ``torch.fx`` (see the ``torch.fx.wrap`` calls below): a symbolically traced model
-    calls this function as a whole, so its run-time branches (autograd, ONNX export) still apply.
+    calls this function as a whole, so its run-time branch (autograd) still applies.
     """
-    if not torch.jit.is_scripting():  # TorchScript skips this block
-        if torch.onnx.is_in_onnx_export():
-            return windows_conv(x, k, s, p, channels_last)
     if not channels_last:
         return _windows_nchw(x, k, s, p)
     if not torch.jit.is_scripting():
@@ -120,10 +117,10 @@ def windows_conv(
 ) -> torch.Tensor:
     # The same tokens, bit for bit, as a grouped convolution with one-hot kernels: output
     # channel c*k*k + i*k + j of group c copies pixel (i, j) of channel c's window, which is
-    # nn.Unfold's (channel, row, column) order. Used for ONNX export only: ONNX Runtime runs
-    # the gather above as 5-D and 6-D Transposes that took 26-33% of a T2T-ViT-7's time at 224 px
-    # (the 3-D transposes here are cheap), while PyTorch's and XNNPACK's grouped convolutions
-    # are slower than the gather (benchmarks/results/bench_onnx_soft_split.md).
+    # nn.Unfold's (channel, row, column) order. The deploy graph's one_hot form (deploy.graph):
+    # ONNX Runtime runs the gather above as 5-D and 6-D Transposes that took 26-33% of a
+    # T2T-ViT-7's time at 224 px, while PyTorch's and XNNPACK's grouped convolutions are slower
+    # than the gather (benchmarks/results/bench_onnx_soft_split.md).
     if channels_last:
         x = x.permute(0, 3, 1, 2)
     # ``one_hot``: the (C*k*k, 1, k, k) kernels of windows_kernels, when the caller holds them as a
@@ -560,6 +557,6 @@ def _performer_core_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: t
 
 # torch.fx leaves: symbolic tracing (timm's FX feature extraction, torch.fx.symbolic_trace) records
 # a call to each of these instead of tracing into its data-dependent branches (autocast state,
-# requires_grad, ONNX export), which the traced graph then still takes at run time.
+# requires_grad), which the traced graph then still takes at run time.
 torch.fx.wrap("soft_split")
 torch.fx.wrap("_performer_core")
