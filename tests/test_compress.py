@@ -29,7 +29,8 @@ def test_demo_runs_every_stage_into_its_own_folder(demo: Path) -> None:
     student = json.loads((demo / "student" / "stage.json").read_text())["summary"]
     assert teacher["val_top1"] >= 80.0 and student["val_top1"] >= 80.0, (teacher, student)  # chance: 10%
     ck = json.loads((demo / "student" / "args.json").read_text())
-    assert ck["distillation_type"] == "hard" and ck["teacher_path"] == str(demo / "teacher" / "best.pth")
+    # the trainer's record of where the teacher was (the demo may have run in another folder: see conftest)
+    assert ck["distillation_type"] == "hard" and Path(ck["teacher_path"]).parts[-2:] == ("teacher", "best.pth")
 
     manifest = read_manifest(demo / "export")
     status = {a["format"]: a["status"] for a in manifest["artifacts"]}
