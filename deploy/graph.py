@@ -70,11 +70,12 @@ RUNTIMES = ("onnx", "openvino", "tensorrt", "litert", "ncnn", "coreml", "executo
 PHONE = frozenset({"litert", "ncnn", "coreml"})
 
 # The T2T module's form per runtime, from measurement where there is one:
-# benchmarks/results/deploy_graph/2core-avx2-avx512-vnni-bf16.md (bench_deploy_graph.py; T2T-ViT-7, 224 px,
-# batch 1, 2 threads, forms interleaved in one run on a shared 2-core AMD EPYC Zen 4): against the form each
-# runtime converted before, channel_major was 0.92x (OpenVINO f32) and 0.95x (bf16), whose profile shows no
-# soft-split Transpose/Gather on a reference kernel any more; it was 1.07x in ONNX Runtime fp32 and 1.08x in
-# LiteRT (XNNPACK), which keep one_hot. Unmeasured runtimes keep the form they converted before: TensorRT
+# benchmarks/results/deploy_graph/2core-avx2-avx512-vnni-bf16{,-run2}.md (bench_deploy_graph.py; T2T-ViT-7,
+# 224 px, batch 1, 2 threads, forms interleaved in each run on a shared 2-core AMD EPYC Zen 4). Against the
+# form each runtime converted before, channel_major was 0.92x / 0.88x (two runs) in OpenVINO f32 and
+# 0.95x / 0.83x in bf16, and its profile shows no soft-split Transpose/Gather on a reference kernel any
+# more: OpenVINO takes it. ONNX Runtime fp32 was 1.07x / 0.93x (no consistent gain) and LiteRT (XNNPACK)
+# 1.08x / 1.27x: both keep one_hot. Unmeasured runtimes keep the form they converted before: TensorRT
 # parses the one-hot ONNX, whose LayerNorm and TokenPerformer modules its fp16 engines keep in fp32
 # (deploy.tensorrt.fp32_island); ExecuTorch lowers the gather to XNNPACK (whose grouped convolutions were
 # slower than the gather, benchmarks/results/bench_onnx_soft_split.md); ncnn and Core ML take one_hot.
