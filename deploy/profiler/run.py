@@ -149,6 +149,7 @@ def profile_folder(
     report = build_report(rows, model, int(group.info["img_size"][0]), peaks, config, data, n_images, command)
     config.checks.apply(report)
     report.integrity = integrity_summary(variants, config.verify)
+    report.sources = report.find_sources()
     return report
 
 

@@ -57,6 +57,7 @@ class Row:
 
 
 _COMPARISON_FIELDS = ("model", "params", "macs")
+_OPTIONAL_FIELDS = (*_COMPARISON_FIELDS, "agreement_source", "integrity")  # left out of the JSON when None
 
 
 @dataclass
@@ -76,11 +77,12 @@ class Report:
     # the artifacts' files against their manifest: "verified" (bool: checked at all) and "failures" (row names
     # whose files changed after export: failed rows, exit status 1)
     integrity: dict[str, Any] | None = None
+    sources: list[str] = field(default_factory=list)  # where the figures come from (see find_sources)
     schema: int = SCHEMA
 
-    @property
-    def sources(self) -> list[str]:
-        """Where the figures come from, one sentence each (report.md and the terminal show them)."""
+    def find_sources(self) -> list[str]:
+        """Where the figures come from, one sentence each (the profiler stores them in ``sources``; report.md and
+        the terminal show them)."""
         out = []
         settings = self.settings or {}
         measured = [r.name for r in self.rows if r.agreement_source == "measured"]
@@ -122,10 +124,11 @@ class Report:
             if out[key] is None:
                 del out[key]
         for row in out["rows"]:  # a single model's rows: the comparison's fields stay out, as before them
-            for key in _COMPARISON_FIELDS:
+            for key in _OPTIONAL_FIELDS:
                 if row[key] is None:
                     del row[key]
-        out["sources"] = self.sources
+        if not out["sources"]:
+            del out["sources"]
         return out
 
     @classmethod
