@@ -25,7 +25,7 @@ files too and holds them to the same manifest, parity, profiler and predict path
   loaded on such a CPU, runs f32 and says so. An ``auto`` artifact whose bf16/f16 misses parity at export is
   recorded f32 with a note (:func:`parity_fallback`).
 * The Predictor compiles a **static** copy of the IR per batch size it is called with (cached): OpenVINO's
-  dynamic-batch kernels cost 4-30% against the same model reshaped to a static batch.
+  dynamic batch cost 10-29% at batch 1 in f32 against the same model reshaped to a static one (Zen4, two runs).
 """
 
 from __future__ import annotations
@@ -109,8 +109,8 @@ def precision_name(hint: Any) -> str:
 def auto_inference_precision(core: Any = None) -> str:
     """What ``auto`` means on this CPU: the CPU plugin's own default ``INFERENCE_PRECISION_HINT`` (bf16 where it
     reports BF16, f32 otherwise; f16 where OpenVINO itself defaults to it), kept only if this CPU runs it natively.
-    Measured (``benchmarks/results/openvino_precision/``): bf16 0.57x f32 on a 2-core Zen4 with AVX512_BF16 and no
-    AMX; about 0.5x on AMX Xeons (issue 27)."""
+    Measured (``benchmarks/results/openvino_precision/``): bf16 0.57-0.61x f32 on a 2-core Zen4 with AVX512_BF16
+    and no AMX; issue 27 measured about 0.5x on an AMX Xeon."""
     core = core or _core()
     chosen = precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
     return chosen if chosen in cpu_inference_precisions(core) else "f32"
