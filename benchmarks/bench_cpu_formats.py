@@ -365,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out / host_class(flags)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_cpu_formats-{host_class(flags)}"
+    if args.models != p.get_default("models"):  # a partial run does not overwrite the default one's results
+        stem += "-" + "+".join(m for m in args.models.split(",") if m)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
     md = render(doc)
     (out / f"{stem}.md").write_text(md)
