@@ -221,7 +221,7 @@ def build(checkpoint: str | None, model: str, img: int | None, work: Path, calib
         torch.manual_seed(0)
     import t2tvit
 
-    net = t2tvit.create_model(spec["model"], checkpoint=checkpoint, img_size=hw).eval()
+    net = t2tvit.build_model(spec["model"], checkpoint=checkpoint, img_size=hw).eval()
     t0 = time.perf_counter()
     calib, _ = load_images(dataset_split("digits", "train"), eval_transform_for(net, hw), calib_n, what="calibration")
     onnx_path = exp.folder / "model-onnx.onnx"
