@@ -23,7 +23,10 @@ Agreement: the same rows and peers built from a T2T-ViT-7 trained on the bundled
 ``digits_checkpoint``; ``--student`` takes another checkpoint), calibrated on the digits' train split, and their
 top-1 agreement with its fp32 eager model on the whole val split. Only rows with ≥ 99% agreement count for the
 targets. The CPU's flags (AVX2 / AVX512 / VNNI / AVX512-BF16 / AMX) name the results file and head it; results go
-to ``--out/<host class>/``. A default run takes under 10 minutes on a 2-core Zen4.
+to ``--out/<host class>/``. Exports, the agreement and NNCF's calibration are kept in ``--work`` and reused;
+a run that reuses them took 77 s on the 2-core Zen4 at load 15 (building them took about 25 minutes at that
+load; the 10-minute budget of a fresh default run is unverified). Under such load PyTorch's OpenMP threads
+spin-wait and inflate the eager rows, the unit: ``OMP_WAIT_POLICY=PASSIVE`` (as the committed run) tames that.
 """
 
 from __future__ import annotations
