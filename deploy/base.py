@@ -118,7 +118,8 @@ class ExportContext:
     built: dict[str, Path] = field(default_factory=dict)  # format name -> artifact already written
     jit: str = "trace"  # how TorchScript / .ptl capture the model: "trace" or "script"
     scratch: Path | None = None  # folder for intermediate files that are not artifacts (see scratch_dir)
-    inference_precision: str = "f32"  # OpenVINO's load-time compute precision (f32, bf16, f16), recorded
+    # OpenVINO's load-time compute precision, recorded: auto (the loading CPU's fastest native one), f32, bf16, f16
+    inference_precision: str = "auto"
 
     def scratch_dir(self) -> Path:
         """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself
@@ -581,6 +582,8 @@ FORMAT_GROUPS: dict[str, list[str]] = {
     "builtin": [n for n, f in FORMATS.items() if f.cpu and not f.requires and not f.needs_gpu],
     # the phone runtimes the README's install (its test extra, through the mobile extra) provides
     "mobile": [n for n, f in FORMATS.items() if f.install_hint == _MOBILE_HINT],
+    # LiteRT's rows, which the README's quick start installs (requirements-litert.txt, --no-deps)
+    "litert": [n for n, f in FORMATS.items() if f.install_hint == _LITERT_HINT],
 }
 
 

@@ -15,12 +15,18 @@ files too and holds them to the same manifest, parity, profiler and predict path
   symmetric weights, SmoothQuant, fast bias correction) calibrated on ``ctx.calib``, real images held
   apart from the parity images. What is kept in floating point is :data:`INT8_KEEP_FLOAT`, chosen
   from measurement (``benchmarks/bench_cpu_formats.py``).
-* The *inference precision* (``f32``, ``bf16``, ``f16``) is a load-time setting of OpenVINO's CPU
+* The *inference precision* (``auto``, ``f32``, ``bf16``, ``f16``) is a load-time setting of OpenVINO's CPU
   plugin, not a property of the file: :func:`export` records the one asked for (``ctx.inference_precision``)
   in the IR's ``rt_info`` and the manifest, and :func:`load` applies it (or the ``inference_precision=``
-  it is given). OpenVINO's CPU plugin silently runs f32 where the CPU cannot run bf16/f16 and, on
-  CPUs that can, defaults to bf16; both are made explicit here: an export asking for a precision this
-  CPU lacks is refused in one sentence, and a file loaded on such a CPU falls back to f32 and says so.
+  it is given). ``auto`` (the default) is resolved on the CPU that loads the file: OpenVINO's own default
+  hint there (bf16 where the plugin reports BF16, i.e. AVX512_BF16 or AMX; f32 otherwise), measured to pay on
+  both host classes (``benchmarks/results/openvino_precision/``). What the compiled model actually runs in is
+  read back from it (``INFERENCE_PRECISION_HINT``) and is what the Predictor, the manifest and every report row
+  say. An explicit precision this CPU lacks is refused at export in one sentence; a file recorded with one,
+  loaded on such a CPU, runs f32 and says so. An ``auto`` artifact whose bf16/f16 misses parity at export is
+  recorded f32 with a note (:func:`parity_fallback`).
+* The Predictor compiles a **static** copy of the IR per batch size it is called with (cached): OpenVINO's
+  dynamic batch cost 10-29% at batch 1 in f32 against the same model reshaped to a static one (Zen4, two runs).
 """
 
 from __future__ import annotations
@@ -43,31 +49,36 @@ from t2tvit.errors import CheckpointError, ConfigError
 from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = [
+    "AUTO",
     "INFERENCE_PRECISIONS",
     "INT8_KEEP_FLOAT",
     "OpenVINOPredictor",
+    "auto_inference_precision",
     "check_context",
     "check_inference_precision",
     "cpu_inference_precisions",
     "describe",
     "export",
     "load",
+    "parity_fallback",
+    "precision_name",
 ]
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 # OpenVINO's names for the inference precision -> the precision the report shows.
 INFERENCE_PRECISIONS = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+AUTO = "auto"  # the default: what OpenVINO itself picks on the CPU that loads the file
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it runs that precision natively.
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 _RT = "t2tvit"  # our key in the IR's rt_info
 # Module-path patterns whose activations NNCF leaves in floating point: the T2T module (its two token
 # Performers over 3,136 and 784 tokens, and the projection). Their weights are still stored in int8
-# (weight-only, computed in float), so the file stays small. Measured (benchmarks/results/
-# bench_cpu_formats.md; T2T-ViT-7 / -12, 224 px, 2-core AVX2 EPYC): T2T module int8 0.860x / 0.940x the
-# reference's latency, kept float 0.840x / 0.895x (with fp32 weights 0.805x / 0.837x, but 0.34x / 0.32x the
-# fp32 file instead of 0.29x); on the trained digits student all agree with fp32 on all 359 val digits and
-# the largest |Δlogit| halves (0.335 -> 0.162). On an AMX Xeon quantizing it cost agreement (95.5%, issue
-# 13). ``benchmarks/bench_cpu_formats.py`` keeps the other recipes as variants.
+# (weight-only, computed in float), so the file stays small. Measured by the full-table version of
+# benchmarks/bench_cpu_formats.py (results in benchmarks/results/bench_cpu_formats/avx2-noamx/; T2T-ViT-7 / -12,
+# 224 px, 2-core AVX2 EPYC): T2T module int8 0.860x / 0.940x the reference's latency, kept float 0.840x / 0.895x
+# (with fp32 weights 0.805x / 0.837x, but 0.34x / 0.32x the fp32 file instead of 0.29x); on the trained digits
+# student all agree with fp32 on all 359 val digits and the largest |Δlogit| halves (0.335 -> 0.162). On an AMX
+# Xeon quantizing it cost agreement (95.5%, issue 13).
 INT8_KEEP_FLOAT: tuple[str, ...] = ("tokens_to_token",)
 
 
@@ -90,19 +101,36 @@ def cpu_inference_precisions(core: Any = None) -> list[str]:
     return ["f32", *[p for p, cap in _CAPABILITY.items() if cap in caps]]
 
 
+def precision_name(hint: Any) -> str:
+    """OpenVINO's element type (``ov.Type.bf16``, as ``INFERENCE_PRECISION_HINT`` returns it) as our name (``bf16``)."""
+    name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    return {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(name, name)
+
+
+def auto_inference_precision(core: Any = None) -> str:
+    """What ``auto`` means on this CPU: the CPU plugin's own default ``INFERENCE_PRECISION_HINT`` (bf16 where it
+    reports BF16, f32 otherwise; f16 where OpenVINO itself defaults to it), kept only if this CPU runs it natively.
+    Measured (``benchmarks/results/openvino_precision/``): bf16 0.57-0.61x f32 on a 2-core Zen4 with AVX512_BF16
+    and no AMX; issue 27 measured about 0.5x on an AMX Xeon."""
+    core = core or _core()
+    chosen = precision_name(core.get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    return chosen if chosen in cpu_inference_precisions(core) else "f32"
+
+
 def check_inference_precision(precision: str, core: Any = None) -> str:
-    """``precision`` if OpenVINO runs it natively on this CPU, else a ConfigError in one sentence."""
-    if precision not in INFERENCE_PRECISIONS:
-        raise ConfigError(
-            f"unknown OpenVINO inference precision {precision!r}; choose from: {', '.join(INFERENCE_PRECISIONS)}"
-        )
+    """``precision`` if OpenVINO runs it natively on this CPU (``auto`` always), else a ConfigError in one sentence."""
+    if precision != AUTO and precision not in INFERENCE_PRECISIONS:
+        choices = ", ".join([AUTO, *INFERENCE_PRECISIONS])
+        raise ConfigError(f"unknown OpenVINO inference precision {precision!r}; choose from: {choices}")
+    if precision == AUTO:
+        return precision
     core = core or _core()
     if precision not in cpu_inference_precisions(core):
         caps = ", ".join(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         name = core.get_property("CPU", "FULL_DEVICE_NAME")
         raise ConfigError(
             f"this CPU ({name}) cannot run OpenVINO in {precision}: OpenVINO reports only {caps} "
-            f"(bf16 needs AVX512_BF16 or AMX, f16 AVX512_FP16 or AMX-FP16); use --inference-precision f32"
+            f"(bf16 needs AVX512_BF16 or AMX, f16 AVX512_FP16 or AMX-FP16); use --inference-precision auto or f32"
         )
     return precision
 
@@ -230,7 +258,7 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         inference_precision=precision,
         dynamic_batch=[ctx.batch[0], ctx.batch[2]] if ctx.batch[0] != ctx.batch[2] else False,
     )
-    if precision != "f32" and fmt.precision == "fp32":
+    if precision not in ("f32", AUTO) and fmt.precision == "fp32":
         extra["precision"] = INFERENCE_PRECISIONS[precision]  # fp32 weights computed in bf16/f16
     return extra
 
@@ -266,20 +294,54 @@ def describe(path: Path) -> dict[str, Any] | None:
 
 
 class OpenVINOPredictor(Predictor):
-    """A compiled OpenVINO model on the CPU with one infer request (latency mode, one stream)."""
+    """A compiled OpenVINO model on the CPU with one infer request per batch size (latency mode, one stream).
 
-    def __init__(self, compiled: Any, fmt: Format, path: Path, precision: str, note: str | None):
-        self.core = _core()  # outlives the compiled model and its request
-        self.compiled, self.format, self.path, self.device = compiled, fmt.name, Path(path), "cpu"
-        self.request = compiled.create_infer_request()
-        self.inference_precision = precision
-        self.precision = fmt.precision if fmt.precision != "fp32" else INFERENCE_PRECISIONS[precision]
-        self.note = note
-        shape = compiled.inputs[0].get_partial_shape()
+    A dynamic-batch IR is compiled as a static copy for each batch size the Predictor is called with (the first
+    call at a new size pays the compile; at most :attr:`MAX_COMPILED` sizes are kept). ``inference_precision`` is
+    what the compiled model reports it runs in, ``requested`` what was asked for (``auto`` included)."""
+
+    MAX_COMPILED = 8
+
+    def __init__(self, model: Any, config: dict[str, Any], fmt: Format, path: Path, requested: str, note: str | None):
+        self.core = _core()  # outlives the compiled models and their requests
+        self.format, self.path, self.device = fmt.name, Path(path), "cpu"
+        self.model, self.config, self.requested, self.note = model, config, requested, note
+        shape = model.inputs[0].get_partial_shape()
         self._hw = (shape[2].get_length(), shape[3].get_length())
         batch = shape[0]
+        self.dynamic = batch.is_dynamic
         self.min_batch = batch.get_min_length() if batch.is_dynamic else batch.get_length()
         self._max_batch = batch.get_max_length() if batch.is_dynamic else batch.get_length()
+        self._requests: dict[int, Any] = {}
+        self.compiled = self._compile(max(1, self.min_batch))  # the file is checked at load, not at first call
+        self.inference_precision = precision_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = fmt.precision if fmt.precision != "fp32" else INFERENCE_PRECISIONS[self.inference_precision]
+
+    def _compile(self, n: int) -> Any:
+        model = self.model
+        if self.dynamic:
+            model = self.model.clone()
+            model.reshape({0: [n, 3, *self._hw]})
+        try:
+            compiled = self.core.compile_model(model, "CPU", self.config)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises its own exception types
+            raise CheckpointError(f"{self.path} could not be compiled by OpenVINO ({_native_reason(e)})") from None
+        if len(self._requests) >= self.MAX_COMPILED:
+            self._requests.pop(next(iter(self._requests)))
+        self._requests[n] = compiled.create_infer_request()
+        return compiled
+
+    @property
+    def request(self) -> Any:
+        """The infer request of the smallest batch (for callers that drive OpenVINO directly)."""
+        return self._requests.get(max(1, self.min_batch)) or self._request(max(1, self.min_batch))
+
+    def _request(self, n: int) -> Any:
+        req = self._requests.get(n if self.dynamic else self.min_batch)
+        if req is None:
+            self._compile(n)
+            req = self._requests[n]
+        return req
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -287,7 +349,8 @@ class OpenVINOPredictor(Predictor):
 
     @property
     def runtime_notes(self) -> list[str]:
-        return [f"OpenVINO inference precision {self.inference_precision}", *([self.note] if self.note else [])]
+        asked = f" ({self.requested})" if self.requested == AUTO else ""
+        return [f"OpenVINO inference precision {self.inference_precision}{asked}", *([self.note] if self.note else [])]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         n, _, h, w = images.shape
@@ -301,8 +364,9 @@ class OpenVINOPredictor(Predictor):
                 f"{self.path.name} takes batches of {self.min_batch} to {self._max_batch} images, not {n}; "
                 "export with a wider --batch range"
             )
-        self.request.infer({0: images})
-        return self.request.get_output_tensor(0).data.copy()
+        request = self._request(n)
+        request.infer({0: images}, share_inputs=True)
+        return request.get_output_tensor(0).data.copy()
 
 
 def load(
@@ -313,13 +377,13 @@ def load(
     inference_precision: str | None = None,
 ) -> OpenVINOPredictor:
     """Compile the IR ``path`` for the CPU. ``inference_precision``: the row's option, else what the export
-    recorded, else f32; on a CPU that lacks it, f32 with a note saying so. ``threads``: OpenVINO's
-    ``INFERENCE_NUM_THREADS`` (default: the plugin's own choice)."""
+    recorded, else ``auto`` (:func:`auto_inference_precision` on this CPU); an explicit one this CPU lacks runs
+    f32 with a note saying so. ``threads``: OpenVINO's ``INFERENCE_NUM_THREADS`` (default: the plugin's own)."""
     if device != "cpu":
         raise ConfigError(f"OpenVINO artifacts run on the CPU here, not on {device!r}")
     path = require_artifact(path, weights=".bin")
     recorded = (_rt_info(path) or {}).get("inference_precision")
-    wanted = inference_precision or fmt.options.get("inference_precision") or recorded or "f32"
+    requested = inference_precision or fmt.options.get("inference_precision") or recorded or AUTO
     core = _core()
     try:
         model = core.read_model(str(path))
@@ -328,20 +392,34 @@ def load(
             f"{path} is not a loadable OpenVINO IR ({_native_reason(e)}); re-export it (t2t export --formats openvino)"
         ) from None
     note = None
-    if wanted not in INFERENCE_PRECISIONS:
-        choices = ", ".join(INFERENCE_PRECISIONS)
-        raise ConfigError(f"unknown OpenVINO inference precision {wanted!r}; choose from: {choices}")
+    if requested != AUTO and requested not in INFERENCE_PRECISIONS:
+        choices = ", ".join([AUTO, *INFERENCE_PRECISIONS])
+        raise ConfigError(f"unknown OpenVINO inference precision {requested!r}; choose from: {choices}")
+    wanted = auto_inference_precision(core) if requested == AUTO else requested
     if wanted not in cpu_inference_precisions(core):
         note = f"{wanted} was asked for but this CPU cannot run it; running f32"
         wanted = "f32"
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": wanted, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    try:
-        compiled = core.compile_model(model, "CPU", config)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path} could not be compiled by OpenVINO ({_native_reason(e)})") from None
-    return OpenVINOPredictor(compiled, fmt, path, wanted, note)
+    return OpenVINOPredictor(model, config, fmt, path, requested, note)
+
+
+def parity_fallback(path: Path, fmt: Format, predictor: Predictor) -> tuple[str, Predictor] | None:
+    """The export's second chance for an ``auto`` artifact whose reduced precision missed parity: record f32 in
+    the IR (its ``rt_info``) and return a note and the f32 Predictor to check again; None when there is nothing
+    to fall back to (f32 already, or a precision the user asked for explicitly)."""
+    used = getattr(predictor, "inference_precision", "f32")
+    if getattr(predictor, "requested", None) != AUTO or used == "f32":
+        return None
+    tree = ElementTree.parse(path)
+    node = tree.getroot().find(f"rt_info/{_RT}/inference_precision")
+    if node is None:
+        return None
+    node.set("value", "f32")
+    tree.write(path, encoding="utf-8", xml_declaration=True)
+    note = f"auto chose {used}, which missed parity; recorded f32 instead"
+    return note, load(path, fmt, threads=None)
 
 
 def _native_reason(e: BaseException) -> str:

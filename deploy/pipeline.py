@@ -39,7 +39,7 @@ DEMO: dict[str, Any] = {
     "data": "digits",
     "teacher_epochs": 4,
     "epochs": 8,
-    "formats": "builtin,mobile,tensorrt",
+    "formats": "builtin,mobile,litert,tensorrt",
     "batch_sizes": "1,8",
     "duration": 1.0,
 }

@@ -99,11 +99,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jit", choices=("trace", "script"), default="trace", help="TorchScript capture (default: trace)")
     p.add_argument(
         "--inference-precision",
-        choices=("f32", "bf16", "f16"),
-        default="f32",
-        help="what the OpenVINO artifacts compute in when loaded (recorded in the file and the manifest): f32 "
-        "(default), bf16 (CPUs with AVX512_BF16 or AMX), f16 (AVX512_FP16 / AMX-FP16); refused where the CPU "
-        "lacks it",
+        choices=("auto", "f32", "bf16", "f16"),
+        default="auto",
+        help="what the OpenVINO artifacts compute in when loaded (recorded in the file and the manifest): auto "
+        "(default: the loading CPU's fastest native one, bf16 with AVX512_BF16 or AMX, else f32; f32 if bf16 misses "
+        "parity), f32, bf16, f16 (AVX512_FP16 / AMX-FP16); an explicit one the CPU lacks is refused",
     )
     p.add_argument(
         "--calib-data",
