@@ -22,8 +22,7 @@ from benchmarks.reference_row import REFERENCE
 from benchmarks.targets import compute_targets
 from compress.quantize import load_images
 from deploy.artifacts import identify
-from deploy.base import ExportContext
-from deploy.base import sha256_file
+from deploy.base import ExportContext, sha256_file
 from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
 from deploy.profiler import (
     Checks,
