@@ -22,7 +22,7 @@ from benchmarks.reference_row import REFERENCE
 from benchmarks.targets import compute_targets
 from compress.quantize import load_images
 from deploy.artifacts import identify
-from deploy.base import ExportContext
+from deploy.base import ExportContext, sha256_file
 from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
 from deploy.profiler import (
     Checks,
@@ -195,7 +195,8 @@ def export_dir(tmp_path_factory) -> Path:
          "bytes": None, "sha256": None, "parity": None, "reason": "export failed: RuntimeError: calibration broke"}
     )  # fmt: skip
     (out / "model-torchscript.pt").write_bytes(b"this is not a zip archive" * 100)
-    manifest["artifacts"].append({**template, "format": "torchscript", "file": "model-torchscript.pt", "reason": None})
+    broken = {"file": "model-torchscript.pt", "sha256": sha256_file(out / "model-torchscript.pt")}  # as recorded
+    manifest["artifacts"].append({**template, "format": "torchscript", "reason": None, **broken})
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return out
 
