@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The first run on a GPU: proves the trainer, then the CUDA and TensorRT deploy paths, in this order.
-# Nothing here has run on a GPU yet; every Python part has run on CPU (`--device cpu`, below).
+# Nothing here has run on a GPU yet. On CPU (`--device cpu`, 2 shared cores) each Python step has run on its
+# own, and the script itself through step 1 (fp32, bf16), 3 and 4; steps 5-7's glue has not finished a CPU run.
 #
 #   bash benchmarks/gpu_check.sh                 # on one CUDA GPU; results under benchmarks/results/gpu/
 #   TRT_SPECS="tensorrt-cu13==10.16.1.11" bash benchmarks/gpu_check.sh   # pip-install TensorRT first (step 8)
@@ -18,7 +19,7 @@
 #    CPU figures 1.3e-3 / 9.4e-3), gradients finite, the GradScaler's scale over 200 fp16 steps;
 # 3. the fp16 NaN guard stopping an injected divergence (gradients inf at every scale);
 # 4. distillation from a resnet18 teacher trained here, --amp, hard and soft: the teacher's state (BN
-#    buffers included) unchanged, the teacher's share of the step time;
+#    buffers included) unchanged, the teacher's share of the training time;
 # 5. resume in fp16 with EMA and drop path: 3 epochs straight vs 2 + 1, with --deterministic (must be
 #    bit-exact) and without (the difference is recorded);
 # 6. training throughput: benchmarks/bench_train.py --device cuda --official (ours vs the official code);
