@@ -33,7 +33,7 @@ from t2tvit.errors import ConfigError
 
 from .base import ExportContext, Format
 
-__all__ = ["export_in_child", "run_child"]
+__all__ = ["die_with", "export_in_child", "run_child"]
 
 # The ExportContext fields a child's conversion may read (the rest are the parent's bookkeeping).
 _CTX_FIELDS = ("img_size", "batch", "qengine", "opset", "jit", "inference_precision")
@@ -60,7 +60,7 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
             job,
         )
         argv = [sys.executable, "-m", module, str(job), str(path)]
-        run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=_die_with(os.getpid()))
+        run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with(os.getpid()))
         if run.returncode != 0:
             lines = [ln for ln in (run.stderr or run.stdout).strip().splitlines() if ln.strip()]
             message = lines[-1] if lines else f"the converter process exited with status {run.returncode}"
@@ -68,7 +68,7 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
         return json.loads((Path(tmp) / "extra.json").read_text())
 
 
-def _die_with(parent: int) -> Callable[[], None] | None:
+def die_with(parent: int) -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the converter die with the process that started it (Linux: the kernel sends
     SIGKILL when the parent goes, ``prctl(PR_SET_PDEATHSIG)``); elsewhere the child's own watchdog does it."""
     if not sys.platform.startswith("linux"):

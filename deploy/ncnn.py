@@ -37,6 +37,7 @@ from torch import nn
 from t2tvit.errors import CheckpointError, ConfigError
 
 from .base import ExportContext, Format, Predictor, require_artifact
+from .child import die_with
 
 __all__ = ["NcnnPredictor", "describe", "export", "load"]
 
@@ -73,7 +74,9 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
             f"ncnnbin={t / 'model.bin'}",
             *(f"{k}={v}" for k, v in names.items()),
         ]
-        run = subprocess.run(argv, capture_output=True, text=True, cwd=tmp, check=False)
+        run = subprocess.run(
+            argv, capture_output=True, text=True, cwd=tmp, check=False, preexec_fn=die_with(os.getpid())
+        )
         if run.returncode != 0 or not (t / "model.param").is_file():
             lines = [ln for ln in (run.stderr + run.stdout).splitlines() if ln.strip()]
             raise RuntimeError(f"pnnx failed ({run.returncode}): {lines[-1] if lines else 'no output'}")
