@@ -97,10 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / doc["host_class"]
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = render(doc, args.model, args.threads, args.rounds)
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+def render(doc: dict, model: str, threads: int, rounds: int) -> str:
+    """The results as markdown, fastest first."""
     lines = [
-        f"# OpenVINO inference precision on {doc['host_class']} ({args.model}, 224 px, batch 1, {args.threads} thr)",
+        f"# OpenVINO inference precision on {doc['host_class']} ({model}, 224 px, batch 1, {threads} thr)",
         "",
-        f"- command: `{doc['command']}` ({doc['seconds']} s, {doc['created']}), interleaved, {args.rounds} rounds; "
+        f"- command: `{doc['command']}` ({doc['seconds']} s, {doc['created']}), interleaved, {rounds} rounds; "
         "the machine was shared with other jobs: read the ratios",
         f"- OpenVINO reports {', '.join(doc['openvino_capabilities'])}; its default hint: "
         f"{doc['openvino_default_hint']}; our `auto`: **{doc['auto']}**",
@@ -110,10 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for k, r in sorted(doc["rows"].items(), key=lambda kv: kv[1]["p50_ms"]):
         lines.append(f"| {k} | {r['read_back']} | {r['p50_ms']:.2f} | {r['x_f32_dynamic']:.3f} |")
-    md = "\n".join(lines) + "\n"
-    stem.with_suffix(".md").write_text(md)
-    print(md)
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
