@@ -84,7 +84,8 @@ for case in ET.parse(junit).iter("testcase"):
             break
     else:
         msg = ""
-    rows.append((case.get("name"), state, msg))
+    if case.get("name"):  # an interrupted run can leave a nameless entry
+        rows.append((case.get("name"), state, msg))
 counts = defaultdict(int)
 per_test = defaultdict(lambda: defaultdict(int))
 for name, state, _ in rows:

@@ -67,6 +67,7 @@ def to_2tuple_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, in
     return size  # type: ignore[return-value]
 
 
+@torch.jit.ignore  # a traced graph that is then scripted calls it as Python (its message is no TorchScript)
 def _check_images(x: torch.Tensor, in_chans: int, img_size: tuple[int, int], dynamic: bool) -> None:
     """One clear error for a batch the model cannot take (a ``torch.fx`` leaf: see the end of the file)."""
     if x.dim() == 4 and x.shape[1] == in_chans:
