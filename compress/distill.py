@@ -168,29 +168,25 @@ def _teacher_input(model: nn.Module, source: str, saved_args: dict[str, Any]) ->
 def _create(name: str, num_classes: int, img_size: int | None) -> tuple[nn.Module, str, str]:
     """Build ``name`` untrained: ``timm:NAME`` / ``torchvision:NAME`` pick the library, a bare
     name is timm's when timm knows it (timm's ResNets load torchvision weights), else torchvision's."""
-    import timm
-    import torchvision
+    from t2tvit.models.factory import make_model, resolve_name
+    from t2tvit.models.variants import list_variants
 
     source, _, bare = name.rpartition(":")
     if source not in ("", "timm", "torchvision"):
         raise ConfigError(f"--teacher-model {name!r}: the prefix must be timm: or torchvision:")
-    tv_names = set(torchvision.models.list_models(module=torchvision.models))
-    if not source:
-        source = "timm" if timm.is_model(bare) else "torchvision" if bare in tv_names else ""
-    if source == "timm" and timm.is_model(bare):
-        from t2tvit.models import list_variants
+    try:
+        library, bare = resolve_name(name)
+    except ConfigError:
+        import timm
 
-        kwargs: dict[str, Any] = {"num_classes": num_classes}
-        if bare in list_variants() and img_size:  # a T2T-ViT teacher is built for its own size
-            kwargs["img_size"] = img_size
-        return timm.create_model(bare, **kwargs), "timm", bare
-    if source == "torchvision" and bare in tv_names:
-        return torchvision.models.get_model(bare, weights=None, num_classes=num_classes), "torchvision", bare
-    close = timm.list_models(f"*{bare.split('_')[0]}*")[:6]
-    raise ConfigError(
-        f"unknown teacher model {name!r}: neither timm nor torchvision has it"
-        + (f" (similar timm names: {', '.join(close)})" if close else "")
-    )
+        close = timm.list_models(f"*{bare.split('_')[0]}*")[:6]
+        raise ConfigError(
+            f"unknown teacher model {name!r}: neither timm nor torchvision has it"
+            + (f" (similar timm names: {', '.join(close)})" if close else "")
+        ) from None
+    size = img_size if bare in list_variants() else None  # a T2T-ViT teacher is built for its own size
+    model, _ = make_model(name, num_classes=num_classes, img_size=size)
+    return model, "torchvision" if library == "torchvision" else "timm", bare
 
 
 def build_teacher(

@@ -12,8 +12,6 @@ from typing import Any
 
 __all__ = ["add_parser"]
 
-DEFAULT_MODEL = "t2t_vit_7"
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -26,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "With --list, one line per registered variant."
         ),
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"variant name (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None, help="variant name (default: t2tvit.DEFAULT_MODEL, the variants table's)")
     p.add_argument("--img-size", type=int, default=224, help="input height and width, a multiple of 16 (default: 224)")
     p.add_argument(
         "--num-classes", type=int, default=None, help="classes of the head (default: 1000, or the checkpoint's)"
@@ -56,6 +54,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         console = Console(width=160)
     if args.list:
         return _info_list(args, console)
+    args.model = args.model or t2tvit.DEFAULT_MODEL
     # Without a checkpoint only shapes matter: build on the meta device (instant even for t2t_vit_24).
     with torch.device("meta") if args.checkpoint is None else contextlib.nullcontext():
         model = t2tvit.create_model(

@@ -4,6 +4,7 @@
 The public API used by the rest of the toolkit::
 
     model = t2tvit.create_model("t2t_vit_7", checkpoint="71.7_T2T_ViT_7.pth.tar")
+    model, report = t2tvit.make_model("resnet18", checkpoint="teacher.pth")  # any timm/torchvision name
     t2tvit.load_checkpoint(model, "run/best.pth", use_ema=True, strict=True)
 """
 
@@ -14,6 +15,7 @@ from importlib.metadata import version as _version
 
 from .errors import CheckpointError, ConfigError, T2TError
 from .models import (
+    DEFAULT_MODEL,
     VARIANTS,
     DistilledT2TViT,
     LoadReport,
@@ -22,6 +24,7 @@ from .models import (
     create_model,
     list_variants,
     load_checkpoint,
+    make_model,
 )
 
 try:
@@ -30,6 +33,7 @@ except _NotFound:  # a source tree that is not installed
     __version__ = "0.0.0+local"
 
 __all__ = [
+    "DEFAULT_MODEL",
     "VARIANTS",
     "CheckpointError",
     "ConfigError",
@@ -42,4 +46,5 @@ __all__ = [
     "create_model",
     "list_variants",
     "load_checkpoint",
+    "make_model",
 ]

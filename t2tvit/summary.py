@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import DenseBlock, T2TViT
+from .models import DenseBlock, T2TViT, official_param_count
 
 __all__ = ["ModelSummary", "Stage", "count_macs", "summarize"]
 
@@ -67,7 +67,7 @@ def _backbone_desc(model: T2TViT) -> str:
 
 
 def summarize(model: T2TViT, name: str | None = None) -> ModelSummary:
-    """Parameters (all tensors in ``parameters()``, frozen ones included, as the paper counts),
+    """Parameters as the paper counts them (``parameters()`` plus the fixed tables, which are frozen),
     MACs at the model's input size, and the token sequence after each T2T stage."""
     h, w = model.img_size
     t2t = model.tokens_to_token
@@ -87,8 +87,8 @@ def summarize(model: T2TViT, name: str | None = None) -> ModelSummary:
             None,
         ),
     ]
-    params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    params = official_param_count(model)
     input_size = (c, h, w)
     return ModelSummary(
         name=name or model.pretrained_cfg.get("architecture", type(model).__name__),

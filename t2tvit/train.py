@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import read_checkpoint, read_state_dict, recorded_args, state_dict_fit
+from .checkpoint import read_checkpoint, recorded_args
 from .errors import CheckpointError, ConfigError, T2TError
 from .faults import interrupt_note, output_dir
 
@@ -327,39 +327,21 @@ def _is_t2t(name: str) -> bool:
 def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     """The model named by ``--model`` (T2T-ViT or any timm model), with weights from
     ``--finetune`` / ``--initial-checkpoint`` when given."""
-    import timm
+    from .models.factory import make_model
 
-    from . import create_model
-
-    kwargs: dict[str, Any] = {"drop_path_rate": args.drop_path, "drop_rate": args.drop}
-    if _is_t2t(args.model):
-        kwargs["img_size"] = args.img_size
-        if args.finetune:
-            # --finetune is the explicit new-head path (the official recipe's): another class count gets one
-            return create_model(args.model, checkpoint=args.finetune, num_classes=num_classes, new_head=True, **kwargs)
-        model = create_model(args.model, num_classes=num_classes, **kwargs)
-        if args.initial_checkpoint:
-            from . import load_checkpoint
-
-            model.load_report = load_checkpoint(model, args.initial_checkpoint, strict=True)
-        return model
-    try:
-        model = timm.create_model(args.model, num_classes=num_classes, **kwargs)
-    except RuntimeError as e:  # timm's "Unknown model"
-        raise ConfigError(f"unknown model {args.model!r}: {e}") from None
-    ckpt = args.finetune or args.initial_checkpoint
-    if ckpt:
-        sd, _, _ = read_state_dict(read_checkpoint(ckpt))
-        head = _classifier_prefix(model)
-        if args.finetune:  # another class count: keep the fresh classifier
-            sd = {k: v for k, v in sd.items() if k.split(".")[0] != head}
-        own = model.state_dict()
-        fresh = {k for k in own if k.split(".")[0] == head} if args.finetune else set()
-        fit = state_dict_fit(own, sd, fresh)
-        if fit.missing or fit.unexpected:
-            fit.wrong = []  # load_state_dict reports those itself
-            raise CheckpointError(f"{ckpt} does not fit {args.model}: " + "; ".join(fit.problems(sd, own)))
-        model.load_state_dict(sd, strict=False)
+    t2t = _is_t2t(args.model)
+    # --finetune: another class count gets a fresh head (a timm model's always does); --initial-checkpoint
+    # must fit, head included.
+    head = ("auto" if t2t else "new") if args.finetune else "keep"
+    model, _ = make_model(
+        args.model,
+        checkpoint=args.finetune or args.initial_checkpoint,
+        num_classes=num_classes,
+        img_size=args.img_size if t2t else None,
+        head=head,
+        drop_path_rate=args.drop_path,
+        drop_rate=args.drop,
+    )
     return model
 
 

@@ -64,15 +64,17 @@ def test_official_pth_tar_loads_and_answers_identically(trained, tmp_path) -> No
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_loaded_model_is_real_trainable_and_fp32(trained, tmp_path, num_classes) -> None:
     """create_model builds on the meta device and adopts the checkpoint's tensors: nothing may
-    stay on meta, frozen tensors stay frozen, and a half-precision file still gives fp32."""
+    stay on meta, the fixed tables stay buffers, and a half-precision file still gives fp32."""
     path = tmp_path / "half.pth"
     torch.save({"state_dict": {k: v.half() for k, v in trained.state_dict().items()}}, path)
     model = t2tvit.create_model("t2t_vit_7", checkpoint=path, num_classes=num_classes, new_head=True)
     params = dict(model.named_parameters())
-    assert not any(p.is_meta for p in params.values())
-    assert {p.dtype for p in params.values()} == {torch.float32}
-    frozen = {n for n, p in params.items() if not p.requires_grad}
-    assert frozen == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    buffers = dict(model.named_buffers())
+    assert not any(t.is_meta for t in [*params.values(), *buffers.values()])
+    assert {t.dtype for t in [*params.values(), *buffers.values()]} == {torch.float32}
+    assert all(p.requires_grad for p in params.values())
+    assert set(buffers) == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    assert torch.equal(buffers["pos_embed"], trained.pos_embed.half().float())
     assert torch.equal(params["norm.weight"], trained.norm.weight.half().float())
     assert model.head.weight.shape[0] == (num_classes or 1000)
     model(_x()).sum().backward()  # trains

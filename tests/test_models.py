@@ -14,7 +14,8 @@ from benchmarks.reference import RefTokenPerformer, reference_model
 from t2tvit.models import TokenPerformer, sinusoid_table
 from t2tvit.models.layers import _performer_core_fp32
 
-# Exact counts of every tensor in parameters() (frozen random features and position table included).
+# Exact official counts: parameters() plus the fixed tables (random features, position table), which the
+# official code keeps as frozen parameters and this package as persistent buffers.
 OFFICIAL_PARAMS = {
     "t2t_vit_7": 4_310_222,
     "t2t_vit_10": 5_889_230,
@@ -42,7 +43,9 @@ def _images(n: int = 2, size: int = 224, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
 def test_exact_parameter_counts(name: str) -> None:
     model = timm.create_model(name)
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name]
+    assert t2tvit.models.official_param_count(model) == OFFICIAL_PARAMS[name]
+    tables = t2tvit.models.fixed_tables(model)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name] - sum(t.numel() for t in tables.values())
 
 
 @pytest.mark.parametrize("name", list(OFFICIAL_PARAMS))
@@ -51,7 +54,7 @@ def test_distilled_twin_adds_exactly_a_token_a_head_and_a_position(name: str) ->
     model = timm.create_model(name + "_distilled")
     # dist_token, head_dist (on the backbone's output width), one more position row
     extra = v.embed_dim + (model.num_features * 1000 + 1000) + v.embed_dim
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[name] + extra
+    assert t2tvit.models.official_param_count(model) == OFFICIAL_PARAMS[name] + extra
 
 
 def test_every_variant_is_registered_with_timm() -> None:
@@ -127,7 +130,11 @@ def test_matches_straightforward_formulation(name: str) -> None:
     assert (a - b).abs().max().item() <= 1e-4
     a.square().sum().backward()
     b.square().sum().backward()
-    for (key, pa), (_, pb) in zip(ours.named_parameters(), ref.named_parameters(), strict=True):
+    # The official code's frozen tables are parameters there and buffers here (same state-dict keys).
+    ref_params = dict(ref.named_parameters())
+    assert set(ref_params) == {n for n, _ in ours.named_parameters()} | set(t2tvit.models.fixed_tables(ours))
+    for key, pa in ours.named_parameters():
+        pb = ref_params[key]
         if pa.grad is not None:  # summation order differs: compare against each tensor's scale
             assert (pa.grad - pb.grad).abs().max() <= 1e-3 * pb.grad.abs().max() + 1e-8, key
 
@@ -253,19 +260,23 @@ def test_distilled_heads_train_vs_eval_vs_script_vs_trace() -> None:
         assert isinstance(scripted(x), torch.Tensor)
 
 
-def test_no_weight_decay_and_frozen_tensors() -> None:
+def test_fixed_tables_are_persistent_buffers_and_everything_else_trains() -> None:
+    # timm's suite wants a gradient for every named parameter: the fixed tables are buffers, kept in
+    # the state dict under their official keys.
     model = timm.create_model("t2t_vit_7")
-    assert {"cls_token", "pos_embed"} <= model.no_weight_decay()
-    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    assert "cls_token" in model.no_weight_decay()
+    tables = {"pos_embed", "tokens_to_token.attention1.w", "tokens_to_token.attention2.w"}
+    assert set(t2tvit.models.fixed_tables(model)) == tables == {n for n, _ in model.named_buffers()}
+    assert tables <= set(model.state_dict()) and not tables & {n for n, _ in model.named_parameters()}
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_builds_on_the_meta_device() -> None:
     with torch.device("meta"):
         model = timm.create_model("t2t_vit_24_distilled", img_size=384)
-    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.device.type for p in [*model.parameters(), *model.buffers()]} == {"meta"}
     extra = (24 * 24 + 2 - 197) * 512 + 512 + 512 * 1000 + 1000  # 384 positions, dist token, dist head
-    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS["t2t_vit_24"] + extra
+    assert t2tvit.models.official_param_count(model) == OFFICIAL_PARAMS["t2t_vit_24"] + extra
 
 
 def test_reset_classifier() -> None:
@@ -284,6 +295,24 @@ def test_pretrained_without_a_file_explains_how_to_load_weights(tmp_path) -> Non
     torch.save({"state_dict_ema": src.state_dict()}, path)
     model = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay={"file": str(path)})
     assert torch.equal(model.head.weight, src.head.weight)
+    assert "state_dict" not in model.pretrained_cfg  # the tensors are the model's, not kept twice
+
+
+def test_timm_pretrained_takes_the_files_class_count_and_maps_through_the_filter(tmp_path) -> None:
+    """timm's loader with the project's filter: the file's class count is the model's default, another
+    count gets a fresh head, a distilled twin starts from the plain file, a wrong file is one sentence."""
+    src = timm.create_model("t2t_vit_7", num_classes=10)
+    path = tmp_path / "ten.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    overlay = {"file": str(path)}
+    ten = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert ten.num_classes == 10 and torch.equal(ten.head.weight, src.head.weight)
+    three = timm.create_model("t2t_vit_7", pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3)
+    assert three.head.weight.shape == (3, 256) and torch.equal(three.norm.weight, src.norm.weight)
+    dist = timm.create_model("t2t_vit_7_distilled", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert torch.equal(dist.dist_token, src.cls_token) and any("distillation" in n for n in dist.load_report.notes)
+    with pytest.raises(t2tvit.CheckpointError, match="looks like t2t_vit_7"):
+        timm.create_model("t2t_vit_10", pretrained=True, pretrained_cfg_overlay=overlay)
 
 
 def test_soft_split_matches_nn_unfold_forward_and_backward() -> None:
@@ -301,3 +330,41 @@ def test_soft_split_matches_nn_unfold_forward_and_backward() -> None:
     ref0 = torch.nn.functional.unfold(img, 7, padding=2, stride=4).transpose(1, 2)
     assert torch.equal(SoftSplit(7, 4, 2, channels_last=False)(img), ref0)
     assert math.prod(ref0.shape[1:]) == 8 * 12 * 147
+
+
+def test_make_model_builds_every_library_with_weights_class_count_size_and_head_policy(tmp_path) -> None:
+    """The one factory: T2T-ViT, timm and torchvision names, a checkpoint's class count as the default,
+    the head policies, and a report saying what was built and loaded."""
+    from t2tvit.models.factory import make_model
+
+    src, report = make_model("t2t_vit_7", num_classes=10, img_size=64)
+    assert report.library == "t2tvit" and report.path is None and str(report) == "random initialisation"
+    path = tmp_path / "t2t.pth"
+    torch.save({"state_dict": src.state_dict()}, path)
+    same, report = make_model("t2t_vit_7", checkpoint=path, img_size=64)
+    assert same.num_classes == 10 and torch.equal(same.head.weight, src.head.weight) and same.load_report is report
+    fresh, report = make_model("t2t_vit_7", checkpoint=path, img_size=64, head="new")
+    assert not torch.equal(fresh.head.weight, src.head.weight) and torch.equal(fresh.norm.weight, src.norm.weight)
+    assert not fresh.head.weight.is_meta and "new 10-class head" in str(report)
+    with pytest.raises(t2tvit.ConfigError, match="trained 10-class head but 3 classes were asked for"):
+        make_model("t2t_vit_7", checkpoint=path, img_size=64, num_classes=3)  # head="keep", the default
+
+    cnn, report = make_model("resnet18", num_classes=5, img_size=96)
+    assert report.library == "timm" and cnn.img_size == (96, 96)
+    torch.save(cnn.state_dict(), tmp_path / "cnn.pth")
+    again, report = make_model("resnet18", checkpoint=tmp_path / "cnn.pth")
+    assert again.num_classes == 5 and torch.equal(again.fc.weight, cnn.fc.weight)
+    with pytest.raises(t2tvit.ConfigError, match="pass --new-head"):
+        make_model("timm:resnet18", checkpoint=tmp_path / "cnn.pth", num_classes=7)
+    seven, report = make_model("timm:resnet18", checkpoint=tmp_path / "cnn.pth", num_classes=7, head="auto")
+    assert seven.fc.out_features == 7 and "new 7-class head (checkpoint had 5)" in str(report)
+
+    tv, report = make_model("torchvision:mobilenet_v3_small", num_classes=4)
+    assert report.library == "torchvision" and tv.num_classes == 4 and tv.img_size == (224, 224)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    with pytest.raises(t2tvit.CheckpointError, match="does not fit resnet18"):
+        make_model("resnet18", checkpoint=tmp_path / "tv.pth")
+    with pytest.raises(t2tvit.ConfigError, match="did you mean t2t_vit_7"):
+        make_model("t2t_vit_77")
+    with pytest.raises(t2tvit.ConfigError, match="head must be"):
+        make_model("t2t_vit_7", head="fresh")

@@ -104,8 +104,38 @@ def test_fx_symbolic_trace_timm_fx_feature_extractor_and_torchscript(name: str) 
     with pytest.raises(t2tvit.ConfigError, match=r"\(B, 3, 64, 64\)"):  # the check survives tracing
         traced(_images(1, 80))
     scripted = torch.jit.script(model)  # at the size the model was built for
+    graph_scripted = torch.jit.script(traced)  # timm's test_model_forward_fx_torchscript: the FX graph scripts
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(graph_scripted(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14_distilled"])
+def test_backward_reaches_every_parameter_and_the_fixed_tables_stay_fixed(name: str) -> None:
+    """timm's test_model_backward: every named parameter gets a gradient; the fixed tables are buffers."""
+    model = timm.create_model(name, img_size=SMALL, num_classes=4).train()
+    tables = {k: v.clone() for k, v in t2tvit.models.fixed_tables(model).items()}
+    out = model(_images(2, SMALL))
+    (torch.cat(out) if isinstance(out, tuple) else out).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    for key, table in t2tvit.models.fixed_tables(model).items():
+        assert torch.equal(table, tables[key]), key
+
+
+def test_features_only_is_built_by_timm_with_its_cfg() -> None:
+    """build_model_with_cfg wraps the model in FeatureGetterNet and gives the wrapper timm's cfg."""
+    from timm.models._features import FeatureGetterNet
+
+    model = timm.create_model("t2t_vit_7", features_only=True, img_size=SMALL)
+    assert isinstance(model, FeatureGetterNet)
+    assert model.default_cfg is model.pretrained_cfg
+    assert model.pretrained_cfg["architecture"] == "t2t_vit_7" and "num_classes" not in model.pretrained_cfg
+    assert model.pretrained_cfg["input_size"] == (3, SMALL, SMALL)
+    assert model.model.pretrained_cfg["first_conv"] == "tokens_to_token.attention1.kqv"
+    with pytest.raises(t2tvit.ConfigError, match="getter"):
+        timm.create_model("t2t_vit_7", features_only=True, feature_cls="hook")
 
 
 def test_reset_classifier_and_pooling() -> None:
@@ -135,7 +165,7 @@ def test_group_matcher_and_no_weight_decay_cover_every_parameter() -> None:
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     assert "tokens_to_token.attention1.kqv.weight" in groups[0]  # the T2T module is the stem
     assert len(groups) == 1 + 7 + 1  # stem, the 7 blocks, the final norm with the heads
-    assert {"cls_token", "dist_token", "pos_embed"} <= model.no_weight_decay()
+    assert {"cls_token", "dist_token"} <= model.no_weight_decay()
 
 
 def test_grad_checkpointing_gives_the_same_loss_and_gradients() -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from t2tvit.errors import ConfigError
+from t2tvit.models.variants import VARIANTS
 
 from ..base import first_line, resolve_formats
 from . import variants as var
@@ -36,12 +37,7 @@ _T2T = "T2T-ViT official README (Yuan et al., ICCV 2021)"
 _TIMM = "timm results-imagenet.csv (the weights timm's name loads)"
 _TV = "torchvision model zoo, classic recipe (timm's a1_in1k recipe reaches 80.4 for resnet50)"
 PUBLISHED_TOP1: dict[str, tuple[float, str]] = {
-    "t2t_vit_7": (71.7, _T2T),
-    "t2t_vit_10": (75.2, _T2T),
-    "t2t_vit_12": (76.5, _T2T),
-    "t2t_vit_14": (81.5, _T2T),
-    "t2t_vit_19": (81.9, _T2T),
-    "t2t_vit_24": (82.3, _T2T),
+    **{name: (v.paper_top1, _T2T) for name, v in VARIANTS.items() if v.paper_top1 is not None},  # the one table
     "mobilenetv2_100": (72.97, _TIMM),
     "mobilenetv3_large_100": (75.77, _TIMM),
     "efficientnet_b0": (77.69, _TIMM),
@@ -228,16 +224,13 @@ def compare_models(
 
 def _check_names(models: Sequence[str]) -> list[str]:
     """The model names, each a T2T-ViT or a timm model (an unknown one fails now, before any export)."""
-    import timm
-
-    import t2tvit
+    from t2tvit.models.factory import resolve_name
 
     names = [m.strip() for m in models if m.strip()]
     if not names:
         raise ConfigError("give at least one model name to compare, e.g. t2t_vit_7,mobilenetv2_100")
     for n in names:
-        if n not in t2tvit.list_variants() and not timm.is_model(n):
-            t2tvit.create_model(n)  # raises the unknown-model error with its suggestions
+        resolve_name(n)  # the factory's unknown-model error, with its suggestions
     if len(set(names)) != len(names):
         raise ConfigError(f"a model is named twice in {','.join(names)}; name each once")
     return names

@@ -1,5 +1,6 @@
 """The T2T-ViT model family; importing this registers every variant with timm."""
 
+from .factory import make_model
 from .layers import (
     Attention,
     Block,
@@ -13,11 +14,12 @@ from .layers import (
     Transition,
     sinusoid_table,
 )
-from .t2t_vit import DistilledT2TViT, T2TModule, T2TViT, to_2tuple_size
-from .variants import DISTILLED_SUFFIX, VARIANTS, Variant, list_variants
+from .t2t_vit import DistilledT2TViT, T2TModule, T2TViT, fixed_tables, official_param_count, to_2tuple_size
+from .variants import DEFAULT_MODEL, DISTILLED_SUFFIX, VARIANTS, Variant, list_variants
 from .weights import (
     LoadReport,
     build_model,
+    checkpoint_filter_fn,
     create_model,
     filter_state_dict,
     guess_variant,
@@ -26,6 +28,7 @@ from .weights import (
 )
 
 __all__ = [
+    "DEFAULT_MODEL",
     "DISTILLED_SUFFIX",
     "VARIANTS",
     "Attention",
@@ -44,12 +47,16 @@ __all__ = [
     "Transition",
     "Variant",
     "build_model",
+    "checkpoint_filter_fn",
     "create_model",
     "filter_state_dict",
+    "fixed_tables",
     "guess_variant",
     "is_t2t_vit",
     "list_variants",
     "load_checkpoint",
+    "make_model",
+    "official_param_count",
     "sinusoid_table",
     "to_2tuple_size",
 ]

@@ -512,8 +512,9 @@ class TokenPerformer(nn.Module):
             nn.Dropout(dp2),
         )
         self.m = int(self.emb * kernel_ratio)
+        # Fixed random features (the official code's frozen parameter ``w``): a persistent buffer, same key.
         w = nn.init.orthogonal_(torch.empty(self.m, self.emb)) * math.sqrt(self.m)
-        self.w = nn.Parameter(w, requires_grad=False)
+        self.register_buffer("w", w, persistent=True)
 
     def attn(self, x: torch.Tensor) -> torch.Tensor:
         k, q, v = self.kqv(x).split(self.emb, dim=-1)

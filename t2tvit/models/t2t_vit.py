@@ -23,8 +23,8 @@ Differences from the official code, all deliberate:
   (see :mod:`t2tvit.models.layers`).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: torch.fx copies ``forward``'s annotations into the
+# code of a traced graph, and string annotations there stop ``torch.jit.script`` of that graph.
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -45,6 +45,8 @@ __all__ = [
     "DistilledT2TViT",
     "T2TModule",
     "T2TViT",
+    "fixed_tables",
+    "official_param_count",
     "to_2tuple_size",
 ]
 
@@ -65,6 +67,7 @@ def to_2tuple_size(img_size: int | tuple[int, int] | list[int]) -> tuple[int, in
     return size  # type: ignore[return-value]
 
 
+@torch.jit.ignore  # a traced graph that is then scripted calls it as Python (its message is no TorchScript)
 def _check_images(x: torch.Tensor, in_chans: int, img_size: tuple[int, int], dynamic: bool) -> None:
     """One clear error for a batch the model cannot take (a ``torch.fx`` leaf: see the end of the file)."""
     if x.dim() == 4 and x.shape[1] == in_chans:
@@ -227,8 +230,10 @@ class T2TViT(nn.Module):
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self._init_prefix_tokens()
+        # A fixed table, not a weight: a persistent buffer keeps the official state-dict key ``pos_embed``
+        # while optimizers, gradient checks and timm's tooling see only what is trained.
         table = sinusoid_table(num_patches + self.num_prefix_tokens, embed_dim)
-        self.pos_embed = nn.Parameter(table.to(self.cls_token.device), requires_grad=False)
+        self.register_buffer("pos_embed", table.to(self.cls_token.device), persistent=True)
         self.pos_drop = nn.Dropout(p=drop_rate)
         kw = dict(
             num_heads=num_heads,
@@ -282,7 +287,7 @@ class T2TViT(nn.Module):
     # -- timm model API --------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "dist_token", "pos_embed"}
+        return {"cls_token", "dist_token"}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -471,6 +476,23 @@ class DistilledT2TViT(T2TViT):
         return self.forward_head(x)
 
 
+def fixed_tables(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The fixed tables of a T2T-ViT (the sinusoid ``pos_embed``, every token Performer's random features
+    ``w``), by state-dict key. The official code keeps them as frozen parameters; here they are persistent
+    buffers (same keys), so ``parameters()`` holds only what is trained."""
+    tables: dict[str, torch.Tensor] = {}
+    for prefix, m in model.named_modules():
+        key = "pos_embed" if isinstance(m, T2TViT) else "w" if isinstance(m, TokenPerformer) else None
+        if key is not None and isinstance(getattr(m, key, None), torch.Tensor):
+            tables[f"{prefix}.{key}" if prefix else key] = getattr(m, key)
+    return tables
+
+
+def official_param_count(model: nn.Module) -> int:
+    """Parameters as the paper and the official code count them: ``parameters()`` plus :func:`fixed_tables`."""
+    return sum(p.numel() for p in model.parameters()) + sum(t.numel() for t in fixed_tables(model).values())
+
+
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
@@ -495,13 +517,14 @@ def _cfg(name: str) -> dict[str, Any]:
         "input_size": (3, 224, 224),
         "min_input_size": (3, 16, 16),
         "fixed_input_size": True,  # unless built with dynamic_img_size=True
-        "pool_size": None,
+        "pool_size": None,  # features are a token sequence, not a map (timm's non-standard ViT-like models)
         "crop_pct": 0.9,
         "crop_mode": "center",
         "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN,
         "std": IMAGENET_DEFAULT_STD,
-        "first_conv": None,  # no convolution: the soft split is an unfold, its first weights a Linear
+        # No convolution: the first weights that see pixels are the Linear over the 7x7 soft split.
+        "first_conv": "tokens_to_token.attention1." + ("kqv" if v.tokens_type == "performer" else "attn.qkv"),
         "classifier": ("head", "head_dist") if name.endswith(DISTILLED_SUFFIX) else "head",
         "license": "bsd-3-clause-clear",  # the official code's Clear BSD License
         "origin_url": "https://github.com/yitu-opensource/T2T-ViT",
@@ -513,19 +536,46 @@ def _cfg(name: str) -> dict[str, Any]:
 
 default_cfgs = {name: _cfg(name) for name in list_variants()}
 
+# features_only: one map per stride (4, 8, 16), read through forward_intermediates.
+_FEATURE_CFG = {"out_indices": (0, 1, -1), "feature_cls": "getter"}
+
+
+def _pretrained_overlay(name: str, variant: Any, pretrained_cfg: Any, overlay: dict[str, Any]) -> dict[str, Any]:
+    """The overlay that makes timm's loader take a local file: the file is read here, safely (no unpickled
+    code; official ``.pth.tar``, ours, safetensors), and handed over as ``state_dict`` with its class count."""
+    from timm.models import resolve_pretrained_cfg
+
+    from ..checkpoint import read_checkpoint, read_state_dict
+
+    cfg = resolve_pretrained_cfg(name, pretrained_cfg, overlay).to_dict()
+    sd = cfg.get("state_dict")
+    if sd is None:
+        if not cfg.get("file"):
+            hint = f" (the official release is {variant.official_file})" if variant.official_file else ""
+            raise ConfigError(
+                f"{name} has no downloadable weights{hint}: pass a local file with "
+                f"t2tvit.create_model({name!r}, checkpoint=PATH) or "
+                "timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))"
+            )
+        sd, _, _ = read_state_dict(read_checkpoint(cfg["file"]), use_ema=True)
+    overlay = dict(overlay, state_dict=sd)
+    if "head.weight" in sd:  # the source's class count: timm keeps the head when the model's matches
+        overlay.setdefault("num_classes", int(sd["head.weight"].shape[0]))
+    return overlay
+
 
 def _create_t2t_vit(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a registered variant with timm's ``build_model_with_cfg``: the variants table gives the
+    architecture, :func:`~t2tvit.models.weights.checkpoint_filter_fn` maps weights, ``features_only`` wraps
+    the model in timm's ``FeatureGetterNet``. The model's ``pretrained_cfg`` then states the input size,
+    class count and fixed-size flag it was built with."""
+    from timm.models import build_model_with_cfg
+    from timm.models._features import FeatureGetterNet
+
+    from .weights import checkpoint_filter_fn
+
     distilled = name.endswith(DISTILLED_SUFFIX)
     variant = VARIANTS[name.removesuffix(DISTILLED_SUFFIX)]
-    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
-    for unused in ("pretrained_cfg", "cache_dir", "pretrained_strict"):
-        kwargs.pop(unused, None)
-    device = kwargs.pop("device", None)
-    dtype = kwargs.pop("dtype", None)
-    features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", (0, 1, -1))  # one map per stride: 4, 8, 16
-    feature_cls = kwargs.pop("feature_cls", "getter")
-    output_fmt = kwargs.pop("output_fmt", "NCHW")
     arch = dict(
         tokens_type=variant.tokens_type,
         embed_dim=variant.embed_dim,
@@ -539,33 +589,43 @@ def _create_t2t_vit(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Mo
     clash = sorted(set(arch) & set(kwargs))
     if clash:
         raise TypeError(f"{name} fixes {', '.join(clash)}; build T2TViT(...) directly for a custom architecture")
-    model = (DistilledT2TViT if distilled else T2TViT)(**arch, **kwargs)
-    cfg = dict(default_cfgs[name], **overlay)
-    cfg.update(num_classes=model.num_classes, input_size=(model.in_chans, *model.img_size))
-    cfg["fixed_input_size"] = not model.dynamic_img_size
-    model.pretrained_cfg = model.default_cfg = cfg
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    feature_cfg = dict(_FEATURE_CFG, **(kwargs.pop("feature_cfg", None) or {}))
+    for key in ("feature_cls", "output_fmt"):
+        if key in kwargs:
+            feature_cfg[key] = kwargs.pop(key)
+    if not kwargs.get("features_only", False):
+        kwargs.pop("out_indices", None)
+    feature_cls = feature_cfg["feature_cls"]
+    if not (feature_cls == "getter" or (isinstance(feature_cls, type) and issubclass(feature_cls, FeatureGetterNet))):
+        raise ConfigError(
+            f"{name} extracts features through forward_intermediates: feature_cls 'getter', not {feature_cls!r}"
+        )
+    pretrained_cfg = kwargs.pop("pretrained_cfg", None)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if pretrained:
-        # No hub here: weights come from a local file, timm-style via pretrained_cfg_overlay.
-        if not cfg.get("file"):
-            hint = f" (the official release is {variant.official_file})" if variant.official_file else ""
-            raise ConfigError(
-                f"{name} has no downloadable weights{hint}: pass a local file with "
-                f"t2tvit.create_model({name!r}, checkpoint=PATH) or "
-                "timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))"
-            )
-        from .weights import load_checkpoint
-
-        load_checkpoint(model, cfg["file"], reset_head=model.num_classes != 1000)
+        overlay = _pretrained_overlay(name, variant, pretrained_cfg, overlay)
+    model = build_model_with_cfg(
+        DistilledT2TViT if distilled else T2TViT,
+        name,
+        pretrained,
+        pretrained_cfg=pretrained_cfg,
+        pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **arch,
+        **kwargs,
+    )
+    net = model.model if isinstance(model, FeatureGetterNet) else model
+    for m in {id(model): model, id(net): net}.values():
+        cfg = dict(m.pretrained_cfg)
+        cfg.pop("state_dict", None)  # the loaded tensors are the model's now; do not keep a second copy
+        cfg.update(input_size=(net.in_chans, *net.img_size), fixed_input_size=not net.dynamic_img_size)
+        if "num_classes" in cfg:
+            cfg["num_classes"] = net.num_classes
+        m.pretrained_cfg = m.default_cfg = cfg
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
-    if features_only:
-        if feature_cls != "getter":
-            raise ConfigError(
-                f"{name} extracts features through forward_intermediates: feature_cls 'getter', not {feature_cls!r}"
-            )
-        from timm.models._features import FeatureGetterNet
-
-        return FeatureGetterNet(model, out_indices=out_indices, output_fmt=output_fmt)
     return model
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DISTILLED_SUFFIX", "VARIANTS", "Variant", "list_variants"]
+__all__ = ["DEFAULT_MODEL", "DISTILLED_SUFFIX", "VARIANTS", "Variant", "list_variants"]
 
 DISTILLED_SUFFIX = "_distilled"
+# The variant built, exported and profiled when nothing (no flag, no checkpoint) names one.
+DEFAULT_MODEL = "t2t_vit_7"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ model file can import it for ``pretrained=True`` without an import cycle.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -31,8 +30,10 @@ from .variants import DISTILLED_SUFFIX, VARIANTS, list_variants
 __all__ = [
     "LoadReport",
     "build_model",
+    "checkpoint_filter_fn",
     "create_model",
     "filter_state_dict",
+    "fit_state_dict",
     "guess_variant",
     "is_t2t_vit",
     "load_checkpoint",
@@ -54,14 +55,18 @@ def is_t2t_vit(model: nn.Module) -> bool:
 
 @dataclass
 class LoadReport:
-    """What :func:`load_checkpoint` did, for logs and the CLI."""
+    """What :func:`load_checkpoint` / :func:`~t2tvit.models.factory.make_model` did, for logs and the CLI."""
 
-    path: str
+    path: str | None  # the weights file (None: nothing loaded, the initialisation is random)
     source_key: str | None  # container key the weights came from (None: the file is the state dict)
     checkpoint_model: str | None  # model name recorded in the checkpoint's args, if any
     notes: list[str] = field(default_factory=list)
+    library: str = ""  # who built the model: "t2tvit", "timm" or "torchvision" (make_model sets it)
+    model_name: str = ""
 
     def __str__(self) -> str:
+        if self.path is None:
+            return "random initialisation" + "".join(f"; {n}" for n in self.notes)
         src = f"[{self.source_key}]" if self.source_key else ""
         return f"loaded {self.path}{src}" + "".join(f"; {n}" for n in self.notes)
 
@@ -136,18 +141,21 @@ def load_checkpoint(
     return _apply_state_dict(model, sd, str(path), source, ck_model, strict, reset_head)
 
 
-def _apply_state_dict(
-    model: nn.Module,
+def fit_state_dict(
     sd: dict[str, torch.Tensor],
-    path: str,
-    source: str | None,
-    ck_model: str | None,
-    strict: bool,
-    reset_head: bool,
-    assign: bool = False,
-) -> LoadReport:
-    """Check ``sd`` against ``model`` and load it. With ``assign`` (a model built on the meta
-    device) the checkpoint's tensors become the parameters instead of being copied in."""
+    model: nn.Module,
+    *,
+    path: str = "the checkpoint",
+    ck_model: str | None = None,
+    strict: bool = True,
+    reset_head: bool = False,
+) -> tuple[dict[str, torch.Tensor], list[str], bool]:
+    """Map ``sd`` onto ``model`` (:func:`filter_state_dict`), check that it fits and cast it to the model's
+    dtypes; returns ``(state_dict, notes, head_reset)``, ready for ``load_state_dict(strict=False)``.
+
+    Raises :class:`~t2tvit.errors.CheckpointError` with one sentence naming the likely variant of the
+    weights and the mismatching keys when they do not fit (``strict``).
+    """
     notes: list[str] = []
     head_reset = False
     if is_t2t_vit(model):
@@ -170,13 +178,40 @@ def _apply_state_dict(
             guess = ck_model or guess_variant(sd)
             parts.append(f"it looks like {guess}" if guess else "its architecture is not a known T2T-ViT variant")
         raise CheckpointError("; ".join(parts + fit.problems(sd, own)))
-    # Cast to the model's dtypes (a half-precision file still loads into an fp32 model).
-    load_sd = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(load_sd, strict=False, assign=assign)
-    if head_reset:
-        model.reset_classifier(model.num_classes)  # fresh, initialised heads (on the CPU)
     if not strict and (missing or unexpected or wrong):
         notes.append(f"non-strict: {len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} mismatched keys")
+    # Cast to the model's dtypes (a half-precision file still loads into an fp32 model).
+    sd = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    return sd, notes, head_reset
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn`` for T2T-ViT (``timm.create_model(name, pretrained=True, ...)``): the
+    weights mapped and checked by :func:`fit_state_dict`; a head of another class count is left out, so the
+    model keeps its fresh one. What was mapped is recorded in ``model.load_report``."""
+    sd, notes, _ = fit_state_dict(state_dict, model, reset_head=True)
+    model.load_report = LoadReport("pretrained_cfg weights", None, None, notes)
+    return sd
+
+
+def _apply_state_dict(
+    model: nn.Module,
+    sd: dict[str, torch.Tensor],
+    path: str,
+    source: str | None,
+    ck_model: str | None,
+    strict: bool,
+    reset_head: bool,
+    assign: bool = False,
+) -> LoadReport:
+    """Check ``sd`` against ``model`` and load it. With ``assign`` (a model built on the meta
+    device) the checkpoint's tensors become the parameters instead of being copied in."""
+    sd, notes, head_reset = fit_state_dict(
+        sd, model, path=path, ck_model=ck_model, strict=strict, reset_head=reset_head
+    )
+    model.load_state_dict(sd, strict=False, assign=assign)
+    if head_reset:
+        model.reset_classifier(model.num_classes)  # fresh, initialised heads (on the CPU)
     return LoadReport(path, source, ck_model, notes)
 
 
@@ -191,43 +226,31 @@ def create_model(
     new_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered T2T-ViT and optionally load a checkpoint into it.
+    """Build a registered T2T-ViT and optionally load a checkpoint into it (``model.load_report`` says how).
 
     ``num_classes`` defaults to the checkpoint's class count (or 1000). Another count replaces the
     trained head with an untrained one only with ``new_head=True`` (fine-tuning on another dataset);
     without it that is refused, as a silently random head would answer with confident nonsense
     (``num_classes=0``, a feature extractor without a head, needs no flag). ``img_size`` may differ
     from the size the checkpoint was trained at: the position table is regenerated exactly.
+    :func:`~t2tvit.models.factory.make_model` builds it (and any timm or torchvision model).
     """
-    import timm
+    from .factory import make_model
 
     if name not in list_variants():
         close = difflib.get_close_matches(name, list_variants(), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint}; `t2t info --list` shows every T2T-ViT variant")
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    if checkpoint is None:
-        return timm.create_model(name, **kwargs)
-    sd, source, ck_model = read_state_dict(read_checkpoint(checkpoint), use_ema)
-    if num_classes is None and "head.weight" in sd:
-        kwargs["num_classes"] = sd["head.weight"].shape[0]
-    trained = int(sd["head.weight"].shape[0]) if "head.weight" in sd else None
-    if num_classes and trained is not None and num_classes != trained and not new_head:
-        raise ConfigError(
-            f"{checkpoint} has a trained {trained}-class head but {num_classes} classes were asked for; pass "
-            "--new-head (new_head=True) to replace it with an untrained head, or drop --num-classes"
-        )
-    # A strict load replaces every tensor, so build on the meta device and let the checkpoint's
-    # tensors become the parameters: no random init of weights that are thrown away (t2t_vit_24:
-    # 0.54 s -> 0.20 s in benchmarks/bench_parts.py). A non-strict load keeps some initialised
-    # tensors: build normally.
-    with torch.device("meta") if strict else contextlib.nullcontext():
-        model = timm.create_model(name, **kwargs)
-    reset = num_classes is not None
-    model.load_report = _apply_state_dict(model, sd, str(checkpoint), source, ck_model, strict, reset, assign=strict)
+    model, _ = make_model(
+        name,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        img_size=img_size,
+        use_ema=use_ema,
+        strict=strict,
+        head="auto" if new_head else "keep",
+        **kwargs,
+    )
     return model
 
 
@@ -240,29 +263,12 @@ def build_model(
     new_head: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """A registered T2T-ViT (:func:`create_model`, ``new_head`` as there), or any other timm model with
-    random weights: the CNN and DeiT baselines the lite T2T-ViTs are compared with (latency does not
-    depend on the weights).
+    """A registered T2T-ViT (:func:`create_model`, ``new_head`` as there), or any other timm or
+    torchvision model: the CNN and DeiT baselines the lite T2T-ViTs are compared with. A model whose
+    constructor takes no ``img_size`` (a CNN: any input size works) gets an ``img_size`` attribute, so
+    the exporter records the input size it was built for. :func:`~t2tvit.models.factory.make_model`
+    builds it."""
+    from .factory import make_model
 
-    A model whose constructor takes no ``img_size`` (a CNN: any input size works) is built without it and
-    gets an ``img_size`` attribute, so the exporter records the input size it was built for.
-    """
-    import timm
-
-    if name in list_variants():
-        return create_model(name, checkpoint, num_classes, img_size, new_head=new_head, **kwargs)
-    if not timm.is_model(name):
-        return create_model(name)  # the unknown-model error, with its suggestions
-    if checkpoint is not None:
-        raise ConfigError(f"{name} is not a T2T-ViT: only T2T-ViT checkpoints load here; drop the checkpoint")
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) if img_size else None
-    try:
-        model = timm.create_model(name, **kwargs, **({"img_size": size} if size else {}))
-    except TypeError:  # a CNN's constructor has no img_size
-        model = timm.create_model(name, **kwargs)
-    own = getattr(model, "img_size", None)
-    own = (own, own) if isinstance(own, int) else own
-    model.img_size = tuple(int(s) for s in (own or size or model.pretrained_cfg.get("input_size", (3, 224, 224))[1:]))
-    return model
+    head = "auto" if new_head else "keep"
+    return make_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, head=head, **kwargs)[0]
