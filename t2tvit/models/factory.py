@@ -154,7 +154,8 @@ def _t2t_vit(
     # tensors: build normally.
     with torch.device("meta") if strict else contextlib.nullcontext():
         model = timm.create_model(name, **kwargs)
-    reset = head != "keep"  # a head of another class count is dropped: the model gets a fresh one
+    # a head of another class count is dropped (the model gets a fresh one); num_classes=0 keeps none
+    reset = head != "keep" or num_classes == 0
     report = _apply_state_dict(model, sd, str(checkpoint), source, ck_model, strict, reset, assign=strict)
     if head == "new" and ck_classes == model.num_classes:
         model.reset_classifier(model.num_classes)  # same class count, yet a fresh head was asked for
