@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The first run on a GPU: proves the trainer, then the CUDA and TensorRT deploy paths, in this order.
-# Nothing here has run on a GPU yet. On CPU (`--device cpu`, 2 shared cores) each Python step has run on its
-# own, and the script itself through step 1 (fp32, bf16), 3 and 4; steps 5-7's glue has not finished a CPU run.
+# Nothing here has run on a GPU yet. On CPU (`--device cpu`, 2 shared cores) the script ran steps 1 (fp32 and
+# bf16 only), 2 (alone), and 3-7 (STEPS="3 4 5 6 7 8": every step passed, exit status 0).
 #
 #   bash benchmarks/gpu_check.sh                 # on one CUDA GPU; results under benchmarks/results/gpu/
 #   TRT_SPECS="tensorrt-cu13==10.16.1.11" bash benchmarks/gpu_check.sh   # pip-install TensorRT first (step 8)
