@@ -487,6 +487,11 @@ def _seed_worker(worker_id: int) -> None:
     # Each worker of each rank draws from its own stream, derived from torch's per-worker seed
     # (itself derived from the loader's generator), so augmentations are reproducible.
     import random
+    import signal
+
+    # Ctrl-C reaches the whole process group: the main process reports it in one line and shuts the
+    # workers down; a worker that handled it too would print its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
