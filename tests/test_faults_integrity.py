@@ -159,6 +159,8 @@ def test_t2t_bench_fails_a_tampered_row_and_says_where_agreement_comes_from(expo
     assert rows["onnx"]["status"] == "failed" and rows["onnx"]["agreement"] is None
     assert rows["onnx"]["reason"].startswith("integrity check failed: its sha256 differs")
     assert report["integrity"] == {"verified": True, "failures": ["onnx"], "passed": False}
+    # the checks asked for cannot pass on a row that was not measured (before: "Checks: passed")
+    assert report["checks"]["passed"] is False and report["checks"]["failures"][0].startswith("onnx: its file changed")
     md = (out / "report.md").read_text()
     assert "**onnx** failed: integrity check failed" in md
     # the intact row's agreement is the export's, and every output says so

@@ -4,7 +4,8 @@ A report is the user's: their numbers, and the limits *they* ask for. Each check
 row that ran (``ok``); a row that misses one, or lacks the number the check needs, is marked with
 one sentence per miss (``Row.checks``), and ``Report.checks["passed"]`` is False, which makes
 ``t2t bench`` and ``t2t compress`` exit with status 1, so a CI pipeline can fail on a regression.
-Skipped and failed rows are not judged: they have their own status and reason.
+Skipped and failed rows are not judged: they have their own status and reason; but a row whose file
+changed after export (``Report.integrity["failures"]``) fails the checks, as it was asked for and not measured.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ class Checks:
                 continue
             row.checks = self._misses(row.latency, row.agreement, row.top1, sizes)
             failures += [f"{row.name}: {miss}" for miss in row.checks]
+        # a file that changed after export was not judged, and the checks cannot pass without it
+        changed = (report.integrity or {}).get("failures") or []
+        failures += [
+            f"{name}: its file changed after export (sha256 differs), so it was not measured" for name in changed
+        ]
         report.checks = {k: v for k, v in asdict(self).items() if v is not None}
         report.checks.update(passed=not failures, failures=failures)
 

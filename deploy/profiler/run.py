@@ -147,8 +147,8 @@ def profile_folder(
     }
     n_images = 0 if group.images is None else len(group.images)
     report = build_report(rows, model, int(group.info["img_size"][0]), peaks, config, data, n_images, command)
-    config.checks.apply(report)
     report.integrity = integrity_summary(variants, config.verify)
+    config.checks.apply(report)
     report.sources = report.find_sources()
     return report
 
