@@ -201,3 +201,30 @@ def test_the_one_hot_soft_split_exports_to_onnx_as_one_convolution_with_the_same
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (out,) = session.run(None, {session.get_inputs()[0].name: inp.numpy()})
         np.testing.assert_array_equal(out, ref.numpy())
+
+
+def test_a_default_form_that_misses_the_tolerance_falls_back_to_the_exact_one(digits_checkpoint, monkeypatch) -> None:
+    """The channel-major form's folded LayerNorm loses float32 precision on near-uniform windows; when the
+    runtime's default form misses the tolerance on the export's images, the bit-exact one-hot form is proven
+    and converted instead and the record says why. A form asked for explicitly never falls back."""
+    from types import SimpleNamespace
+
+    from conftest import val_images
+
+    from deploy.graph import checked_graph
+    from t2tvit.data import eval_transform_for, open_rgb
+
+    model = digits_checkpoint(32)["model"].eval()
+    tf = eval_transform_for(model)
+    images = torch.stack([tf(open_rgb(p)) for p in val_images(1)])
+    ctx = SimpleNamespace(img_size=(32, 32), calib=images.numpy(), example=lambda n: images[:n])
+    graph, record = checked_graph(model, "openvino", ctx)
+    assert record["t2t"] == T2T_FORM["openvino"] == "channel_major" and "fallback" not in record
+    monkeypatch.setattr(deploy.graph, "GRAPH_TOLERANCE", 1e-12)  # tighter than float32 rounding of the fold
+    graph, record = checked_graph(model, "openvino", ctx)
+    assert record["t2t"] == "one_hot" and record["max_abs_diff"] == 0.0, record
+    assert record["fallback"].startswith("the channel_major form was not converted: the deploy graph for openvino")
+    with torch.no_grad():
+        assert torch.equal(graph(images), model(images))
+    with pytest.raises(DeployGraphMismatch, match="channel_major T2T module"):
+        checked_graph(model, "openvino", ctx, t2t="channel_major")
