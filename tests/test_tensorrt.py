@@ -497,6 +497,13 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+F16 = TensorProto.FLOAT16
+
+
+def _producer(model: onnx.ModelProto, tensor: str):
+    return next(n for n in model.graph.node if tensor in n.output)
+
+
 def _io(node) -> list[str]:
     return [t for t in [*node.input, *node.output] if t]
 
@@ -563,6 +570,31 @@ def test_fp16_keeps_inputs_the_schema_cannot_type_as_fp16_in_fp32() -> None:
     assert _float_types(m16)["x__to_fp16"] == TensorProto.FLOAT16
 
 
+def test_fp16_retargets_casts_to_float_outside_the_islands() -> None:
+    """A ``Cast(to=FLOAT)`` between fp16 nodes casts to fp16 (onnxconverter-common 1.16 leaves it
+    fp32 while declaring its output fp16: an invalid model)."""
+    w = numpy_helper.from_array(np.array([[1.0, -2.0], [0.5, 3.0]], np.float32), "w")
+    nodes = [
+        _scoped(helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"), ["", "fc", "linear"]),
+        _scoped(helper.make_node("Cast", ["y"], ["c"], to=TensorProto.FLOAT, name="cast"), ["", "fc", "to"]),
+        _scoped(helper.make_node("Relu", ["c"], ["z"], name="relu"), ["", "act", "relu"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2])],
+        [w],
+    )
+    m16 = convert_onnx_fp16(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10))
+    onnx.checker.check_model(m16, full_check=True)
+    types = _float_types(m16)
+    assert types["y"] == types["c"] == types["z__fp16"] == F16 and types["z"] == TensorProto.FLOAT
+    x = np.array([[1.0, 2.0]], np.float32)
+    out = ort.InferenceSession(m16.SerializeToString()).run(None, {"x": x})[0]
+    assert out.dtype == np.float32 and out.tolist() == [[2.0, 4.0]]
+
+
 def test_fp16_conversion_refuses_a_graph_without_name_scopes() -> None:
     model = _tiny_onnx()
     for n in model.graph.node:
@@ -625,6 +657,19 @@ def test_fp16_onnx_of_the_trained_digits_model_keeps_its_islands_and_its_answers
         assert floats and all(t == TensorProto.FLOAT for t in floats), name
     products = [n for n in m16.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and n.name not in island_names]
     assert products and all(types[n.output[0]] == TensorProto.FLOAT16 for n in products)  # the rest is fp16
+    # fp32 end to end: no tensor goes fp32 -> fp16 -> fp32 (onnxconverter-common 1.16 leaves such Cast
+    # pairs between island nodes where the tensor has several readers) ...
+    to = {n.output[0]: helper.get_attribute_value(n.attribute[0]) for n in m16.graph.node if n.op_type == "Cast"}
+    pairs = [t for t, dst in to.items() if dst == TensorProto.FLOAT and to.get(_producer(m16, t).input[0]) == F16]
+    assert not pairs, pairs
+    # ... and every island reads its weights exactly, as fp32 initializers (not an fp16 copy cast up)
+    originals = {t.name: t for t in fp32.graph.initializer if t.data_type == TensorProto.FLOAT}
+    inits = {t.name: t for t in m16.graph.initializer}
+    weights = [(n.name, t) for n in islands for t in n.input if t in originals]
+    assert len(weights) > 30
+    for name, t in weights:
+        assert t in converted[name].input and inits[t].data_type == TensorProto.FLOAT, (name, t)
+        assert np.array_equal(numpy_helper.to_array(inits[t]), numpy_helper.to_array(originals[t])), (name, t)
     halves = [numpy_helper.to_array(t) for t in m16.graph.initializer if t.data_type == TensorProto.FLOAT16]
     assert len(halves) > 40 and all(np.isfinite(a).all() and np.abs(a).max() <= FP16_MAX for a in halves)
     # parity with the fp32 PyTorch model on held-out digits, at the export's fp16 threshold
