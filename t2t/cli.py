@@ -137,6 +137,7 @@ INTERRUPTED = {
     "predict": "nothing was written",
     "export": "the export folder's previous contents are intact (artifacts are staged and swapped in whole)",
     "bench": "no report was written and any previous one is intact; run the same command again",
+    "verify": "nothing was written",
     "visualize": "no image folder was written",
     "compress": "finished stages are kept; run the same command again to continue",
     "train": "no checkpoint was written yet",
@@ -187,9 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         import signal
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the one line short
-        note = getattr(e, "t2t_note", None) or INTERRUPTED.get(command.removeprefix("t2t "))
-        print(f"{command}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr, flush=True)
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the line short
+        try:
+            note = getattr(e, "t2t_note", None) or INTERRUPTED.get(command.removeprefix("t2t "))
+            print(f"{command}: interrupted" + (f"; {note}" if note else ""), file=sys.stderr, flush=True)
+        finally:
+            signal.signal(signal.SIGINT, before)  # main() may be called in a longer-lived process
         return 130
     finally:
         warnings.showwarning = shown
