@@ -178,9 +178,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     """NNCF post-training int8 of ``ov_model``. ``options`` (the row's): ``keep_float``, module-path patterns
     whose activations stay in floating point (default :data:`INT8_KEEP_FLOAT`); ``kept_weights``, ``"int8"``
     (default: their weights stored int8, weight-only) or ``"float"``; ``smooth_quant``, SmoothQuant's alpha for
-    MatMuls (NNCF's default for transformers when absent; a negative value turns it off)."""
+    MatMuls (NNCF's default for transformers when absent; a negative value turns it off); ``per_channel``, False
+    for per-tensor weight scales (NNCF's default, per-channel, when absent)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
 
     if calib is None or len(calib) == 0:
         raise ConfigError("openvino-int8 needs calibration images; pass --calib-data with a folder of real images")
@@ -192,9 +197,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     keep = tuple(p for p in asked if any(p in n for n in names))
     ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
     advanced = None
-    if options.get("smooth_quant") is not None:
-        alphas = AdvancedSmoothQuantParameters(matmul=float(options["smooth_quant"]))
-        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+    sq, per_channel = options.get("smooth_quant"), options.get("per_channel")
+    if sq is not None or per_channel is not None:
+        kw: dict[str, Any] = {}
+        if sq is not None:
+            kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(sq))
+        if per_channel is not None:
+            kw["weights_quantization_params"] = QuantizationParameters(per_channel=bool(per_channel))
+        advanced = AdvancedQuantizationParameters(**kw)
     with _quiet():
         q = nncf.quantize(
             ov_model,
@@ -215,6 +225,7 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
         "kept_float": list(keep),
         **({"keep_float_unmatched": [p for p in asked if p not in keep]} if len(keep) < len(asked) else {}),
         "smooth_quant": options.get("smooth_quant", "NNCF default"),
+        "per_channel_weights": options.get("per_channel", "NNCF default (per-channel)"),
     }
     return q, info
 
