@@ -372,3 +372,13 @@ def test_an_int8_row_slower_than_its_float_sibling_gets_a_note_and_a_faster_one_
     assert len(files) == 5
     plain = make_report()  # a report without such a row has no Notes section, and its JSON no "notes" key
     assert "## Notes" not in render_markdown(plain) and "notes" not in Report.from_dict(plain).to_dict()
+
+
+def test_t2t_compress_summary_repeats_the_report_notes(tmp_path: Path) -> None:
+    from deploy.pipeline import PipelineResult
+
+    note = "openvino-int8 (int8) is 1.25x slower than openvino (bf16) at batch 1 (12.5 vs 10 ms p50): ..."
+    result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report"), "notes": [note]}}, 1.0)
+    assert f"  note: {note}" in result.summary()
+    result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report")}}, 1.0)  # an older record
+    assert not [line for line in result.summary() if "note:" in line]
