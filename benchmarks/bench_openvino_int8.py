@@ -111,8 +111,9 @@ def agreement(student: Path, work: Path, threads: int) -> dict[str, Any]:
     cached = work / "agreement.json"
     if cached.is_file():
         return json.loads(cached.read_text())
-    net = t2tvit.build_model("t2t_vit_7", checkpoint=str(student)).eval()
-    hw = tuple(net.img_size) if isinstance(net.img_size, (tuple, list)) else (net.img_size, net.img_size)
+    size = int(torch.load(student, map_location="cpu", weights_only=True)["args"]["img_size"])  # 32: as trained
+    net = t2tvit.build_model("t2t_vit_7", checkpoint=str(student), img_size=size).eval()
+    hw = (size, size)
     tf = eval_transform_for(net, hw)
     calib, _ = load_images(dataset_split("digits", "train"), tf, 300)
     val, _ = load_images(dataset_split("digits", "val"), tf, None, what="validation")

@@ -13,8 +13,8 @@ files too and holds them to the same manifest, parity, profiler and predict path
   ``companions`` makes the manifest's size and sha256 cover both.
 * ``openvino-int8``: NNCF post-training quantization (``model_type=TRANSFORMER``: per-channel
   symmetric weights, SmoothQuant, fast bias correction) calibrated on ``ctx.calib``, real images held
-  apart from the parity images. What is kept in floating point is :data:`INT8_KEEP_FLOAT`, chosen
-  from measurement (``benchmarks/bench_cpu_formats.py``).
+  apart from the parity images, the deploy graph's T2T convolutions included. What is kept in floating point is
+  :data:`INT8_KEEP_FLOAT` (nothing), chosen from measurement (``benchmarks/bench_openvino_int8.py``).
 * The *inference precision* (``auto``, ``f32``, ``bf16``, ``f16``) is a load-time setting of OpenVINO's CPU
   plugin, not a property of the file: :func:`export` records the one asked for (``ctx.inference_precision``)
   in the IR's ``rt_info`` and the manifest, and :func:`load` applies it (or the ``inference_precision=``
@@ -71,15 +71,18 @@ AUTO = "auto"  # the default: what OpenVINO itself picks on the CPU that loads t
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it runs that precision natively.
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 _RT = "t2tvit"  # our key in the IR's rt_info
-# Module-path patterns whose activations NNCF leaves in floating point: the T2T module (its two token
-# Performers over 3,136 and 784 tokens, and the projection). Their weights are still stored in int8
-# (weight-only, computed in float), so the file stays small. Measured by the full-table version of
-# benchmarks/bench_cpu_formats.py (results in benchmarks/results/bench_cpu_formats/avx2-noamx/; T2T-ViT-7 / -12,
-# 224 px, 2-core AVX2 EPYC): T2T module int8 0.860x / 0.940x the reference's latency, kept float 0.840x / 0.895x
-# (with fp32 weights 0.805x / 0.837x, but 0.34x / 0.32x the fp32 file instead of 0.29x); on the trained digits
-# student all agree with fp32 on all 359 val digits and the largest |Δlogit| halves (0.335 -> 0.162). On an AMX
-# Xeon quantizing it cost agreement (95.5%, issue 13).
-INT8_KEEP_FLOAT: tuple[str, ...] = ("tokens_to_token",)
+# Module-path patterns whose activations NNCF leaves in floating point (their weights still stored int8): none. On the
+# deploy graph OpenVINO converts, the channel-major T2T module's soft splits are convolutions, so NNCF quantizes them
+# too, and that recipe (NNCF's TRANSFORMER defaults: per-channel weights, SmoothQuant alpha 0.95 on MatMuls; what
+# int8 leaves float runs in the inference precision, bf16 by ``auto`` on AVX512_BF16) was the fastest faithful one
+# measured by benchmarks/bench_openvino_int8.py (results: benchmarks/results/openvino_int8/
+# avx2-avx512-vnni-avx512_bf16-noamx.md; T2T-ViT-7, 224 px, batch 1, 2 threads, interleaved, 2-core AMD EPYC Zen4
+# with AVX512+VNNI+BF16, no AMX): 0.77x the float ``openvino`` row in bf16 against 0.85x with the T2T module kept
+# float (the previous recipe), 0.79x with SmoothQuant 0.5, 0.84x without SmoothQuant, 0.78x with per-tensor weights;
+# each 0.92-0.94x with the rest in f32 instead of bf16. Agreement with fp32 on the 359 val digits of the trained
+# student: 99.72% for this recipe at 32 px and at 224 px (the T2T module kept float: 98.6% at 224 px; per-tensor
+# 98.6-99.4%). INT8_KEEP_FLOAT = ("tokens_to_token",) is still a row option (``keep_float``).
+INT8_KEEP_FLOAT: tuple[str, ...] = ()
 
 
 _CORE: list[Any] = []
