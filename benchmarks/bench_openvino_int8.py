@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -161,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, r in build(net, (224, 224), calib, args.work / model, args.threads).items():
             rows[f"{model}/{name}"] = r
     print(f"[speed] timing {len(rows)} rows, interleaved", flush=True)
+    load = [os.getloadavg()[0]]
     lat = time_rows(rows, (224, 224), args.duration, args.rounds)
+    load.append(os.getloadavg()[0])
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
     models: dict[str, Any] = {}
     for key, r in rows.items():
@@ -188,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recipes": {k: {kk: list(v) if isinstance(v, tuple) else v for kk, v in o.items()} for k, o in RECIPES.items()},
         "agreement_images": acc["images"],
         "settings": {"threads": args.threads, "rounds": args.rounds, "duration_s": args.duration},
+        "load": load,
         "models": models,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -205,7 +209,8 @@ def render(doc: dict[str, Any]) -> str:
         "",
         f"- command: `{doc['command']}` ({doc['seconds']} s, {doc['created']}); {doc['settings']['threads']} threads, "
         f"batch 1, 224 px, random weights, every row interleaved ({doc['settings']['rounds']} rounds); "
-        "× openvino = ÷ the float `openvino` row in `auto` precision, same run",
+        "× openvino = ÷ the float `openvino` row in `auto` precision, same run; load average while timing "
+        f"{doc['load'][0]:.1f} -> {doc['load'][1]:.1f} on {os.cpu_count()} logical CPUs",
         f"- agreement: top-1 with the fp32 eager model on all {doc['agreement_images']} val digits of a T2T-ViT-7 "
         "trained on the digits (32 px), the same recipe and precision",
         "- recipes: " + "; ".join(f"`{k}` {json.dumps(v)}" for k, v in doc["recipes"].items()),
