@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -350,7 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, r in built["rows"].items():
             rows[f"{model}/{name}"] = r
     print(f"[speed] timing {len(rows)} rows, interleaved", flush=True)
+    load = [os.getloadavg()[0]]
     lat = time_rows(rows, (224, 224), args.duration, args.rounds)
+    load.append(os.getloadavg()[0])
     doc = summarise(rows, lat, acc, meta, flags, models)
     doc.update(
         command=" ".join(["python -m benchmarks.bench_cpu_formats", *(argv if argv is not None else sys.argv[1:])]),
@@ -364,6 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "img_size": 224,
             "calib": args.calib,
         },  # fmt: skip
+        load=load,
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
     )
     out = args.out / host_class(flags)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,6 +480,17 @@ def _f(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _load_line(doc: dict[str, Any]) -> str:
+    """How busy the machine was while the rows were timed (1-minute load average at the start and end)."""
+    load = doc.get("load")
+    omp = f"; OMP_WAIT_POLICY={doc['omp_wait_policy']}" if doc.get("omp_wait_policy") else ""
+    if not load:
+        return f"- the machine was shared with other jobs during the run: read ratios, not absolute times{omp}"
+    cores = os.cpu_count() or 0
+    busy = "shared with other jobs: read ratios, not absolute times" if max(load) > cores + 0.5 else "quiet"
+    return f"- load average while timing: {load[0]:.1f} -> {load[1]:.1f} on {cores} logical CPUs ({busy}){omp}"
+
+
 def render(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["flags"].items())
@@ -489,7 +505,7 @@ def render(doc: dict[str, Any]) -> str:
         f"({doc['settings']['rounds']} rounds); × official = ÷ the official T2T-ViT code's fp32 eager p50, same run",
         f"- agreement: top-1 agreement with the fp32 model on all {doc['agreement']['images']} val digits of a "
         "T2T-ViT-7 trained on the digits (32 px), built the same way; only rows ≥ 0.99 count for the targets",
-        "- the machine was shared with other jobs during the run: read ratios, not absolute times",
+        _load_line(doc),
         "",
         "## Targets",
         "",

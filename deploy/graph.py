@@ -64,7 +64,10 @@ __all__ = [
 
 # Largest |Δlogit| allowed between the model and its deploy graph, relative to the largest |logit| (at
 # least 1). Measured on perturbed weights: ~1e-7..1e-6 of the largest logit (float32 operator order).
-GRAPH_TOLERANCE = 1e-5
+# 1e-5 was too tight for the channel-major form on trained weights: the digits student of
+# benchmarks/bench_cpu_formats.py (T2T-ViT-7, 32 px, real digits) gave 5.11e-5 at a largest logit of 4.95 (1.03e-5
+# relative) and its OpenVINO export failed; 1e-4 keeps a 10x margin over that and is still float32 rounding.
+GRAPH_TOLERANCE = 1e-4
 
 T2T_FORMS = ("gather", "one_hot", "channel_major")
 RUNTIMES = ("onnx", "openvino", "tensorrt", "litert", "ncnn", "coreml", "executorch")

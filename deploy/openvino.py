@@ -13,8 +13,8 @@ files too and holds them to the same manifest, parity, profiler and predict path
   ``companions`` makes the manifest's size and sha256 cover both.
 * ``openvino-int8``: NNCF post-training quantization (``model_type=TRANSFORMER``: per-channel
   symmetric weights, SmoothQuant, fast bias correction) calibrated on ``ctx.calib``, real images held
-  apart from the parity images. What is kept in floating point is :data:`INT8_KEEP_FLOAT`, chosen
-  from measurement (``benchmarks/bench_cpu_formats.py``).
+  apart from the parity images, the deploy graph's T2T convolutions included. What is kept in floating point is
+  :data:`INT8_KEEP_FLOAT` (nothing), chosen from measurement (``benchmarks/bench_openvino_int8.py``).
 * The *inference precision* (``auto``, ``f32``, ``bf16``, ``f16``) is a load-time setting of OpenVINO's CPU
   plugin, not a property of the file: :func:`export` records the one asked for (``ctx.inference_precision``)
   in the IR's ``rt_info`` and the manifest, and :func:`load` applies it (or the ``inference_precision=``
@@ -71,15 +71,18 @@ AUTO = "auto"  # the default: what OpenVINO itself picks on the CPU that loads t
 # The CPU plugin's OPTIMIZATION_CAPABILITIES entry that says it runs that precision natively.
 _CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
 _RT = "t2tvit"  # our key in the IR's rt_info
-# Module-path patterns whose activations NNCF leaves in floating point: the T2T module (its two token
-# Performers over 3,136 and 784 tokens, and the projection). Their weights are still stored in int8
-# (weight-only, computed in float), so the file stays small. Measured by the full-table version of
-# benchmarks/bench_cpu_formats.py (results in benchmarks/results/bench_cpu_formats/avx2-noamx/; T2T-ViT-7 / -12,
-# 224 px, 2-core AVX2 EPYC): T2T module int8 0.860x / 0.940x the reference's latency, kept float 0.840x / 0.895x
-# (with fp32 weights 0.805x / 0.837x, but 0.34x / 0.32x the fp32 file instead of 0.29x); on the trained digits
-# student all agree with fp32 on all 359 val digits and the largest |Δlogit| halves (0.335 -> 0.162). On an AMX
-# Xeon quantizing it cost agreement (95.5%, issue 13).
-INT8_KEEP_FLOAT: tuple[str, ...] = ("tokens_to_token",)
+# Module-path patterns whose activations NNCF leaves in floating point (their weights still stored int8): none. On the
+# deploy graph OpenVINO converts, the channel-major T2T module's soft splits are convolutions, so NNCF quantizes them
+# too (NNCF's TRANSFORMER defaults: per-channel weights, SmoothQuant alpha 0.95 on MatMuls; what int8 leaves float
+# runs in the inference precision, bf16 by ``auto`` here). benchmarks/bench_openvino_int8.py (results:
+# benchmarks/results/openvino_int8/avx2-avx512-vnni-avx512_bf16-noamx{,-run1}.md; T2T-ViT-7, 224 px, batch 1, 2
+# threads, interleaved, 2-core AMD EPYC Zen4 with AVX512+VNNI+BF16, no AMX, shared): this recipe was the fastest row
+# in both runs, 0.77x / 0.77x the float ``openvino`` row in bf16 (run 1 with the rest in bf16, run 2 in f32: which
+# precision the rest takes was within noise, so ``auto`` stays), against 0.85x / 0.90x with the T2T module kept
+# float (the previous recipe); SmoothQuant 0.5, none, and per-tensor weights were no faster. Agreement with fp32 on
+# the trained digits student's 359 val digits: 99.72% at 32 px and at 224 px (T2T module kept float: 98.6% at 224
+# px, under the 99% bar; per-tensor 98.6-99.4%). ``keep_float=("tokens_to_token",)`` is still a row option.
+INT8_KEEP_FLOAT: tuple[str, ...] = ()
 
 
 _CORE: list[Any] = []
@@ -178,9 +181,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     """NNCF post-training int8 of ``ov_model``. ``options`` (the row's): ``keep_float``, module-path patterns
     whose activations stay in floating point (default :data:`INT8_KEEP_FLOAT`); ``kept_weights``, ``"int8"``
     (default: their weights stored int8, weight-only) or ``"float"``; ``smooth_quant``, SmoothQuant's alpha for
-    MatMuls (NNCF's default for transformers when absent; a negative value turns it off)."""
+    MatMuls (NNCF's default for transformers when absent; a negative value turns it off); ``per_channel``, False
+    for per-tensor weight scales (NNCF's default, per-channel, when absent)."""
     import nncf
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
 
     if calib is None or len(calib) == 0:
         raise ConfigError("openvino-int8 needs calibration images; pass --calib-data with a folder of real images")
@@ -192,9 +200,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     keep = tuple(p for p in asked if any(p in n for n in names))
     ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
     advanced = None
-    if options.get("smooth_quant") is not None:
-        alphas = AdvancedSmoothQuantParameters(matmul=float(options["smooth_quant"]))
-        advanced = AdvancedQuantizationParameters(smooth_quant_alphas=alphas)
+    sq, per_channel = options.get("smooth_quant"), options.get("per_channel")
+    if sq is not None or per_channel is not None:
+        kw: dict[str, Any] = {}
+        if sq is not None:
+            kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(sq))
+        if per_channel is not None:
+            kw["weights_quantization_params"] = QuantizationParameters(per_channel=bool(per_channel))
+        advanced = AdvancedQuantizationParameters(**kw)
     with _quiet():
         q = nncf.quantize(
             ov_model,
@@ -215,6 +228,7 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
         "kept_float": list(keep),
         **({"keep_float_unmatched": [p for p in asked if p not in keep]} if len(keep) < len(asked) else {}),
         "smooth_quant": options.get("smooth_quant", "NNCF default"),
+        "per_channel_weights": options.get("per_channel", "NNCF default (per-channel)"),
     }
     return q, info
 

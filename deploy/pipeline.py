@@ -165,6 +165,7 @@ class PipelineResult:
             lines.append(f"  verify: {v['ok']} of {v['checked']} artifacts re-checked ok")
         if "report" in self.stages:
             lines.append(f"  report: {_at(self.stages['report']['folder'], self.out) / 'report.md'}")
+            lines += [f"  note: {n}" for n in self.stages["report"].get("notes") or []]  # e.g. int8 slower here
         return lines
 
 
@@ -408,7 +409,7 @@ def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
         print_table(report)
     ok = [r for r in report.rows if r.status == "ok"]
     folder = _rel(folders["report"], _root(folders))
-    return {"folder": folder, "rows": len(report.rows), "ok": len(ok), "checks": report.checks}
+    return {"folder": folder, "rows": len(report.rows), "ok": len(ok), "checks": report.checks, "notes": report.notes}
 
 
 def _root(folders: dict[str, Path]) -> Path:

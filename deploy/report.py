@@ -12,7 +12,8 @@ Files written by :func:`write_report`:
 
 - ``report.json`` -- the dict itself (indent 2); :func:`read_report` parses it back.
 - ``report.csv`` -- one line per row x batch size (raw, unrounded numbers); :func:`read_csv` parses it back.
-- ``report.md`` -- machine and settings, the full results table, the peak GEMM line, the user's checks,
+- ``report.md`` -- machine and settings, the notes (an int8 row slower than its float sibling), the full results
+  table, the peak GEMM line, the user's checks,
   failed/skipped rows, and both plots embedded by relative link.
 - ``latency_vs_accuracy.png`` -- p50 latency at the smallest batch size against top-1 (or, when no row has a
   top-1, top-1 agreement with fp32 x 100), one labelled point per row, the Pareto front as a step line.
@@ -619,6 +620,13 @@ def render_markdown(report: Report | dict[str, Any], plots: Sequence[str] = (SCA
         _peak_line(report),
         "",
     ]
+    if report.get("notes"):  # before anything else a reader could pick a row from
+        out[out.index("## Results") : out.index("## Results")] = [
+            "## Notes",
+            "",
+            *[f"- {_one_line(t)}" for t in report["notes"]],
+            "",
+        ]
     if report.get("sources"):
         out += ["## Where the figures come from", "", *[f"- {_one_line(t)}" for t in report["sources"]], ""]
     checks = _check_lines(report)
@@ -712,6 +720,8 @@ def print_table(report: Report | dict[str, Any], console: Any = None) -> None:
         if not console.is_terminal:  # piped: the width the table is made for, not squeezed into 80 columns
             console = Console(width=120)
     console.print(t)
+    for text in report.get("notes") or []:  # an int8 row slower than its float sibling, beside the table
+        console.print(f"[yellow]note: {escape(text)}[/yellow]")
     console.print(escape(_peak_line(report)))
     for text in report.get("sources") or []:
         console.print(f"[dim]{escape(text)}[/dim]")

@@ -225,3 +225,36 @@ def test_auto_falls_back_to_f32_when_its_reduced_precision_misses_parity(ov_expo
     assert a["parity"]["passed"] and a["parity"]["max_abs_diff"] <= a["parity"]["max_abs_limit"]  # fp32's threshold
     pred = deploy.open(tmp_path / "fb2" / a["file"])
     assert pred.inference_precision == "f32" and a["sha256"] == FORMATS["openvino"].digest(tmp_path / "fb2" / a["file"])
+
+
+def test_an_int8_row_slower_than_its_float_sibling_says_so_in_the_report(ov_export, tmp_path, capsys) -> None:
+    from deploy.profiler import ProfileConfig, profile_folder
+    from deploy.report import print_table, render_markdown, write_report
+
+    config = ProfileConfig(batch_sizes=(1,), threads=1, duration=0.05, min_runs=3, rounds=1, memory=False)
+    report = profile_folder(ov_export["out"], config, progress=False)
+    rows = {r.name: r for r in report.rows}
+    int8 = rows["openvino-int8"]
+    fastest = min((rows[n] for n in ("openvino", "openvino-fp16")), key=lambda r: r.latency["1"]["p50_ms"])
+    slower = int8.latency["1"]["p50_ms"] > fastest.latency["1"]["p50_ms"]
+    # what this run measured decides the note: there when int8 lost to its fastest float sibling, absent otherwise
+    assert bool([n for n in report.notes if n.startswith("openvino-int8 (int8) is")]) == slower
+    assert ("int8 does not pay on this CPU" in (int8.reason or "")) == slower
+    # a CPU without an int8 advantage: the same real report with the int8 row 1.5x its sibling's time
+    int8.latency["1"]["p50_ms"] = fastest.latency["1"]["p50_ms"] * 1.5
+    int8.reason = "OpenVINO inference precision (auto)"
+    report.notes = report.find_notes()
+    assert report.notes == [
+        f"openvino-int8 (int8) is 1.50x slower than {fastest.name} ({fastest.precision}) at batch 1 "
+        f"({int8.latency['1']['p50_ms']:.3g} vs {fastest.latency['1']['p50_ms']:.3g} ms p50): int8 does not pay on "
+        f"this CPU, so {fastest.name} is the faster choice unless file size matters"
+    ]
+    assert int8.reason.endswith(report.notes[0])  # on the row itself (JSON, CSV), after its runtime note
+    assert [r.name for r in report.rows if "does not pay" in (r.reason or "")] == ["openvino-int8"]
+    write_report(report, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert md.index("## Notes") < md.index("## Results") and f"- {report.notes[0]}" in md
+    assert render_markdown(report.to_dict()) == render_markdown(report)  # a saved report.json keeps the note
+    print_table(report)
+    screen = " ".join(capsys.readouterr().out.split())
+    assert f"note: {report.notes[0]}" in screen

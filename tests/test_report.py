@@ -340,3 +340,45 @@ def test_cuda_memory_column_and_cuda_peak() -> None:
     report["peak_cuda"] = {"error": "CUDA driver too old"}
     assert "CUDA: not measured (CUDA driver too old)." in render_markdown(report)
     assert "CUDA peak MB" not in render_markdown(make_report())  # no CUDA row: no empty column
+
+
+def test_an_int8_row_slower_than_its_float_sibling_gets_a_note_and_a_faster_one_does_not(tmp_path: Path) -> None:
+    from deploy.profiler.schema import Report
+
+    data = make_report()
+    data["rows"] = [
+        _row("openvino", "openvino", "bf16", 10.0),
+        _row("openvino-fp16", "openvino-fp16", "bf16", 11.0),
+        _row("openvino-int8", "openvino-int8", "int8", 12.5, reason="OpenVINO inference precision bf16 (auto)"),
+        _row("onnx", "onnx", "fp32", 20.0),
+        _row("onnx-int8-dynamic", "onnx-int8-dynamic", "int8", 15.0),
+        _row("onnx-int8-static", "onnx-int8-static", "int8", None, status="failed", reason=FAIL_REASON),
+    ]
+    report = Report.from_dict(data)
+    report.notes = report.find_notes()
+    note = (
+        "openvino-int8 (int8) is 1.25x slower than openvino (bf16) at batch 1 (12.5 vs 10 ms p50): int8 does not "
+        "pay on this CPU, so openvino is the faster choice unless file size matters"
+    )
+    assert report.notes == [note]
+    assert report.row("openvino-int8").reason == f"OpenVINO inference precision bf16 (auto); {note}"
+    assert report.row("onnx-int8-dynamic").reason is None  # faster than onnx: nothing to say
+    assert report.find_notes() == [note] and report.row("openvino-int8").reason.count(note) == 1  # idempotent
+    files = write_report(report, tmp_path)
+    md = (tmp_path / MD_NAME).read_text()
+    assert f"## Notes\n\n- {note}\n" in md and md.index("## Notes") < md.index("## Results")
+    assert read_report(tmp_path).notes == [note]
+    assert note in (tmp_path / CSV_NAME).read_text()
+    assert len(files) == 5
+    plain = make_report()  # a report without such a row has no Notes section, and its JSON no "notes" key
+    assert "## Notes" not in render_markdown(plain) and "notes" not in Report.from_dict(plain).to_dict()
+
+
+def test_t2t_compress_summary_repeats_the_report_notes(tmp_path: Path) -> None:
+    from deploy.pipeline import PipelineResult
+
+    note = "openvino-int8 (int8) is 1.25x slower than openvino (bf16) at batch 1 (12.5 vs 10 ms p50): ..."
+    result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report"), "notes": [note]}}, 1.0)
+    assert f"  note: {note}" in result.summary()
+    result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report")}}, 1.0)  # an older record
+    assert not [line for line in result.summary() if "note:" in line]

@@ -173,6 +173,7 @@ def _combined(
     config.checks.apply(report)
     report.integrity = integrity_summary([v for g in groups for v in g.variants], config.verify)
     report.sources = report.find_sources()
+    report.notes = report.find_notes()
     return report
 
 

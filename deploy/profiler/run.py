@@ -150,6 +150,7 @@ def profile_folder(
     report.integrity = integrity_summary(variants, config.verify)
     config.checks.apply(report)
     report.sources = report.find_sources()
+    report.notes = report.find_notes()
     return report
 
 

@@ -78,6 +78,9 @@ class Report:
     # whose files changed after export: failed rows, exit status 1)
     integrity: dict[str, Any] | None = None
     sources: list[str] = field(default_factory=list)  # where the figures come from (see find_sources)
+    # what a reader must know before picking a row, one sentence each (see find_notes): an int8 row slower than its
+    # float sibling
+    notes: list[str] = field(default_factory=list)
     schema: int = SCHEMA
 
     def find_sources(self) -> list[str]:
@@ -113,6 +116,49 @@ class Report:
                 out.append("artifact files: sha256 checked against the manifest, every one unchanged")
         return out
 
+    def find_notes(self) -> list[str]:
+        """One sentence per int8 row that ran slower than its float sibling (the fastest fp32/bf16/fp16 row of the
+        same runtime: ``openvino-int8`` against ``openvino`` and ``openvino-fp16``, ``onnx-int8-*`` against ``onnx``;
+        the same model in a comparison) at the smallest batch size both were timed at. Where a CPU has no int8
+        advantage the int8 file is smaller, not faster, and the report must say so beside the row (its ``reason``
+        gets the sentence too). Call it once per report, after the timing."""
+        notes = []
+        for row in self.rows:
+            if row.precision != "int8" or "-int8" not in row.format or row.status != "ok":
+                continue
+            base = row.format.split("-int8")[0]
+            siblings = [
+                r
+                for r in self.rows
+                if r.status == "ok"
+                and r.precision != "int8"
+                and r.model == row.model
+                and (r.format == base or r.format.startswith(base + "-"))
+            ]
+            best = None
+            for sib in siblings:
+                shared = sorted(set(row.latency) & set(sib.latency), key=int)
+                if not shared:
+                    continue
+                b = shared[0]
+                ours, theirs = row.latency[b].get("p50_ms"), sib.latency[b].get("p50_ms")
+                if ours is None or theirs is None:
+                    continue
+                if best is None or theirs < best[2]:
+                    best = (sib, b, theirs, ours)
+            if best is None or best[3] <= best[2]:
+                continue
+            sib, b, theirs, ours = best
+            text = (
+                f"{row.name} (int8) is {ours / theirs:.2f}x slower than {sib.name} ({sib.precision}) at batch {b} "
+                f"({ours:.3g} vs {theirs:.3g} ms p50): int8 does not pay on this CPU, so {sib.name} is the faster "
+                "choice unless file size matters"
+            )
+            notes.append(text)
+            if text not in (row.reason or ""):
+                row.reason = f"{row.reason}; {text}" if row.reason else text
+        return notes
+
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
 
@@ -127,8 +173,9 @@ class Report:
             for key in _OPTIONAL_FIELDS:
                 if row[key] is None:
                     del row[key]
-        if not out["sources"]:
-            del out["sources"]
+        for key in ("sources", "notes"):
+            if not out[key]:
+                del out[key]
         return out
 
     @classmethod
