@@ -440,7 +440,7 @@ FORMATS: dict[str, Format] = {
             True,
             False,
             "OpenVINO IR, int8 by NNCF post-training quantization on real calibration images",
-            options={"int8": True},
+            options={"int8": True, "t2t_form": "channel_major"},  # measured: deploy/openvino.py INT8_KEEP_FLOAT
             **_OV,
         ),
         Format(

@@ -83,9 +83,15 @@ PHONE = frozenset({"litert", "ncnn", "coreml"})
 # parses the one-hot ONNX, whose LayerNorm and TokenPerformer modules its fp16 engines keep in fp32
 # (deploy.tensorrt.fp32_island); ExecuTorch lowers the gather to XNNPACK (whose grouped convolutions were
 # slower than the gather, benchmarks/results/bench_onnx_soft_split.md); ncnn and Core ML take one_hot.
+# OpenVINO's float rows nevertheless take one_hot: their `auto` precision is bf16 on a CPU that has it (the
+# loading CPU, not the exporting one), and the channel-major form's folded LayerNorm variance E[p²] − μ²
+# cancels catastrophically in bf16 on flat windows (the trained digits student at 224 px gave NaN logits in
+# bf16, all finite in f32); one_hot keeps the model's own LayerNorm arithmetic. The openvino-int8 row takes
+# channel_major (its row option "t2t_form"), measured there at 99.7% agreement in bf16 on the same student
+# (benchmarks/results/openvino_int8/).
 T2T_FORM: dict[str, str] = {
     "onnx": "one_hot",
-    "openvino": "channel_major",
+    "openvino": "one_hot",
     "tensorrt": "one_hot",
     "litert": "one_hot",
     "ncnn": "one_hot",
@@ -175,7 +181,8 @@ class WindowNormConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         mu = self.mean(x)
-        var = self.second(x * x) - mu * mu
+        # E[p²] − μ² is ≥ 0 exactly; rounding on a flat window can make it negative (bf16: NaN from rsqrt)
+        var = torch.relu(self.second(x * x) - mu * mu)
         inv = torch.rsqrt(var + self.eps)
         return [
             (conv(x) - mu * getattr(self, f"rowsum{i}")) * inv + getattr(self, f"shift{i}")
@@ -407,16 +414,19 @@ def graph_check(
     return {**form, "max_abs_diff": diff, "limit": limit, "images": len(x)}
 
 
-def checked_graph(model: nn.Module, runtime: str, ctx: Any, t2t: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def checked_graph(
+    model: nn.Module, runtime: str, ctx: Any, t2t: str | None = None, fallback: bool | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """:func:`deploy_graph` for ``ctx.img_size``, proven on up to 16 of ``ctx.calib`` (real images; a fixed
     random batch when the export has none): ``(graph, record)``, the record for the manifest.
 
     The channel-major form folds each window's LayerNorm into convolutions, whose variance
     ``E[p²] − μ²`` loses float32 precision on near-uniform windows (a flat image background): on the
     demo's trained digits student it was 3e-4 from the model where the model's own float32 error is
-    4e-6. When the runtime's default form misses :data:`GRAPH_TOLERANCE` that way, the exact one-hot
-    form (:data:`FALLBACK_FORM`) is proven and converted instead, and the record says why; a form the
-    caller chose explicitly (``t2t``) never falls back."""
+    4e-6. When the runtime's default form (or a row's preferred one) misses :data:`GRAPH_TOLERANCE` that
+    way, the exact one-hot form (:data:`FALLBACK_FORM`) is proven and converted instead, and the record
+    says why; a form the caller chose explicitly (``t2t``) falls back only with ``fallback=True`` (a format
+    row's preferred form)."""
     calib = getattr(ctx, "calib", None)
     images = calib[:16] if calib is not None and len(calib) else ctx.example(2).numpy()
     graph = deploy_graph(model, runtime, ctx.img_size, t2t=t2t)
@@ -424,10 +434,9 @@ def checked_graph(model: nn.Module, runtime: str, ctx: Any, t2t: str | None = No
     try:
         return graph, graph_check(model, graph, images, GRAPH_TOLERANCE)
     except DeployGraphMismatch as e:
-        fallback = FALLBACK_FORM.get(form)
-        if t2t is not None or fallback is None:
+        if (t2t is not None and not fallback) or FALLBACK_FORM.get(form) is None:
             raise
-        graph = deploy_graph(model, runtime, ctx.img_size, t2t=fallback)
+        graph = deploy_graph(model, runtime, ctx.img_size, t2t=FALLBACK_FORM[form])
         record = graph_check(model, graph, images, GRAPH_TOLERANCE)
         why = str(e).removesuffix("; not exported")
         return graph, {**record, "fallback": f"the {form} form was not converted: {why}"}

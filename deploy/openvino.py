@@ -250,7 +250,8 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     from .graph import checked_graph
 
     precision = ctx.inference_precision  # checked by export() in the parent, before the child started
-    graph, record = checked_graph(model, "openvino", ctx)
+    # a row may prefer another form than the runtime's (openvino-int8: channel_major); it still falls back
+    graph, record = checked_graph(model, "openvino", ctx, t2t=fmt.options.get("t2t_form"), fallback=True)
     ov_model = _convert(graph, ctx)
     extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)", "deploy_graph": record}
     if fmt.options.get("int8"):

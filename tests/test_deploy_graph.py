@@ -158,19 +158,23 @@ def test_openvino_runs_the_channel_major_t2t_module_without_reference_kernels() 
     core = ov.Core()
     found = {}
     for form in ("plain", "channel_major"):
-        net = ours if form == "plain" else deploy_graph(ours, "openvino", 64)
+        net = ours if form == "plain" else deploy_graph(ours, "openvino", 64, t2t="channel_major")
         with torch.no_grad():
             ir = ov.convert_model(net, example_input=torch.from_numpy(x))
         cfg = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True}
         req = core.compile_model(ir, "CPU", cfg).create_infer_request()
-        out = req.infer({0: x})[0]
+        for _ in range(3):  # the profile of a warm call (the first one also runs one-off shape arithmetic)
+            out = req.infer({0: x})[0]
         with torch.no_grad():
             ref = ours(torch.from_numpy(x)).numpy()
         assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
         found[form] = summarize_profile(req.get_profiling_info())["t2t_reference_kernels_ms"]
     assert any(k.startswith(("Transpose", "Gather")) for k in found["plain"]), found["plain"]
-    # what is left is scalar bookkeeping: logsumexp's Log and the null feature's Concat (microseconds)
-    assert set(k.split(":")[0] for k in found["channel_major"]) <= {"Log", "Concat"}, found["channel_major"]
+    # what is left is scalar bookkeeping (logsumexp's Log, the null feature's Concat, a few shape ops):
+    # microseconds, where the plain model's soft-split gathers and transposes take a tenth of a millisecond
+    # or more; which bookkeeping nodes OpenVINO reports varies between runs, so the time is what is held
+    left, before = sum(found["channel_major"].values()), sum(found["plain"].values())
+    assert left < 0.05 and left < 0.2 * before, found
 
 
 def test_the_one_hot_soft_split_exports_to_onnx_as_one_convolution_with_the_same_tokens(tmp_path) -> None:
@@ -203,10 +207,11 @@ def test_the_one_hot_soft_split_exports_to_onnx_as_one_convolution_with_the_same
         np.testing.assert_array_equal(out, ref.numpy())
 
 
-def test_a_default_form_that_misses_the_tolerance_falls_back_to_the_exact_one(digits_checkpoint, monkeypatch) -> None:
-    """The channel-major form's folded LayerNorm loses float32 precision on near-uniform windows; when the
-    runtime's default form misses the tolerance on the export's images, the bit-exact one-hot form is proven
-    and converted instead and the record says why. A form asked for explicitly never falls back."""
+def test_a_preferred_form_that_misses_the_tolerance_falls_back_to_the_exact_one(digits_checkpoint, monkeypatch) -> None:
+    """The channel-major form's folded LayerNorm loses float32 precision on near-uniform windows; when a
+    runtime's default or a row's preferred form misses the tolerance on the export's images, the bit-exact
+    one-hot form is proven and converted instead and the record says why. A form asked for explicitly
+    (``t2t`` without ``fallback``) never falls back."""
     from types import SimpleNamespace
 
     from conftest import val_images
@@ -218,10 +223,11 @@ def test_a_default_form_that_misses_the_tolerance_falls_back_to_the_exact_one(di
     tf = eval_transform_for(model)
     images = torch.stack([tf(open_rgb(p)) for p in val_images(1)])
     ctx = SimpleNamespace(img_size=(32, 32), calib=images.numpy(), example=lambda n: images[:n])
-    graph, record = checked_graph(model, "openvino", ctx)
-    assert record["t2t"] == T2T_FORM["openvino"] == "channel_major" and "fallback" not in record
+    preferred = {"t2t": "channel_major", "fallback": True}  # the openvino-int8 row's preferred form
+    graph, record = checked_graph(model, "openvino", ctx, **preferred)
+    assert record["t2t"] == "channel_major" and "fallback" not in record
     monkeypatch.setattr(deploy.graph, "GRAPH_TOLERANCE", 1e-12)  # tighter than float32 rounding of the fold
-    graph, record = checked_graph(model, "openvino", ctx)
+    graph, record = checked_graph(model, "openvino", ctx, **preferred)
     assert record["t2t"] == "one_hot" and record["max_abs_diff"] == 0.0, record
     assert record["fallback"].startswith("the channel_major form was not converted: the deploy graph for openvino")
     with torch.no_grad():
