@@ -184,6 +184,7 @@ def build(checkpoint: str | None, model: str, img: int | None, work: Path, calib
 
     from benchmarks.reference_row import REFERENCE
     from compress.quantize import load_images
+    from deploy import manifest as mf
     from deploy.base import FORMATS
     from deploy.export import export_checkpoint
     from t2tvit.data import dataset_split, eval_transform_for
@@ -193,10 +194,10 @@ def build(checkpoint: str | None, model: str, img: int | None, work: Path, calib
     if model == MOBILENET:
         formats = ["torch", "onnx", "openvino"]
     t0 = time.perf_counter()
-    if (work / "export" / "manifest.json").is_file():  # an earlier run's export (--work): only the timing is redone
-        from deploy.export import Export, read_manifest
+    if mf.exists(work / "export"):  # an earlier run's export (--work): only the timing is redone
+        from deploy.export import Export
 
-        exp = Export(work / "export", read_manifest(work / "export"))
+        exp = Export(work / "export", mf.read(work / "export"))
         print(f"  reusing {work / 'export'}", flush=True)
     else:
         exp = export_checkpoint(

@@ -52,6 +52,7 @@ def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> d
     import torch
 
     from compress.quantize import load_images
+    from deploy import manifest as mf
     from deploy.base import ExportContext
     from deploy.export import reference_logits
     from t2tvit import create_model
@@ -60,7 +61,7 @@ def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> d
     row = static_tflite_row()
     if row.missing():
         return None
-    spec = json.loads((folder / "manifest.json").read_text())["model"]
+    spec = mf.read(folder)["model"]
     size = tuple(spec["img_size"])
     if checkpoint is None:
         torch.manual_seed(0)  # the weights export_checkpoint made

@@ -21,6 +21,7 @@ from typing import Any
 
 from t2tvit.errors import ConfigError
 
+from . import manifest as mf
 from .base import FORMATS, Format, get_format
 
 __all__ = [
@@ -181,13 +182,11 @@ def resolve(
 
 
 def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
-    from .export import MANIFEST, read_manifest
-
     if path.is_dir() and not any(f.bundle and f.suffix == path.suffix.lower() for f in FORMATS.values()):
-        manifest = read_manifest(path)
+        manifest = mf.read(path)
         return _from_manifest(path, manifest, _pick_entry(path, manifest, want))
-    if (path.parent / MANIFEST).is_file():
-        manifest = read_manifest(path.parent)
+    if mf.exists(path.parent):
+        manifest = mf.read(path.parent)
         entry = next((a for a in manifest.get("artifacts", []) if a.get("file") == path.name), None)
         if entry is not None:
             if want is not None and want.name != entry.get("format"):
@@ -217,17 +216,15 @@ def _pick_entry(folder: Path, manifest: dict[str, Any], want: Format | None) -> 
         if entry is None or not entry.get("file"):
             state = "not in" if entry is None else f"{entry.get('status')} ({entry.get('reason')}) in"
             choose = f"; choose one of: {', '.join(a['format'] for a in ok)}" if ok else ""
-            raise ConfigError(f"{want.name} is {state} {folder}/manifest.json{choose}")
+            raise ConfigError(f"{want.name} is {state} {mf.path(folder)}{choose}")
         return entry
     if not ok:
-        raise ConfigError(f"{folder}/manifest.json lists no artifact that was built ok; run `t2t export` again")
+        raise ConfigError(f"{mf.path(folder)} lists no artifact that was built ok; run `t2t export` again")
     by_name = {a["format"]: a for a in ok}
     return next((by_name[n] for n in DEFAULT_FORMATS if n in by_name), ok[0])
 
 
 def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Artifact:
-    from .export import manifest_preprocessing
-
     m = manifest.get("model") or {}
     shape = entry.get("input_shape") or (manifest.get("input") or {}).get("shape") or []
     size = tuple(int(s) for s in shape[2:4]) if len(shape) == 4 else _size(m.get("img_size"))
@@ -239,7 +236,7 @@ def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]
         model=m.get("model"),
         img_size=size,
         classes=[str(c) for c in classes] if isinstance(classes, list) else None,
-        preprocessing=manifest_preprocessing(manifest),
+        preprocessing=mf.preprocessing(manifest),
         batch=tuple(entry["batch"]) if len(entry.get("batch") or ()) == 3 else None,
         status=entry.get("status"),
         reason=entry.get("reason"),

@@ -197,8 +197,8 @@ def render_comparison(report: Report | dict[str, Any], plots: Sequence[str] = (M
         "",
     ]
     not_ok = _not_ok(report)
-    timed_only = [(str(r.get("name")), r.get("reason")) for r in report.get("rows") or [] if r.get("status") == "ok"]
-    timed_only = [(n, why) for n, why in timed_only if why and "timed for latency only" in why]
+    rows = [r for r in report.get("rows") or [] if r.get("status") == "ok" and r.get("timed_only")]
+    timed_only = [(str(r.get("name")), r.get("reason")) for r in rows]
     if not_ok or timed_only:
         out += ["## Failed, skipped and unverified", ""]
         out += [f"- **{name}** {status}: {reason}" for name, status, reason in not_ok]

@@ -39,7 +39,6 @@ import contextlib
 import ctypes
 import errno
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -56,6 +55,7 @@ import numpy as np
 from t2tvit.errors import ConfigError
 from t2tvit.progress import Progress
 
+from . import manifest as mf
 from .artifacts import integrity_problem
 from .base import (
     FORMATS,
@@ -71,21 +71,17 @@ from .base import (
 
 __all__ = [
     "DEFAULT_MODEL",
-    "MANIFEST",
     "Export",
     "PARITY",
     "Verification",
     "PARITY_RANDOM_WEIGHTS",
-    "PREPROCESSING_KEYS",
     "ParityThreshold",
     "check_parity",
     "clean_leftovers",
     "export_all",
     "export_checkpoint",
     "export_lock",
-    "manifest_preprocessing",
     "prepare_out_dir",
-    "read_manifest",
     "reference_logits",
     "sha256_file",
     "tool_versions",
@@ -96,8 +92,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "t2t_vit_7"  # exported when neither a checkpoint nor a model name says which
-MANIFEST = "manifest.json"
-SCHEMA = "t2t-export/1"
 
 
 @dataclass(frozen=True)
@@ -204,9 +198,9 @@ def prepare_out_dir(out_dir: Path) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"output path {out_dir} is a file; pass a folder to --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not mf.exists(out_dir):
         raise ConfigError(
-            f"output folder {out_dir} is not empty and has no {MANIFEST}, so it is not an export folder "
+            f"output folder {out_dir} is not empty and has no {mf.FILE}, so it is not an export folder "
             "and will not be written into; pass another --out or empty it"
         )
     existing = out_dir.parent
@@ -458,7 +452,7 @@ def export_all(
     digest = weights_digest(model)
     with export_lock(out_dir):
         clean_leftovers(out_dir)
-        old = read_manifest(out_dir) if (out_dir / MANIFEST).is_file() else None
+        old = mf.read(out_dir) if mf.exists(out_dir) else None
         if old is not None:
             _same_model(out_dir, old, spec, digest, ck)
         reference = reference_logits(model, parity_images, ctx.batch[2])
@@ -475,7 +469,7 @@ def export_all(
                     bar.step(f"{fmt.name}: {entries[-1]['status']}")
             merged, dropped = _merge_entries((old or {}).get("artifacts", []), entries)
             manifest = {
-                "schema": SCHEMA,
+                "schema": mf.SCHEMA,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "model": spec,
                 "weights_sha256": digest,
@@ -516,13 +510,11 @@ def _commit(staging: Path, out_dir: Path, manifest: dict[str, Any], dropped: set
     """Make ``staging`` (this run's artifacts) the export folder: the old folder's other files hard-linked in,
     the manifest written, then one atomic exchange; the old folder stays whole until that instant."""
     if out_dir.exists():
-        _link_tree(out_dir, staging, dropped | {MANIFEST})
+        _link_tree(out_dir, staging, dropped | {mf.FILE})
         mode = out_dir.stat().st_mode & 0o7777
     else:
         mode = 0o777 & ~_umask()  # mkdtemp made it 0700; an export folder follows the umask
-    tmp = staging / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, staging / MANIFEST)
+    mf.write(staging, manifest)
     os.chmod(staging, mode)
     if not out_dir.exists():
         os.replace(staging, out_dir)
@@ -632,26 +624,6 @@ def _runtime_details(extra: dict[str, Any], predictor: Predictor) -> None:
         extra["inference_precision_used"] = used
 
 
-# The eval preprocessing a manifest records (``t2tvit.data.eval_transform_for``'s keyword overrides).
-PREPROCESSING_KEYS = ("mean", "std", "crop_pct", "interpolation")
-
-
-def manifest_preprocessing(manifest: dict[str, Any] | None) -> dict[str, Any]:
-    """The preprocessing ``manifest`` recorded, as ``eval_transform_for`` keywords (unset ones left out)."""
-    recorded = (manifest or {}).get("preprocessing") or {}
-    return {k: recorded[k] for k in PREPROCESSING_KEYS if recorded.get(k) is not None}
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no {MANIFEST}; run `t2t export --out {folder}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); export again") from None
-
-
 def verify_artifacts(
     folder: str | Path,
     model: Any = None,
@@ -662,7 +634,7 @@ def verify_artifacts(
     runs; with ``model`` and ``images``, parity again. One record per artifact checked:
     ``{"format", "ok", "problems", "parity"}``."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
+    manifest = mf.read(folder)
     reference = reference_logits(model, images) if model is not None and images is not None else None
     results = []
     for entry in manifest.get("artifacts", []):
@@ -785,7 +757,7 @@ def export_checkpoint(
     )
     cfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
-        "preprocessing": {k: cfg.get(k) for k in PREPROCESSING_KEYS},
+        "preprocessing": {k: cfg.get(k) for k in mf.PREPROCESSING_KEYS},
         "data": {
             "folder": str(folder),
             "parity_images": len(parity),
@@ -834,10 +806,10 @@ def verify_export(
     from compress.quantize import load_images
     from t2tvit.data import dataset_path, eval_transform_for
 
-    manifest = read_manifest(folder)
+    manifest = mf.read(folder)
     h, w = manifest["input"]["shape"][2:]
     model = t2tvit.create_model(manifest["model"]["model"], checkpoint=checkpoint, img_size=(h, w)).eval()
-    transform = eval_transform_for(model, (h, w), **manifest_preprocessing(manifest))
+    transform = eval_transform_for(model, (h, w), **mf.preprocessing(manifest))
     x, _ = load_images(dataset_path(data), transform, images, seed=seed, what="verification")
     return verify_artifacts(folder, model, x)
 
@@ -883,7 +855,7 @@ def verify_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(f"export folder {folder} does not exist; pass the --out folder of `t2t export`")
-    manifest = read_manifest(folder)
+    manifest = mf.read(folder)
     if not parity:
         return Verification(folder, verify_artifacts(folder), None, [])
     m = manifest.get("model") or {}
@@ -922,7 +894,7 @@ def verify_folder(
             f"the weights of {checkpoint or 'the seeded random model'} are not the ones exported (the checkpoint "
             "changed after export); parity below is against the changed weights"
         )
-    transform = eval_transform_for(net, (h, w), **manifest_preprocessing(manifest))
+    transform = eval_transform_for(net, (h, w), **mf.preprocessing(manifest))
     images, _ = load_images(image_folder(data), transform, n, what="parity")  # the export's seed: the same sample
     thresholds = PARITY_RANDOM_WEIGHTS if not recorded and checkpoint is None else None
     results = verify_artifacts(folder, net, images, thresholds)

@@ -164,6 +164,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
+    from deploy import manifest
     from t2t import compare_cmd
     from t2tvit.errors import ConfigError
     from t2tvit.faults import check_output_dir
@@ -175,8 +176,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError("give an export folder (ARTIFACTS_DIR), artifact files with --files, or --models")
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"artifacts folder {folder} does not exist; run `t2t export --out {folder}` first")
-    if folder is not None and not (folder / "manifest.json").is_file() and not args.files:
-        raise ConfigError(f"{folder} has no manifest.json; run `t2t export --out {folder}` or pass --files")
+    if folder is not None and not manifest.exists(folder) and not args.files:
+        raise ConfigError(f"{folder} has no {manifest.FILE}; run `t2t export --out {folder}` or pass --files")
     if args.formats:
         from deploy.base import resolve_formats
 

@@ -150,6 +150,8 @@ def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None =
     from rich.markup import escape
     from rich.table import Table
 
+    from deploy import manifest as mf
+
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
@@ -185,5 +187,5 @@ def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None =
     n = {s: sum(a["status"] == s for a in mine) for s in ("ok", "skipped", "failed")}
     console.print(
         f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed; "
-        f"parity on {manifest['parity']['images']} images; manifest: {escape(str(out))}/manifest.json"
+        f"parity on {manifest['parity']['images']} images; manifest: {escape(str(mf.path(out)))}"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.export import read_manifest
+from deploy import manifest as mf
 from deploy.pipeline import STAGES, check_same_pipeline
 from deploy.report import read_csv, read_report
 from t2t.cli import main
@@ -32,7 +32,7 @@ def test_demo_runs_every_stage_into_its_own_folder(demo: Path) -> None:
     # the trainer's record of where the teacher was (the demo may have run in another folder: see conftest)
     assert ck["distillation_type"] == "hard" and Path(ck["teacher_path"]).parts[-2:] == ("teacher", "best.pth")
 
-    manifest = read_manifest(demo / "export")
+    manifest = mf.read(demo / "export")
     status = {a["format"]: a["status"] for a in manifest["artifacts"]}
     assert all(status[f] == "ok" for f in ("torch", "onnx", "onnx-int8-static", "ptl-int8")), status
     assert status["tensorrt"] == "skipped"  # never installed here: a row with its reason, not a crash

@@ -20,9 +20,9 @@ import torch
 
 import t2tvit
 from compress.quantize import check_qengine, load_images
+from deploy import manifest as mf
 from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext, get_format
 from deploy.export import (
-    MANIFEST,
     ParityThreshold,
     check_parity,
     export_all,
@@ -62,7 +62,7 @@ def exported(trained, tmp_path_factory) -> dict:
 
 
 def test_manifest_lists_every_requested_format_in_table_order(exported, trained) -> None:
-    m = json.loads((exported["out"] / MANIFEST).read_text())
+    m = json.loads((exported["out"] / mf.FILE).read_text())
     assert m == json.loads(json.dumps(exported["manifest"]))
     assert [a["format"] for a in m["artifacts"]] == CPU_FORMATS
     assert m["model"] == {"model": "t2t_vit_7", "num_classes": 10, "img_size": [IMG, IMG]}
@@ -78,7 +78,7 @@ def test_manifest_lists_every_requested_format_in_table_order(exported, trained)
     onnx_entry = exported["entries"]["onnx"]
     assert onnx_entry["details"]["opset"] >= 18 and "onnxruntime" in onnx_entry["tool_versions"]
     files = [f.name for n in CPU_FORMATS for f in FORMATS[n].files(FORMATS[n].filename)]
-    assert sorted(p.name for p in exported["out"].iterdir()) == sorted([MANIFEST, *files])
+    assert sorted(p.name for p in exported["out"].iterdir()) == sorted([mf.FILE, *files])
 
 
 @pytest.mark.parametrize("name", CPU_FORMATS)
@@ -198,7 +198,7 @@ def test_an_export_into_an_earlier_one_merges_and_never_mixes_models(trained, tm
     m = export_all(trained["model"], ["torch-int8"], out, ctx, trained["parity"][:8], progress=False)
     assert [a["format"] for a in m["artifacts"]] == ["torch", "torch-int8", "torchscript"]
     names = [FORMATS[n].filename for n in ("torch", "torch-int8", "torchscript")]
-    assert sorted(p.name for p in out.iterdir()) == sorted([MANIFEST, "model-stale.onnx", *names])
+    assert sorted(p.name for p in out.iterdir()) == sorted([mf.FILE, "model-stale.onnx", *names])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
     other = t2tvit.create_model("t2t_vit_7", num_classes=10, img_size=IMG).eval()
     with pytest.raises(ConfigError, match="another model or other weights"):
@@ -242,7 +242,7 @@ def test_formats_that_cannot_be_built_here_are_skipped_with_the_install_hint(tra
     for a in m["artifacts"][1:]:
         assert a["status"] == "skipped" and a["reason"] == FORMATS[a["format"]].missing()
         assert a["file"] is None and a["bytes"] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([MANIFEST, FORMATS["torch"].filename])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([mf.FILE, FORMATS["torch"].filename])
 
 
 _TRT_MISSING = FORMATS["tensorrt"].missing()
@@ -309,7 +309,7 @@ def test_cli_export_end_to_end(trained, tmp_path) -> None:
         str(out),
     )
     assert res.returncode == 0, res.stderr
-    m = json.loads((out / MANIFEST).read_text())
+    m = json.loads((out / mf.FILE).read_text())
     assert m["model"]["model"] == "t2t_vit_7" and m["model"]["img_size"] == [IMG, IMG]  # read from the checkpoint
     assert m["data"]["parity_images"] == 48 and m["data"]["calibration_images"] == 16
     status = {a["format"]: a["status"] for a in m["artifacts"]}
@@ -329,7 +329,7 @@ def test_cli_export_of_random_weights_is_reproducible_and_checks_int8_by_logit_m
         res = t2t("export", *flags, "--parity-images", "16", "--calib-size", "4", "--out", str(out))
         assert res.returncode == 0, res.stderr
         assert "random weights (seed 0)" in res.stderr
-        m = json.loads((out / MANIFEST).read_text())
+        m = json.loads((out / mf.FILE).read_text())
         art = {a["format"]: a for a in m["artifacts"]}
         assert m["parity"]["thresholds"]["int8"] == {"max_abs": 0.1, "relative": True}
         parity = art["torch-int8"]["parity"]

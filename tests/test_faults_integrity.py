@@ -29,8 +29,9 @@ from typing import Any
 
 import pytest
 
+from deploy import manifest as mf
 from deploy.base import FORMATS
-from deploy.export import MANIFEST, export_checkpoint, export_lock, verify_artifacts, verify_folder
+from deploy.export import export_checkpoint, export_lock, verify_artifacts, verify_folder
 from t2tvit.errors import ConfigError
 
 IMG = 32
@@ -184,7 +185,7 @@ def test_t2t_verify_exit_status_for_ci(export, tmp_path) -> None:
     # the Python API beside it: the same images the export used, so parity is the export's own
     result = verify_folder(folder)
     assert result.ok and result.reference is not None
-    recorded = {a["format"]: a["parity"] for a in json.loads((folder / MANIFEST).read_text())["artifacts"]}
+    recorded = {a["format"]: a["parity"] for a in json.loads((folder / mf.FILE).read_text())["artifacts"]}
     for r in result.results:
         assert r["parity"]["top1_agreement"] == recorded[r["format"]]["top1_agreement"]
     flip(folder / FORMATS["ptl"].filename, 4096)
@@ -207,16 +208,16 @@ def test_an_export_into_an_existing_folder_merges(export, tmp_path) -> None:
     (folder / "bench" / "report.md").write_text("my benchmark")
     (folder / "notes.txt").write_text("keep me")
     before = snapshot(folder)
-    old = {a["format"]: a for a in json.loads((folder / MANIFEST).read_text())["artifacts"]}
+    old = {a["format"]: a for a in json.loads((folder / mf.FILE).read_text())["artifacts"]}
     res = t2t("export", "--checkpoint", str(export["checkpoint"]), "--formats", "torch-int8", "--out", str(folder),
               "--parity-images", "16", "--calib-size", "8")  # fmt: skip
     assert res.returncode == 0, res.stderr
     after = snapshot(folder)
-    assert {k: v for k, v in after.items() if k != MANIFEST and k in before} == {
-        k: v for k, v in before.items() if k != MANIFEST
+    assert {k: v for k, v in after.items() if k != mf.FILE and k in before} == {
+        k: v for k, v in before.items() if k != mf.FILE
     }
     assert FORMATS["torch-int8"].filename in after
-    entries = {a["format"]: a for a in json.loads((folder / MANIFEST).read_text())["artifacts"]}
+    entries = {a["format"]: a for a in json.loads((folder / mf.FILE).read_text())["artifacts"]}
     assert list(entries) == [n for n in FORMATS if n in {*FORMATS_HERE, "torch-int8"}]  # table order
     for name in FORMATS_HERE:
         assert entries[name] == old[name]  # other formats' entries untouched
@@ -257,7 +258,7 @@ def test_a_second_concurrent_export_is_refused_and_a_dead_lock_is_taken_over(exp
     assert f"another export into {out.resolve()} is running (process {first.pid})" in one_sentence(second)
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    names = [a["format"] for a in json.loads((out / MANIFEST).read_text())["artifacts"]]
+    names = [a["format"] for a in json.loads((out / mf.FILE).read_text())["artifacts"]]
     assert names == ["torch", "torchscript", "ptl", "onnx"] and not lock.exists()
     # a lock left by a process that died (SIGKILL): the kernel released it, the next export takes it over
     lock.write_text("999999")
@@ -352,8 +353,8 @@ def test_kill_9_mid_export_keeps_the_previous_export_and_the_next_one_cleans_up(
     assert not partial[0].exists() and not _scratch(proc.pid) and not legacy.exists()  # ... the next run removes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     after = snapshot(folder)
-    assert {k: v for k, v in after.items() if k not in (MANIFEST, FORMATS["torch"].filename)} == {
-        k: v for k, v in before.items() if k not in (MANIFEST, FORMATS["torch"].filename)
+    assert {k: v for k, v in after.items() if k not in (mf.FILE, FORMATS["torch"].filename)} == {
+        k: v for k, v in before.items() if k not in (mf.FILE, FORMATS["torch"].filename)
     }
     assert all(r["ok"] for r in verify_artifacts(folder))
 

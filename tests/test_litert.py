@@ -19,8 +19,9 @@ import torch
 
 import deploy
 import t2tvit
+from deploy import manifest as mf
 from deploy.base import FORMATS
-from deploy.export import MANIFEST, export_checkpoint, reference_logits, verify_artifacts
+from deploy.export import export_checkpoint, reference_logits, verify_artifacts
 from deploy.graph import GRAPH_TOLERANCE, deploy_graph, graph_check
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.models.layers import SoftSplit
@@ -116,7 +117,7 @@ def test_a_damaged_tflite_is_caught_by_verify_and_by_its_loader(tfl_export, tmp_
     path.write_bytes(bytes(data))
     rec = {r["format"]: r for r in verify_artifacts(out)}
     assert not rec["tflite-int8"]["ok"] and "sha256 differs" in rec["tflite-int8"]["problems"][0]
-    assert rec["tflite"]["ok"] and (out / MANIFEST).is_file()
+    assert rec["tflite"]["ok"] and (out / mf.FILE).is_file()
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(path.read_bytes()[:4096])
     with pytest.raises(CheckpointError, match="not a loadable LiteRT model"):

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import deploy
+from deploy import manifest as mf
 from deploy.base import FORMATS
-from deploy.export import MANIFEST, export_checkpoint, reference_logits, verify_artifacts
+from deploy.export import export_checkpoint, reference_logits, verify_artifacts
 from deploy.openvino import INFERENCE_PRECISIONS, auto_inference_precision, cpu_inference_precisions
 from t2t.cli import main
 from t2tvit.errors import CheckpointError, ConfigError
@@ -153,7 +154,7 @@ def test_profiler_reports_the_openvino_rows_with_their_inference_precision(ov_ex
         assert f"OpenVINO inference precision {AUTO_HERE} (auto)" in rows[name].reason
         assert rows[name].file_bytes == ov_export["entries"][name]["bytes"]
     assert rows["openvino-int8"].precision == "int8" and rows["openvino"].precision == INFERENCE_PRECISIONS[AUTO_HERE]
-    assert (ov_export["out"] / MANIFEST).is_file()
+    assert (ov_export["out"] / mf.FILE).is_file()
 
 
 def test_int8_keeps_the_patterns_it_is_told_to_in_float(ov_export, tmp_path) -> None:

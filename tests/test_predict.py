@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import NAMES, val_images
 
+from deploy import manifest as mf
 from t2t.cli import main
 from t2tvit.data import bundled_dataset_path, eval_transform_for, open_rgb
 
@@ -53,7 +54,7 @@ def predict_json(capsys, artifact: Path | str, images: list[Path], *extra: str) 
 
 
 def test_export_records_the_checkpoint_class_names(setup) -> None:
-    manifest = json.loads((setup.out / "manifest.json").read_text())
+    manifest = json.loads(mf.path(setup.out).read_text())
     assert manifest["classes"] == NAMES
 
 
@@ -112,9 +113,9 @@ def test_class_names_from_file_folder_or_digits_else_indices(setup, tmp_path, ca
     # an old export (no classes in its manifest) and a lone file with no manifest: indices
     old = tmp_path / "old"
     old.mkdir()
-    manifest = json.loads((setup.out / "manifest.json").read_text())
+    manifest = json.loads(mf.path(setup.out).read_text())
     del manifest["classes"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    mf.path(old).write_text(json.dumps(manifest))
     shutil.copy(setup.out / "model-torch.pt", old)
     lone = tmp_path / "lone"
     lone.mkdir()

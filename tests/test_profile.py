@@ -21,9 +21,10 @@ import t2tvit
 from benchmarks.reference_row import REFERENCE
 from benchmarks.targets import compute_targets
 from compress.quantize import load_images
+from deploy import manifest as mf
 from deploy.artifacts import identify
 from deploy.base import ExportContext, sha256_file
-from deploy.export import MANIFEST, PARITY_RANDOM_WEIGHTS, export_all
+from deploy.export import PARITY_RANDOM_WEIGHTS, export_all
 from deploy.profiler import (
     Checks,
     ProfileConfig,
@@ -188,7 +189,7 @@ def export_dir(tmp_path_factory) -> Path:
         thresholds=PARITY_RANDOM_WEIGHTS,
         progress=False,
     )
-    manifest = json.loads((out / MANIFEST).read_text())
+    manifest = json.loads((out / mf.FILE).read_text())
     template = manifest["artifacts"][0]
     manifest["artifacts"].append(
         {**template, "format": "onnx-int8-static", "precision": "int8", "status": "failed", "file": None,
@@ -197,7 +198,7 @@ def export_dir(tmp_path_factory) -> Path:
     (out / "model-torchscript.pt").write_bytes(b"this is not a zip archive" * 100)
     broken = {"file": "model-torchscript.pt", "sha256": sha256_file(out / "model-torchscript.pt")}  # as recorded
     manifest["artifacts"].append({**template, "format": "torchscript", "reason": None, **broken})
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / mf.FILE).write_text(json.dumps(manifest, indent=2))
     return out
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import deploy
+from deploy import manifest as mf
 from deploy.compare_report import MACS_NAME, PARETO_NAME, comparison_points, write_comparison
 from deploy.profiler import PUBLISHED_TOP1, ProfileConfig, compare_models, profile_folders
 from deploy.report import read_csv, read_report
@@ -97,8 +98,8 @@ def test_a_mismatch_is_refused_in_one_sentence_unless_allowed(folders: dict[str,
     assert main(["bench", str(folders[T2T]), str(other), "--no-memory"]) == 2
     assert "image size" in capsys.readouterr().err
     batch = _export(CNN, tmp_path / "cnn_b4", formats="torch", img=IMG)
-    manifest = (batch / "manifest.json").read_text().replace('"max": 2', '"max": 4')
-    (batch / "manifest.json").write_text(manifest)
+    manifest = mf.path(batch).read_text().replace('"max": 2', '"max": 4')
+    mf.path(batch).write_text(manifest)
     with pytest.raises(ConfigError, match="batch settings"):
         profile_folders([folders[CNN], batch], _config(), progress=False)
     allowed = profile_folders(
@@ -147,3 +148,26 @@ def test_t2t_bench_with_two_folders_writes_the_comparison(folders: dict[str, Pat
     assert [r.name for r in rep.rows] == [f"{T2T}/torch", f"{CNN}/torch"]
     assert (out / MACS_NAME).is_file() and (out / PARETO_NAME).is_file()
     assert "published" in (out / "report.md").read_text()  # no data: the published top-1, marked
+
+
+def test_a_row_whose_parity_failed_is_timed_only_as_a_field(folders: dict[str, Path], tmp_path: Path) -> None:
+    from deploy.compare_report import render_comparison
+
+    moved = shutil.copytree(folders[CNN], tmp_path / "moved")
+    manifest = mf.read(moved)
+    entry = next(a for a in manifest["artifacts"] if a["format"] == "torch-int8")
+    entry.update(status="failed", reason="parity check failed: agreement 0.5 < 0.99")
+    entry["parity"]["passed"] = False
+    mf.write(moved, manifest)
+    config = _config(formats="torch,torch-int8", batch_sizes=(1,), time_unverified=True)
+    rep = profile_folders([folders[T2T], moved], config, progress=False)
+    rows = {r.name: r for r in rep.rows}
+    assert rows[f"{CNN}/torch-int8"].status == "ok" and rows[f"{CNN}/torch-int8"].timed_only is True
+    assert not any(r.timed_only for name, r in rows.items() if name != f"{CNN}/torch-int8")
+    saved = rep.to_dict()
+    assert [r["name"] for r in saved["rows"] if "timed_only" in r] == [f"{CNN}/torch-int8"]
+    text = render_comparison(saved, plots=())
+    assert f"**{CNN}/torch-int8** ok but unverified: " in text
+    # the state is the field, not the wording of the reason
+    saved["rows"] = [{**r, "reason": "x"} if r.get("timed_only") else r for r in saved["rows"]]
+    assert f"**{CNN}/torch-int8** ok but unverified: x" in render_comparison(saved, plots=())

@@ -24,6 +24,7 @@ from typing import Any
 from t2tvit.errors import ConfigError
 from t2tvit.models.variants import VARIANTS
 
+from .. import manifest as mf
 from ..base import first_line, resolve_formats
 from . import variants as var
 from .run import Group, ProfileConfig, _counts, _threads, build_report, integrity_summary, measure_groups
@@ -72,17 +73,15 @@ def profile_folders(
     """
     from t2tvit.data import image_folder
 
-    from ..export import read_manifest
-
     config = config or ProfileConfig()
     config.check()
     if not folders:
         raise ConfigError("give at least one export folder to compare")
     paths = [Path(f) for f in folders]
     for p in paths:
-        if not (p / "manifest.json").is_file():
-            raise ConfigError(f"{p} is not an export folder (no manifest.json); run `t2t export --out {p}` first")
-    groups = [_group(p, read_manifest(p), config) for p in paths]
+        if not mf.exists(p):
+            raise ConfigError(f"{p} is not an export folder (no {mf.FILE}); run `t2t export --out {p}` first")
+    groups = [_group(p, mf.read(p), config) for p in paths]
     _like_for_like(paths, groups, allow_mismatch)
     _label(groups, paths)
     data = image_folder(config.data) if config.data is not None else None
@@ -238,11 +237,9 @@ def _check_names(models: Sequence[str]) -> list[str]:
 
 
 def _reusable(out: Path, name: str, fmts: Sequence[str], img_size: int, batch: tuple[int, int, int]) -> bool:
-    import json
-
     try:
-        m = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
+        m = mf.read(out)
+    except (OSError, ConfigError):
         return False
     done = [a.get("format") for a in m.get("artifacts", [])]
     same = _settings(m) == ((img_size, img_size), tuple(batch))
@@ -253,14 +250,11 @@ def _failed_export(
     out: Path, name: str, fmts: Sequence[str], img_size: int, batch: tuple[int, int, int], reason: str
 ) -> None:
     """A manifest whose every artifact failed with ``reason``: the model is in the report, with why."""
-    import json
-
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {
-        "schema": "t2t-export/1",
-        "model": {"model": name, "num_classes": None, "img_size": [img_size, img_size]},
-        "source_checkpoint": None,
-        "input": {"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}},
-        "artifacts": [{"format": f, "status": "failed", "reason": f"model export failed: {reason}"} for f in fmts],
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest = mf.new(
+        model={"model": name, "num_classes": None, "img_size": [img_size, img_size]},
+        source_checkpoint=None,
+        input={"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}},
+        artifacts=[{"format": f, "status": "failed", "reason": f"model export failed: {reason}"} for f in fmts],
+    )
+    mf.write(out, manifest)

@@ -31,6 +31,7 @@ from typing import Any
 from t2tvit.errors import ConfigError
 from t2tvit.progress import Progress
 
+from .. import manifest as mf
 from ..base import first_line, tool_versions
 from . import variants as var
 from .checks import Checks
@@ -111,20 +112,18 @@ def profile_folder(
     """
     from t2tvit.data import image_folder
 
-    from ..export import read_manifest
-
     config = config or ProfileConfig()
     config.check()
     folder_path = Path(folder) if folder is not None else None
     if folder_path is not None and not folder_path.is_dir():
         raise ConfigError(f"artifacts folder {folder_path} does not exist; run `t2t export --out {folder_path}` first")
     manifest = None
-    if folder_path is not None and (folder_path / "manifest.json").is_file():
-        manifest = read_manifest(folder_path)
+    if folder_path is not None and mf.exists(folder_path):
+        manifest = mf.read(folder_path)
     elif not files:
         where = folder_path if folder_path is not None else "no folder"
         raise ConfigError(
-            f"{where} has no manifest.json and no artifact files were given; pass an export folder or --files"
+            f"{where} has no {mf.FILE} and no artifact files were given; pass an export folder or --files"
         )
     variants = var.collect(
         folder_path, manifest, list(files or []), config.device, config.formats, config.time_unverified, config.verify
@@ -284,11 +283,9 @@ def _accuracy(
 ) -> Any:
     from t2tvit.data import eval_transform_for
 
-    from ..export import manifest_preprocessing
-
     # the model's preprocessing as the export recorded it (the trainer's --crop-pct / --interpolation)
     cfg = _meta_model(info) or {}  # an unknown model: timm's default preprocessing
-    transform = eval_transform_for(cfg, info["img_size"], **manifest_preprocessing(manifest))
+    transform = eval_transform_for(cfg, info["img_size"], **mf.preprocessing(manifest))
     bar.step(f"loading up to {max_images} images from {data}", 0)
     images, labels, _ = var.load_labelled(data, transform, max_images, info.get("num_classes"))
     for v in runnable:

@@ -50,6 +50,8 @@ class Row:
     agreement_source: str | None = None
     # the file against the sha256 its manifest recorded: "verified", "not verified (--no-verify)", or the mismatch
     integrity: str | None = None
+    # True when its export's parity check failed and it was timed anyway (--time-unverified): not a row to ship
+    timed_only: bool | None = None
     # a comparison of several models (deploy.profiler.compare): the row's model and that model's own counts
     model: str | None = None
     params: int | None = None
@@ -57,7 +59,8 @@ class Row:
 
 
 _COMPARISON_FIELDS = ("model", "params", "macs")
-_OPTIONAL_FIELDS = (*_COMPARISON_FIELDS, "agreement_source", "integrity")  # left out of the JSON when None
+# left out of the JSON when None
+_OPTIONAL_FIELDS = (*_COMPARISON_FIELDS, "agreement_source", "integrity", "timed_only")
 
 
 @dataclass

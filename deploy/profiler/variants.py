@@ -46,6 +46,7 @@ class Variant:
     sha256: str | None = None  # what the manifest recorded
     integrity: str | None = None  # "verified", "not verified (--no-verify)", or the mismatch (a failed row)
     agreement_source: str | None = None  # "measured" (this run, on --data) or "export" (the manifest's parity)
+    timed_only: bool = False  # its export's parity check failed: timed for latency only (--time-unverified)
     predictor: Any = None
     load_s: float | None = None
     first_ms: float | None = None
@@ -98,6 +99,7 @@ class Variant:
             agreement=self.agreement,
             agreement_source=self.agreement_source if self.agreement is not None else None,
             integrity=self.integrity,
+            timed_only=self.timed_only or None,
         )
 
 
@@ -140,6 +142,7 @@ def _from_entry(
     parity = entry.get("parity") or {}
     if unverified and status == "failed" and parity.get("passed") is False and v.file:
         # built, loaded and run at export, only its logits moved too far: timed, with the failure said
+        v.timed_only = True
         v.notes.append(f"timed for latency only: {entry.get('reason') or 'parity check failed'}")
     elif status != "ok":
         v.fail(status if status in ("failed", "skipped") else "failed", entry.get("reason") or f"status {status}")
@@ -269,7 +272,7 @@ def model_info(manifest: dict[str, Any] | None, variants: Sequence[Variant]) -> 
             return {"name": info.get("model"), "num_classes": info.get("num_classes"), "img_size": hw,
                     "source": str(v.path)}  # fmt: skip
     raise ConfigError(
-        "cannot tell the model's input size from the files given; pass the export folder with its manifest.json "
+        "cannot tell the model's input size from the files given; pass the export folder with its manifest "
         "or add its model-torch.pt to --files"
     )
 
