@@ -722,8 +722,7 @@ def export_checkpoint(
     precision (:data:`PARITY_RANDOM_WEIGHTS`). ``out`` defaults to ``artifacts/<model>``.
     """
     import t2tvit
-    from compress.quantize import check_qengine, load_images
-    from t2tvit.data import eval_transform_for, image_folder
+    from compress.quantize import check_qengine
 
     fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
     if out is not None:
@@ -740,12 +739,7 @@ def export_checkpoint(
         name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, new_head=new_head
     ).eval()
     hw = tuple(int(s) for s in net.img_size)
-    folder = image_folder(calib_data or "digits")
-    images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), parity_images + calib_size, what="image")
-    parity, calib = images[:parity_images], images[parity_images:]
-    overlap = len(calib) == 0
-    if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
-        calib = parity
+    parity, calib, data = _split_images(net, hw, overrides, calib_data, parity_images, calib_size)
     ctx = ExportContext(
         img_size=hw,
         batch=tuple(batch),
@@ -758,12 +752,7 @@ def export_checkpoint(
     cfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
         "preprocessing": {k: cfg.get(k) for k in mf.PREPROCESSING_KEYS},
-        "data": {
-            "folder": str(folder),
-            "parity_images": len(parity),
-            "calibration_images": len(calib),
-            "calibration_is_parity_set": overlap,
-        },
+        "data": data,
     }
     if classes is not None and len(classes) <= net.num_classes:
         meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
@@ -773,6 +762,29 @@ def export_checkpoint(
         net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress
     )
     return Export(out, manifest, [f.name for f in fmts])
+
+
+def _split_images(
+    net: Any, hw: tuple[int, ...], overrides: dict[str, Any], calib_data: str | Path | None, n_parity: int, n_calib: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Disjoint parity and calibration images from ``calib_data`` (default the bundled digits), preprocessed as
+    the model's eval transform; and the manifest's record of them."""
+    from compress.quantize import load_images
+    from t2tvit.data import eval_transform_for, image_folder
+
+    folder = image_folder(calib_data or "digits")
+    images, _ = load_images(folder, eval_transform_for(net, hw, **overrides), n_parity + n_calib, what="image")
+    parity, calib = images[:n_parity], images[n_parity:]
+    overlap = len(calib) == 0
+    if overlap:  # a tiny folder: calibrate on the parity images rather than on nothing
+        calib = parity
+    data = {
+        "folder": str(folder),
+        "parity_images": len(parity),
+        "calibration_images": len(calib),
+        "calibration_is_parity_set": overlap,
+    }
+    return parity, calib, data
 
 
 def _recorded(

@@ -1,6 +1,6 @@
 """The T2T-ViT model family; importing this registers every variant with timm."""
 
-from .factory import make_model
+from .factory import build_model, create_model, make_model
 from .layers import (
     Attention,
     Block,
@@ -18,9 +18,7 @@ from .t2t_vit import DistilledT2TViT, T2TModule, T2TViT, fixed_tables, official_
 from .variants import DEFAULT_MODEL, DISTILLED_SUFFIX, VARIANTS, Variant, list_variants
 from .weights import (
     LoadReport,
-    build_model,
     checkpoint_filter_fn,
-    create_model,
     filter_state_dict,
     guess_variant,
     is_t2t_vit,

@@ -22,7 +22,15 @@ from ..errors import CheckpointError, ConfigError
 from .variants import list_variants
 from .weights import LoadReport, _apply_state_dict
 
-__all__ = ["HEAD_POLICIES", "LIBRARIES", "classifier_prefix", "make_model", "resolve_name"]
+__all__ = [
+    "HEAD_POLICIES",
+    "LIBRARIES",
+    "build_model",
+    "classifier_prefix",
+    "create_model",
+    "make_model",
+    "resolve_name",
+]
 
 LIBRARIES = ("t2tvit", "timm", "torchvision")
 # What happens to the checkpoint's classifier: "keep" (the default) requires its class count to be the
@@ -226,3 +234,58 @@ def _build(
         return timm.create_model(name, **extra, **({"img_size": size} if size else {}))
     except TypeError:  # a CNN's constructor has no img_size
         return timm.create_model(name, **extra)
+
+
+def create_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    use_ema: bool = True,
+    strict: bool = True,
+    *,
+    new_head: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered T2T-ViT and optionally load a checkpoint into it (``model.load_report`` says how).
+
+    ``num_classes`` defaults to the checkpoint's class count (or 1000). Another count replaces the
+    trained head with an untrained one only with ``new_head=True`` (fine-tuning on another dataset);
+    without it that is refused, as a silently random head would answer with confident nonsense
+    (``num_classes=0``, a feature extractor without a head, needs no flag). ``img_size`` may differ
+    from the size the checkpoint was trained at: the position table is regenerated exactly.
+    :func:`~t2tvit.models.factory.make_model` builds it (and any timm or torchvision model).
+    """
+    if name not in list_variants():
+        close = difflib.get_close_matches(name, list_variants(), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; `t2t info --list` shows every T2T-ViT variant")
+    model, _ = make_model(
+        name,
+        checkpoint=checkpoint,
+        num_classes=num_classes,
+        img_size=img_size,
+        use_ema=use_ema,
+        strict=strict,
+        head="auto" if new_head else "keep",
+        **kwargs,
+    )
+    return model
+
+
+def build_model(
+    name: str,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
+    *,
+    new_head: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """A registered T2T-ViT (:func:`create_model`, ``new_head`` as there), or any other timm or
+    torchvision model: the CNN and DeiT baselines the lite T2T-ViTs are compared with. A model whose
+    constructor takes no ``img_size`` (a CNN: any input size works) gets an ``img_size`` attribute, so
+    the exporter records the input size it was built for. :func:`~t2tvit.models.factory.make_model`
+    builds it."""
+    head = "auto" if new_head else "keep"
+    return make_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, head=head, **kwargs)[0]

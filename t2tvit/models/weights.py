@@ -2,9 +2,9 @@
 
 One place converts foreign checkpoints (timm's ``checkpoint_filter_fn`` idea):
 :func:`t2tvit.checkpoint.read_state_dict` finds the weights inside whatever container a file
-holds, :func:`filter_state_dict` maps them onto a given model, and :func:`load_checkpoint` /
-:func:`create_model` are the public entry points (``t2tvit.load_checkpoint``,
-``t2tvit.create_model``).
+holds, :func:`filter_state_dict` maps them onto a given model, and :func:`load_checkpoint` is the public
+entry point (``t2tvit.load_checkpoint``); building a model and loading it is
+:mod:`t2tvit.models.factory`'s (``t2tvit.create_model``).
 
 A T2T-ViT is recognised by what it has (``tokens_to_token``, ``pos_embed``; ``dist_token`` for a
 distilled one), not by its class, so this module does not import the model classes and the
@@ -13,25 +13,21 @@ model file can import it for ``pretrained=True`` without an import cycle.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..checkpoint import read_checkpoint, read_state_dict, state_dict_fit
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError
 from .layers import sinusoid_table
-from .variants import DISTILLED_SUFFIX, VARIANTS, list_variants
+from .variants import DISTILLED_SUFFIX, VARIANTS
 
 __all__ = [
     "LoadReport",
-    "build_model",
     "checkpoint_filter_fn",
-    "create_model",
     "filter_state_dict",
     "fit_state_dict",
     "guess_variant",
@@ -213,62 +209,3 @@ def _apply_state_dict(
     if head_reset:
         model.reset_classifier(model.num_classes)  # fresh, initialised heads (on the CPU)
     return LoadReport(path, source, ck_model, notes)
-
-
-def create_model(
-    name: str,
-    checkpoint: str | Path | None = None,
-    num_classes: int | None = None,
-    img_size: int | tuple[int, int] | None = None,
-    use_ema: bool = True,
-    strict: bool = True,
-    *,
-    new_head: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """Build a registered T2T-ViT and optionally load a checkpoint into it (``model.load_report`` says how).
-
-    ``num_classes`` defaults to the checkpoint's class count (or 1000). Another count replaces the
-    trained head with an untrained one only with ``new_head=True`` (fine-tuning on another dataset);
-    without it that is refused, as a silently random head would answer with confident nonsense
-    (``num_classes=0``, a feature extractor without a head, needs no flag). ``img_size`` may differ
-    from the size the checkpoint was trained at: the position table is regenerated exactly.
-    :func:`~t2tvit.models.factory.make_model` builds it (and any timm or torchvision model).
-    """
-    from .factory import make_model
-
-    if name not in list_variants():
-        close = difflib.get_close_matches(name, list_variants(), n=3)
-        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; `t2t info --list` shows every T2T-ViT variant")
-    model, _ = make_model(
-        name,
-        checkpoint=checkpoint,
-        num_classes=num_classes,
-        img_size=img_size,
-        use_ema=use_ema,
-        strict=strict,
-        head="auto" if new_head else "keep",
-        **kwargs,
-    )
-    return model
-
-
-def build_model(
-    name: str,
-    checkpoint: str | Path | None = None,
-    num_classes: int | None = None,
-    img_size: int | tuple[int, int] | None = None,
-    *,
-    new_head: bool = False,
-    **kwargs: Any,
-) -> nn.Module:
-    """A registered T2T-ViT (:func:`create_model`, ``new_head`` as there), or any other timm or
-    torchvision model: the CNN and DeiT baselines the lite T2T-ViTs are compared with. A model whose
-    constructor takes no ``img_size`` (a CNN: any input size works) gets an ``img_size`` attribute, so
-    the exporter records the input size it was built for. :func:`~t2tvit.models.factory.make_model`
-    builds it."""
-    from .factory import make_model
-
-    head = "auto" if new_head else "keep"
-    return make_model(name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, head=head, **kwargs)[0]
