@@ -213,6 +213,7 @@ class Format:
     companions: tuple[str, ...] = ()  # suffixes of files that belong to the artifact (an IR's .bin weights)
     bundle: bool = False  # the artifact is a folder (a Core ML .mlpackage): size and sha256 walk it
     runs_on: tuple[str, ...] = ()  # the systems (platform.system()) its runtime runs on; empty: any
+    runtime: str = ""  # the runtime a user runs it with (a report's verdict names the best row of each); "": module
 
     @property
     def filename(self) -> str:
@@ -251,6 +252,10 @@ class Format:
             if f.is_file():
                 h.update(sha256_file(f).encode())
         return h.hexdigest()
+
+    def runtime_name(self) -> str:
+        """The runtime family the row belongs to (``runtime``, else its module's name)."""
+        return self.runtime or self.module.rsplit(".", 1)[-1]
 
     def missing(self) -> str | None:
         """Why this format cannot be built on this machine, or None if it can."""
@@ -314,13 +319,16 @@ _ET_HINT = 'pip install "t2tvit-edge[executorch]"'
 # The phone runtimes' converters (and ncnn's runtime), light enough for the README's install (the test extra).
 _MOBILE_HINT = 'pip install "t2tvit-edge[mobile]"'
 # What the runtimes' rows share (see the Format fields).
-_PTL: dict[str, Any] = {"runtime_imports": ("torch.jit.mobile",)}
+_PTL: dict[str, Any] = {"runtime_imports": ("torch.jit.mobile",), "runtime": "PyTorch lite interpreter"}
+_EAGER: dict[str, Any] = {"runtime": "PyTorch eager"}
+_TS: dict[str, Any] = {"runtime": "TorchScript"}
 _ORT: dict[str, Any] = {
     "tools": ("torch", "onnx", "onnxscript", "onnxruntime"),
     "bounded_batch": True,
     "threads": "load",
     "runtime_imports": ("onnxruntime", "onnx"),
     "cuda_memory": "device",
+    "runtime": "ONNX Runtime",
 }
 _TRT: dict[str, Any] = {
     "tools": ("torch", "onnx", "tensorrt", "tensorrt-cu13"),  # the extra installs tensorrt-cu13
@@ -328,6 +336,7 @@ _TRT: dict[str, Any] = {
     "threads": "none",
     "runtime_imports": ("tensorrt",),
     "cuda_memory": "device",
+    "runtime": "TensorRT",
 }
 _OV: dict[str, Any] = {
     "tools": ("torch", "openvino", "nncf"),
@@ -335,6 +344,7 @@ _OV: dict[str, Any] = {
     "threads": "load",
     "runtime_imports": ("openvino",),
     "companions": (".bin",),
+    "runtime": "OpenVINO",
 }
 _LITERT_HINT = "pip install --no-deps -r requirements-litert.txt (from the repository, after the README's install)"
 _LITERT: dict[str, Any] = {
@@ -343,6 +353,7 @@ _LITERT: dict[str, Any] = {
     "tools": ("torch", "litert-torch-nightly", "ai-edge-litert-nightly", "ai-edge-quantizer-nightly"),
     "threads": "load",
     "runtime_imports": ("ai_edge_litert.interpreter",),
+    "runtime": "LiteRT",
 }
 _NCNN: dict[str, Any] = {
     "requires": ("ncnn", "pnnx"),
@@ -351,6 +362,7 @@ _NCNN: dict[str, Any] = {
     "threads": "load",
     "runtime_imports": ("ncnn",),
     "companions": (".bin", ".json"),
+    "runtime": "ncnn",
 }
 _COREML: dict[str, Any] = {
     "requires": ("coremltools",),
@@ -359,18 +371,22 @@ _COREML: dict[str, Any] = {
     "threads": "none",
     "bundle": True,
     "runs_on": ("Darwin",),
+    "runtime": "Core ML",
 }
 _ET: dict[str, Any] = {
     "tools": ("torch", "executorch"),
     "bounded_batch": True,
     "threads": "load",
     "runtime_imports": ("executorch.runtime", "executorch.extension.pybindings.portable_lib"),
+    "runtime": "ExecuTorch",
 }
 
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in [
-        Format("torch", "deploy.torch_eager", "fp32", ".pt", True, True, "PyTorch eager, fp32 (the reference)"),
+        Format(
+            "torch", "deploy.torch_eager", "fp32", ".pt", True, True, "PyTorch eager, fp32 (the reference)", **_EAGER
+        ),
         Format(
             "torch-int8",
             "deploy.torch_eager",
@@ -379,10 +395,18 @@ FORMATS: dict[str, Format] = {
             True,
             False,
             "PyTorch eager, dynamic int8 quantization of nn.Linear",
+            **_EAGER,
         ),
-        Format("torchscript", "deploy.torchscript", "fp32", ".pt", True, True, "TorchScript, frozen, fp32"),
+        Format("torchscript", "deploy.torchscript", "fp32", ".pt", True, True, "TorchScript, frozen, fp32", **_TS),
         Format(
-            "torchscript-int8", "deploy.torchscript", "int8", ".pt", True, False, "TorchScript, frozen, dynamic int8"
+            "torchscript-int8",
+            "deploy.torchscript",
+            "int8",
+            ".pt",
+            True,
+            False,
+            "TorchScript, frozen, dynamic int8",
+            **_TS,
         ),
         Format("ptl", "deploy.ptl", "fp32", ".ptl", True, False, "mobile lite-interpreter file, fp32", **_PTL),
         Format(

@@ -38,6 +38,7 @@ from .report import (
     _status_cell,
     as_dict,
     pareto_front,
+    verdict_markdown,
     write_csv,
 )
 
@@ -182,7 +183,7 @@ def render_comparison(report: Report | dict[str, Any], plots: Sequence[str] = (M
     header, lines = comparison_table(report)
     names = ", ".join(_models(report))
     where = (report.get("machine") or {}).get("cpu") or "unknown CPU"
-    out = [f"# Model comparison on {where}", "", f"Models: {names}.", ""]
+    out = [f"# Model comparison on {where}", "", f"Models: {names}.", "", *verdict_markdown(report)]
     out += [ln for ln in _machine_md(report) if not ln.startswith("- model:")]
     out += _models_md(report)
     out += ["## Results", "", "| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]

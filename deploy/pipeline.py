@@ -165,6 +165,7 @@ class PipelineResult:
             lines.append(f"  verify: {v['ok']} of {v['checked']} artifacts re-checked ok")
         if "report" in self.stages:
             lines.append(f"  report: {_at(self.stages['report']['folder'], self.out) / 'report.md'}")
+            lines += [f"  {t}" for t in self.stages["report"].get("verdict") or []]  # which file to ship
             lines += [f"  note: {n}" for n in self.stages["report"].get("notes") or []]  # e.g. int8 slower here
         return lines
 
@@ -393,7 +394,7 @@ def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
 
 def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .profiler import Checks, ProfileConfig, profile_folder
-    from .report import print_table, write_report
+    from .report import print_table, verdict_lines, write_report
 
     config = ProfileConfig(
         batch_sizes=tuple(int(b) for b in str(s.batch_sizes).split(",")),
@@ -409,7 +410,14 @@ def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
         print_table(report)
     ok = [r for r in report.rows if r.status == "ok"]
     folder = _rel(folders["report"], _root(folders))
-    return {"folder": folder, "rows": len(report.rows), "ok": len(ok), "checks": report.checks, "notes": report.notes}
+    return {
+        "folder": folder,
+        "rows": len(report.rows),
+        "ok": len(ok),
+        "checks": report.checks,
+        "notes": report.notes,
+        "verdict": verdict_lines(report)[:1],
+    }
 
 
 def _root(folders: dict[str, Path]) -> Path:

@@ -12,9 +12,10 @@ Files written by :func:`write_report`:
 
 - ``report.json`` -- the dict itself (indent 2); :func:`read_report` parses it back.
 - ``report.csv`` -- one line per row x batch size (raw, unrounded numbers); :func:`read_csv` parses it back.
-- ``report.md`` -- machine and settings, the notes (an int8 row slower than its float sibling), the full results
-  table, the peak GEMM line, the user's checks,
-  failed/skipped rows, and both plots embedded by relative link.
+- ``report.md`` -- the verdict (which file to ship: the fastest faithful artifact, against fp32 eager, and the
+  best row of each runtime), machine and settings, the notes (an int8 row slower than its float sibling), the
+  full results table, the peak GEMM line, the user's checks, failed/skipped rows, and both plots embedded by
+  relative link.
 - ``latency_vs_accuracy.png`` -- p50 latency at the smallest batch size against top-1 (or, when no row has a
   top-1, top-1 agreement with fp32 x 100), one labelled point per row, the Pareto front as a step line.
 - ``latency_bars.png`` -- p50 at the smallest batch size per row, fastest first, coloured by precision;
@@ -598,6 +599,49 @@ def _machine_md(report: dict[str, Any]) -> list[str]:
     ]
 
 
+def _times(x: Any) -> str:
+    return f"{x:.2f}x" if _finite(x) else "-"
+
+
+@_document
+def verdict_lines(report: Report | dict[str, Any]) -> list[str]:
+    """The verdict, one plain-text sentence per line: which file to ship and why (the first line), then the best
+    row of each runtime. Empty for a report saved without one."""
+    verdict = report.get("verdict")
+    if not verdict:
+        return []
+    pick = verdict.get("pick")
+    if not pick:
+        return [f"no file to recommend: {verdict.get('why')}"]
+    batch = verdict.get("batch")
+    against = (
+        f"{_times(pick['speedup'])} the speed of {pick['baseline']} (fp32 eager) and {_times(pick['size_ratio'])} "
+        "its size"
+        if pick.get("baseline")
+        else "no fp32 torch row to compare with"
+    )
+    where = f" ({pick['file']})" if pick.get("file") else ""
+    agree = f", agreement {100 * pick['agreement']:.1f}%" if _finite(pick.get("agreement")) else ""
+    lines = [
+        f"ship {pick['row']}{where}: the fastest artifact that {verdict['rule']}, {fmt_ms(pick['p50_ms'])} ms p50 "
+        f"at batch {batch}{agree}; {against}"
+    ]
+    for r in verdict.get("runtimes") or []:
+        lines.append(
+            f"best {r['runtime']} row: {r['row']} ({r['precision']}), {fmt_ms(r['p50_ms'])} ms, "
+            f"{_times(r['speedup'])} the speed of fp32 eager"
+        )
+    return lines
+
+
+def verdict_markdown(report: dict[str, Any]) -> list[str]:
+    """``## Verdict`` and its lines, for the top of ``report.md`` (nothing for a report without one)."""
+    lines = verdict_lines(report)
+    if not lines:
+        return []
+    return ["## Verdict", "", f"**{_md_cell(lines[0])}**", "", *[f"- {_md_cell(t)}" for t in lines[1:]], ""]
+
+
 def _plot_note(skipped: Sequence[tuple[str, str]]) -> str:
     return "not plotted: " + "; ".join(f"{n} ({why})" for n, why in skipped) if skipped else ""
 
@@ -607,7 +651,7 @@ def render_markdown(report: Report | dict[str, Any], plots: Sequence[str] = (SCA
     """``report.md``: title, machine and settings, the full results table, peak, the user's checks, failed rows,
     plots."""
     header, lines, _ = table(report)
-    out = [f"# {_title(report)}", "", *_machine_md(report), "## Results", ""]
+    out = [f"# {_title(report)}", "", *verdict_markdown(report), *_machine_md(report), "## Results", ""]
     out += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(_md_cell(c) for c in line) + " |" for line in lines]
     out += [
@@ -720,6 +764,8 @@ def print_table(report: Report | dict[str, Any], console: Any = None) -> None:
         if not console.is_terminal:  # piped: the width the table is made for, not squeezed into 80 columns
             console = Console(width=120)
     console.print(t)
+    for i, text in enumerate(verdict_lines(report)):  # which file to ship, first of what follows the table
+        console.print(f"[bold green]{escape(text)}[/bold green]" if i == 0 else escape(text))
     for text in report.get("notes") or []:  # an int8 row slower than its float sibling, beside the table
         console.print(f"[yellow]note: {escape(text)}[/yellow]")
     console.print(escape(_peak_line(report)))

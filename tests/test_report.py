@@ -380,5 +380,84 @@ def test_t2t_compress_summary_repeats_the_report_notes(tmp_path: Path) -> None:
     note = "openvino-int8 (int8) is 1.25x slower than openvino (bf16) at batch 1 (12.5 vs 10 ms p50): ..."
     result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report"), "notes": [note]}}, 1.0)
     assert f"  note: {note}" in result.summary()
+    ship = "ship onnx-int8-dynamic (model-onnx-int8-dynamic.onnx): the fastest artifact that ..."
+    result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report"), "verdict": [ship]}}, 1.0)
+    assert f"  {ship}" in result.summary()
     result = PipelineResult(tmp_path, {"report": {"folder": str(tmp_path / "report")}}, 1.0)  # an older record
     assert not [line for line in result.summary() if "note:" in line]
+
+
+def _verdict_report(rows: list[dict[str, Any]], checks: dict[str, Any] | None = None) -> Any:
+    from deploy.profiler.schema import Report
+
+    data = make_report()
+    data["rows"], data["checks"] = rows, checks
+    report = Report.from_dict(data)
+    report.conclude()
+    return report
+
+
+def test_the_verdict_picks_the_fastest_faithful_artifact_and_the_best_of_each_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploy.report import verdict_lines
+
+    report = _verdict_report(
+        [
+            _row("torch", "torch", "fp32", 20.0, agreement=1.0, file_bytes=16_000_000),
+            _row("onnx", "onnx", "fp32", 18.0, agreement=1.0),
+            _row("openvino-int8", "openvino-int8", "int8", 10.0, agreement=0.98),  # faster, not faithful
+            _row("onnx-int8-dynamic", "onnx-int8-dynamic", "int8", 12.5, agreement=0.995, file_bytes=4_000_000),
+            _row("reference", "pytorch", "fp32", 2.0, agreement=1.0),  # outside the format table: not a file to ship
+            _row("torch-int8", "torch-int8", "int8", 3.0, agreement=1.0, timed_only=True),  # its parity failed
+            _row("tensorrt-fp16", "tensorrt-fp16", "fp16", None, status="skipped", reason=SKIP_REASON),
+        ]
+    )
+    v = report.verdict
+    assert v["batch"] == 1 and v["pick"]["row"] == "onnx-int8-dynamic" and v["pick"]["baseline"] == "torch"
+    assert v["pick"]["speedup"] == pytest.approx(20.0 / 12.5) and v["pick"]["size_ratio"] == pytest.approx(0.25)
+    assert [(r["runtime"], r["row"]) for r in v["runtimes"]] == [
+        ("ONNX Runtime", "onnx-int8-dynamic"),
+        ("PyTorch eager", "torch"),
+    ]
+    lines = verdict_lines(report)
+    assert lines[0].startswith("ship onnx-int8-dynamic (artifacts/onnx-int8-dynamic.bin): the fastest artifact that")
+    assert "1.60x the speed of torch (fp32 eager) and 0.25x its size" in lines[0]
+    write_report(report, tmp_path)
+    md = (tmp_path / MD_NAME).read_text()
+    assert md.splitlines()[2] == "## Verdict" and md.index("## Verdict") < md.index("## Machine")
+    assert read_report(tmp_path).verdict == v  # saved and read back
+    print_table(report)
+    assert lines[0] in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_verdict_follows_the_users_checks_and_says_when_nothing_qualifies() -> None:
+    rows = [
+        _row("torch", "torch", "fp32", 20.0, agreement=1.0),
+        _row("onnx-int8-dynamic", "onnx-int8-dynamic", "int8", 12.5, agreement=1.0, checks=["p50 12.5 > 12"]),
+        _row("onnx", "onnx", "fp32", 18.0, agreement=1.0),
+    ]
+    checked = _verdict_report(rows, checks={"max_latency_ms": 19.0, "passed": False, "failures": []})
+    assert checked.verdict["rule"] == "meets your checks" and checked.verdict["pick"]["row"] == "onnx"
+    unknown = _verdict_report([_row("torch", "torch", "fp32", 20.0), _row("onnx", "onnx", "fp32", 18.0)])
+    assert unknown.verdict["pick"] is None and "pass --data" in unknown.verdict["why"]
+    from deploy.report import verdict_lines
+
+    assert verdict_lines(unknown) == [f"no file to recommend: {unknown.verdict['why']}"]
+    assert verdict_lines(make_report()) == []  # a report saved before verdicts: nothing, no crash
+
+
+def test_a_comparisons_verdict_measures_the_pick_against_its_own_models_fp32_row() -> None:
+    from deploy.compare_report import render_comparison
+
+    report = _verdict_report(
+        [
+            _row("a/torch", "torch", "fp32", 40.0, agreement=1.0, model="a"),
+            _row("a/onnx", "onnx", "fp32", 30.0, agreement=1.0, model="a"),
+            _row("b/torch", "torch", "fp32", 10.0, agreement=1.0, model="b"),
+            _row("b/onnx", "onnx", "fp32", 8.0, agreement=1.0, model="b"),
+        ]
+    )
+    assert report.verdict["pick"]["row"] == "b/onnx" and report.verdict["pick"]["baseline"] == "b/torch"
+    assert report.verdict["pick"]["speedup"] == pytest.approx(1.25)
+    assert "## Verdict" in render_comparison(report, plots=())

@@ -171,8 +171,7 @@ def _combined(
     report = build_report(rows, model, sizes[0] if len(sizes) == 1 else sizes, peaks, config, data, n_images, command)
     config.checks.apply(report)
     report.integrity = integrity_summary([v for g in groups for v in g.variants], config.verify)
-    report.sources = report.find_sources()
-    report.notes = report.find_notes()
+    report.conclude()
     return report
 
 

@@ -148,8 +148,7 @@ def profile_folder(
     report = build_report(rows, model, int(group.info["img_size"][0]), peaks, config, data, n_images, command)
     report.integrity = integrity_summary(variants, config.verify)
     config.checks.apply(report)
-    report.sources = report.find_sources()
-    report.notes = report.find_notes()
+    report.conclude()
     return report
 
 

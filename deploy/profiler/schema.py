@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["SCHEMA", "Report", "Row"]
+__all__ = ["FAITHFUL", "SCHEMA", "Report", "Row"]
 
 SCHEMA = 2
+FAITHFUL = 0.99  # top-1 agreement with the fp32 model a row needs to be the verdict's pick (without user checks)
 
 
 @dataclass
@@ -84,7 +85,69 @@ class Report:
     # what a reader must know before picking a row, one sentence each (see find_notes): an int8 row slower than its
     # float sibling
     notes: list[str] = field(default_factory=list)
+    # which file to ship (see find_verdict): the fastest faithful row, its speed-up and size against fp32 eager,
+    # and the best row of each runtime
+    verdict: dict[str, Any] | None = None
     schema: int = SCHEMA
+
+    def conclude(self) -> None:
+        """What the report concludes from its rows, once the timing and the user's checks are in: where the figures
+        come from, the notes a reader needs, and the verdict."""
+        self.sources = self.find_sources()
+        self.notes = self.find_notes()
+        self.verdict = self.find_verdict()
+
+    def find_verdict(self) -> dict[str, Any]:
+        """Which file to ship: the fastest row (p50 at the smallest batch size timed) among the artifacts that
+        meet the user's checks, or without checks that agree with the fp32 model on at least
+        :data:`FAITHFUL` of the images; its speed-up and size against its own model's fp32 ``torch`` row; and
+        the best such row of each runtime. Rows timed despite a failed parity check never qualify; nor do rows
+        outside the format table (a benchmark's extra variants)."""
+        from ..base import FORMATS
+
+        timed = sorted({int(b) for r in self.rows for b in r.latency})
+        batch = str(timed[0]) if timed else None
+        checked = self.checks is not None
+        rule = "meets your checks" if checked else f"agrees with the fp32 model on >= {FAITHFUL:.0%} of the images"
+
+        def p50(row: Row) -> float | None:
+            return (row.latency.get(batch) or {}).get("p50_ms") if batch is not None else None
+
+        def faithful(row: Row) -> bool:
+            if row.status != "ok" or row.timed_only or row.format not in FORMATS or p50(row) is None:
+                return False
+            return not row.checks if checked else row.agreement is not None and row.agreement >= FAITHFUL
+
+        picks = sorted((r for r in self.rows if faithful(r)), key=lambda r: p50(r))
+        out: dict[str, Any] = {"rule": rule, "batch": int(batch) if batch is not None else None, "pick": None}
+        if not picks:
+            why = "no artifact was timed" if batch is None else f"no timed artifact {rule}"
+            if not checked and not any(r.agreement is not None for r in self.rows):
+                why += " (no agreement is known: pass --data with labelled images to measure it)"
+            return out | {"why": why}
+
+        def summary(row: Row) -> dict[str, Any]:
+            base = next(
+                (r for r in self.rows if r.format == "torch" and r.model == row.model and p50(r) is not None), None
+            )
+            return {
+                "row": row.name,
+                "runtime": FORMATS[row.format].runtime_name(),
+                "precision": row.precision,
+                "file": row.file,
+                "p50_ms": p50(row),
+                "agreement": row.agreement,
+                "baseline": base.name if base is not None else None,
+                "speedup": p50(base) / p50(row) if base is not None and p50(row) else None,
+                "size_ratio": row.file_bytes / base.file_bytes
+                if base is not None and row.file_bytes and base.file_bytes
+                else None,
+            }
+
+        best: dict[str, Row] = {}
+        for row in picks:
+            best.setdefault(FORMATS[row.format].runtime_name(), row)
+        return out | {"pick": summary(picks[0]), "runtimes": [summary(r) for r in best.values()]}
 
     def find_sources(self) -> list[str]:
         """Where the figures come from, one sentence each (the profiler stores them in ``sources``; report.md and
@@ -169,7 +232,7 @@ class Report:
         """The JSON document: plain dicts and lists, ``peak_cuda`` / ``checks`` and a row's comparison fields
         (``model``, ``params``, ``macs``) left out when absent."""
         out = asdict(self)
-        for key in ("peak_cuda", "checks", "integrity"):
+        for key in ("peak_cuda", "checks", "integrity", "verdict"):
             if out[key] is None:
                 del out[key]
         for row in out["rows"]:  # a single model's rows: the comparison's fields stay out, as before them
