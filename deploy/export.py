@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from t2tvit.errors import ConfigError
+from t2tvit.models.variants import DEFAULT_MODEL
 from t2tvit.progress import Progress
 
 from . import manifest as mf
@@ -70,7 +71,6 @@ from .base import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL",
     "Export",
     "PARITY",
     "Verification",
@@ -90,8 +90,6 @@ __all__ = [
     "verify_folder",
     "weights_digest",
 ]
-
-DEFAULT_MODEL = "t2t_vit_7"  # exported when neither a checkpoint nor a model name says which
 
 
 @dataclass(frozen=True)

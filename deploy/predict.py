@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 
 from t2tvit.errors import ConfigError, T2TError
+from t2tvit.models.variants import DEFAULT_MODEL  # whose preprocessing a file naming no model gets
 
 from .artifacts import Artifact, check_integrity, resolve
 from .base import FORMATS, Format, Predictor
 
-__all__ = ["DEFAULT_MODEL", "Predictions", "open_predictor", "predict_images", "read_class_names"]
-
-DEFAULT_MODEL = "t2t_vit_7"  # whose preprocessing a file that names no model gets (every variant has the same)
+__all__ = ["Predictions", "open_predictor", "predict_images", "read_class_names"]
 
 
 @contextlib.contextmanager

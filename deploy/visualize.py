@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from t2tvit.errors import ConfigError
+from t2tvit.models.variants import DEFAULT_MODEL
 
 from .base import Predictor
-from .predict import DEFAULT_MODEL, _read_image, expand_images, open_predictor, quiet_runtimes
+from .predict import _read_image, expand_images, open_predictor, quiet_runtimes
 
 __all__ = ["Visualization", "visualize"]
 

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main", "name_clashes"]
 
-DEFAULT_MODEL = "t2t_vit_7"
 # The import names the distribution installs (pyproject.toml); each package's __init__ carries the marker.
 INSTALLED = ("t2tvit", "compress", "deploy", "t2t")
 _MARKER = '__toolkit__ = "t2tvit-edge"'

@@ -11,8 +11,6 @@ from typing import Any
 
 __all__ = ["add_parser"]
 
-DEFAULT_MODEL = "t2t_vit_7"  # deploy.export.DEFAULT_MODEL (not imported: `t2t --help` stays instant)
-
 
 def _batch(text: str) -> tuple[int, int, int]:
     try:
@@ -61,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help=f"variant name (default: the one the checkpoint records, else {DEFAULT_MODEL})",
+        help="variant name (default: the one the checkpoint records, else t2tvit.DEFAULT_MODEL, the variants table's)",
     )
     p.add_argument(
         "--num-classes",
@@ -131,7 +129,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         import t2tvit
 
-        if (args.model or DEFAULT_MODEL) in t2tvit.list_variants():  # else create_model says what is wrong
+        if (args.model or t2tvit.DEFAULT_MODEL) in t2tvit.list_variants():  # else create_model says what is wrong
             Console(stderr=True).print(
                 "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
                 "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
