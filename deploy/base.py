@@ -214,6 +214,9 @@ class Format:
     bundle: bool = False  # the artifact is a folder (a Core ML .mlpackage): size and sha256 walk it
     runs_on: tuple[str, ...] = ()  # the systems (platform.system()) its runtime runs on; empty: any
     runtime: str = ""  # the runtime a user runs it with (a report's verdict names the best row of each); "": module
+    # options of a second recipe the export tries, once, when the artifact of ``options`` misses parity (openvino-int8
+    # on the one-hot deploy graph); the manifest records the miss and the recipe that was kept
+    fallback_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def filename(self) -> str:
@@ -465,6 +468,7 @@ FORMATS: dict[str, Format] = {
             False,
             "OpenVINO IR, int8 by NNCF post-training quantization on real calibration images",
             options={"int8": True, "t2t_form": "channel_major"},  # measured: deploy/openvino.py INT8_KEEP_FLOAT
+            fallback_options={"t2t_form": "one_hot"},  # see deploy/openvino.py INT8_KEEP_FLOAT
             **_OV,
         ),
         Format(

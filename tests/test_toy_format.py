@@ -37,7 +37,19 @@ from deploy.base import Predictor
 MAGIC = b"TOY1"
 
 
+class Rolled(torch.nn.Module):
+    """A recipe that breaks the model: every logit moved to the next class."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).roll(1, dims=1)
+
+
 def export(model, path, fmt, ctx):
+    model = Rolled(model) if fmt.options.get("rolled") else model
     module = torch.jit.trace(model.eval(), ctx.example(2), check_trace=False)
     buffer = io.BytesIO()
     torch.jit.save(module, buffer)
@@ -111,3 +123,26 @@ def test_a_toy_format_needs_one_module_and_one_row(toy, digits_checkpoint, tmp_p
     assert top1 == [p["top"][0]["index"] for p in by_file["predictions"]]
     assert sum(i == digit for i, digit in enumerate(top1)) >= 6  # one image per digit; chance: 1 of 10
     assert by_folder["predictions"][0]["top"][0]["class"] in NAMES  # the manifest's class names
+
+
+def test_a_row_whose_first_recipe_misses_parity_is_exported_with_its_second(toy, digits_checkpoint, tmp_path) -> None:
+    import dataclasses
+
+    import deploy
+
+    trained = digits_checkpoint(32)
+    FORMATS["toy"] = dataclasses.replace(toy, options={"rolled": True}, fallback_options={"rolled": False})
+    done = deploy.export_checkpoint(
+        trained["checkpoint"], formats="toy", out=tmp_path / "a", parity_images=32, calib_size=8, progress=False
+    )
+    entry = done.manifest["artifacts"][0]
+    assert entry["status"] == "ok" and entry["parity"]["top1_agreement"] == 1.0
+    assert "missed parity (max |Δlogit|" in entry["details"]["recipe_fallback"]
+    assert "exported again with {'rolled': False}" in entry["details"]["recipe_fallback"]
+    FORMATS["toy"] = dataclasses.replace(toy, options={"rolled": True})  # no second recipe: a failed artifact
+    done = deploy.export_checkpoint(
+        trained["checkpoint"], formats="toy", out=tmp_path / "b", parity_images=32, calib_size=8, progress=False
+    )
+    entry = done.manifest["artifacts"][0]
+    assert entry["status"] == "failed" and entry["reason"].startswith("parity check failed")
+    assert "recipe_fallback" not in entry["details"]
