@@ -84,9 +84,12 @@ _RT = "t2tvit"  # our key in the IR's rt_info
 # px, under the 99% bar; per-tensor 98.6-99.4%). ``keep_float=("tokens_to_token",)`` is still a row option.
 # The channel-major graph folds LayerNorm's variance into int8 convolutions (E[p^2] - mean^2), which can cancel
 # badly: on a T2T-ViT-7 trained 60 steps on the digits at 64 px (tests/test_deploy.py) it agreed 94.0% with fp32
-# (in f32 as in bf16; keeping the T2T module float: 94.5%), while the one-hot graph's int8 agreed 100% in f32 (7%
-# in bf16, so ``auto`` records f32). So the row's second recipe (``fallback_options``) is the one-hot graph: the
-# export tries it when the first misses parity, and the manifest says so.
+# (in f32 as in bf16; keeping the T2T module float: 94.5%). The one-hot graph's int8 agreed 100% in f32 but 7% in
+# bf16: OpenVINO's int8 GroupConvolution of the one-hot soft split (a pure gather of pixels) came out wrong in bf16
+# (every later layer differed; found by comparing each op's f32 and bf16 outputs); with the soft splits left out
+# of int8 (``keep_float=("soft_split",)``, their 0/1 kernels stored int8 without loss) it agreed 99.0% in bf16. So
+# the row's second recipe (``fallback_options``) is that: the export tries it when the first misses parity, and
+# the manifest says so.
 INT8_KEEP_FLOAT: tuple[str, ...] = ()
 
 
