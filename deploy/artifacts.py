@@ -209,8 +209,8 @@ def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
 
 
 def _pick_entry(folder: Path, manifest: dict[str, Any], want: Format | None) -> dict[str, Any]:
-    arts = manifest.get("artifacts", [])
-    ok = [a for a in arts if a.get("status") == "ok" and a.get("file")]
+    arts = mf.entries(manifest)
+    ok = [a for a in mf.entries(manifest, "ok") if a.get("file")]
     if want is not None:
         entry = next((a for a in arts if a.get("format") == want.name), None)
         if entry is None or not entry.get("file"):

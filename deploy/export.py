@@ -666,9 +666,7 @@ def verify_artifacts(
     manifest = mf.read(folder)
     reference = reference_logits(model, images) if model is not None and images is not None else None
     results = []
-    for entry in manifest.get("artifacts", []):
-        if entry.get("status") != "ok":
-            continue
+    for entry in mf.entries(manifest, "ok"):
         fmt = get_format(entry["format"])
         path = folder / entry["file"]
         rec: dict[str, Any] = {"format": fmt.name, "problems": [], "parity": None}

@@ -648,8 +648,8 @@ def _plot_note(skipped: Sequence[tuple[str, str]]) -> str:
 
 @_document
 def render_markdown(report: Report | dict[str, Any], plots: Sequence[str] = (SCATTER_NAME, BARS_NAME)) -> str:
-    """``report.md``: title, machine and settings, the full results table, peak, the user's checks, failed rows,
-    plots."""
+    """``report.md``: title, the verdict, machine and settings, the full results table, peak, the user's checks,
+    failed rows, plots."""
     header, lines, _ = table(report)
     out = [f"# {_title(report)}", "", *verdict_markdown(report), *_machine_md(report), "## Results", ""]
     out += ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
