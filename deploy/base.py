@@ -468,7 +468,8 @@ FORMATS: dict[str, Format] = {
             False,
             "OpenVINO IR, int8 by NNCF post-training quantization on real calibration images",
             options={"int8": True, "t2t_form": "channel_major"},  # measured: deploy/openvino.py INT8_KEEP_FLOAT
-            fallback_options={"t2t_form": "one_hot", "keep_float": ("soft_split",)},  # see the same comment
+            # its second recipe, tried when the first misses parity (why: deploy/openvino.py, INT8_KEEP_FLOAT)
+            fallback_options={"t2t_form": "one_hot", "keep_float": ("soft_split",)},
             **_OV,
         ),
         Format(
