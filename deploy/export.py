@@ -534,28 +534,17 @@ def _input(ctx: ExportContext) -> dict[str, Any]:
     }
 
 
-def _one(
-    model: Any,
-    fmt: Format,
-    folder: Path,
-    ctx: ExportContext,
-    images: np.ndarray,
-    reference: np.ndarray,
-    checkpoint: str | None,
-    thresholds: dict[str, ParityThreshold] | None,
-    bar: Progress,
-) -> dict[str, Any]:
-    """The manifest entry of ``fmt``'s artifact: exported, loaded back and checked; a row with a second recipe
-    (``fallback_options``) whose first artifact misses parity is exported once more with it, and the entry says
-    so (the first recipe's miss in ``details.recipe_fallback``)."""
-    args = (model, fmt, folder, ctx, images, reference, checkpoint, thresholds, bar)
-    entry = _attempt(*args)
+def _one(model: Any, fmt: Format, *rest: Any) -> dict[str, Any]:
+    """The manifest entry of ``fmt``'s artifact (``rest``: the other arguments of :func:`_attempt`): exported,
+    loaded back and checked; a row with a second recipe (``fallback_options``) whose first artifact misses parity
+    is exported once more with it, and the entry says so (the first recipe's miss in ``details.recipe_fallback``)."""
+    entry = _attempt(model, fmt, *rest)
     missed = (entry.get("parity") or {}).get("passed") is False
     if not (missed and fmt.fallback_options):
         return entry
     second = dataclasses.replace(fmt, options={**fmt.options, **fmt.fallback_options}, fallback_options={})
-    bar.step(f"{fmt.name}: missed parity, exporting its second recipe", 0)
-    retry = _attempt(model, second, *args[2:])
+    rest[-1].step(f"{fmt.name}: missed parity, exporting its second recipe", 0)  # the progress bar
+    retry = _attempt(model, second, *rest)
     note = (
         f"the row's first recipe {fmt.options} missed parity ({entry['parity']['problem']}); "
         f"exported again with {fmt.fallback_options}"
