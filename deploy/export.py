@@ -235,10 +235,6 @@ def weights_digest(model: Any) -> str:
 _STARTED = time.time()
 
 
-def _process_start() -> float:
-    return _STARTED
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -256,7 +252,7 @@ def clean_leftovers(out_dir: Path) -> list[Path]:
     """Remove what killed exports left: ``.OUT.partial-*`` / ``.OUT.old-*`` folders beside ``out_dir`` and the
     ``t2t-export-scratch-*`` folders in the system temp folder, older than this process and (when their name
     records it) of a process that is gone. Call it holding the folder's lock. Returns what was removed."""
-    start = _process_start()
+    start = _STARTED
     removed: list[Path] = []
     candidates: list[Path] = []
     if out_dir.parent.is_dir():

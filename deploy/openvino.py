@@ -128,11 +128,16 @@ def auto_inference_precision(core: Any = None) -> str:
     return chosen if chosen in cpu_inference_precisions(core) else "f32"
 
 
-def check_inference_precision(precision: str, core: Any = None) -> str:
-    """``precision`` if OpenVINO runs it natively on this CPU (``auto`` always), else a ConfigError in one sentence."""
+def _known_precision(precision: str) -> None:
+    """A ConfigError in one sentence for a name that is neither ``auto`` nor an OpenVINO inference precision."""
     if precision != AUTO and precision not in INFERENCE_PRECISIONS:
         choices = ", ".join([AUTO, *INFERENCE_PRECISIONS])
         raise ConfigError(f"unknown OpenVINO inference precision {precision!r}; choose from: {choices}")
+
+
+def check_inference_precision(precision: str, core: Any = None) -> str:
+    """``precision`` if OpenVINO runs it natively on this CPU (``auto`` always), else a ConfigError in one sentence."""
+    _known_precision(precision)
     if precision == AUTO:
         return precision
     core = core or _core()
@@ -415,9 +420,7 @@ def load(
             f"{path} is not a loadable OpenVINO IR ({_native_reason(e)}); re-export it (t2t export --formats openvino)"
         ) from None
     note = None
-    if requested != AUTO and requested not in INFERENCE_PRECISIONS:
-        choices = ", ".join([AUTO, *INFERENCE_PRECISIONS])
-        raise ConfigError(f"unknown OpenVINO inference precision {requested!r}; choose from: {choices}")
+    _known_precision(requested)
     wanted = auto_inference_precision(core) if requested == AUTO else requested
     if wanted not in cpu_inference_precisions(core):
         note = f"{wanted} was asked for but this CPU cannot run it; running f32"
