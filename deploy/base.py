@@ -217,6 +217,9 @@ class Format:
     # options of a second recipe the export tries, once, when the artifact of ``options`` misses parity (openvino-int8
     # on the one-hot deploy graph); the manifest records the miss and the recipe that was kept
     fallback_options: dict[str, Any] = field(default_factory=dict)
+    # the format options of deploy.settings.ExportConfig this row takes (``--qengine`` given for rows none of
+    # which takes it is refused, not ignored); every row takes the common ones (batch, calibration, parity)
+    settings: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:
@@ -322,10 +325,16 @@ _ET_HINT = 'pip install "t2tvit-edge[executorch]"'
 # The phone runtimes' converters (and ncnn's runtime), light enough for the README's install (the test extra).
 _MOBILE_HINT = 'pip install "t2tvit-edge[mobile]"'
 # What the runtimes' rows share (see the Format fields).
-_PTL: dict[str, Any] = {"runtime_imports": ("torch.jit.mobile",), "runtime": "PyTorch lite interpreter"}
+_PTL: dict[str, Any] = {
+    "runtime_imports": ("torch.jit.mobile",),
+    "runtime": "PyTorch lite interpreter",
+    "settings": ("jit",),
+}
 _EAGER: dict[str, Any] = {"runtime": "PyTorch eager"}
-_TS: dict[str, Any] = {"runtime": "TorchScript"}
+_TS: dict[str, Any] = {"runtime": "TorchScript", "settings": ("jit",)}
+_QENGINE = ("jit", "qengine")  # the TorchScript and .ptl int8 rows quantize for the PyTorch engine first
 _ORT: dict[str, Any] = {
+    "settings": ("opset",),
     "tools": ("torch", "onnx", "onnxscript", "onnxruntime"),
     "bounded_batch": True,
     "threads": "load",
@@ -334,6 +343,7 @@ _ORT: dict[str, Any] = {
     "runtime": "ONNX Runtime",
 }
 _TRT: dict[str, Any] = {
+    "settings": ("opset",),  # built from the fp32 ONNX
     "tools": ("torch", "onnx", "tensorrt", "tensorrt-cu13"),  # the extra installs tensorrt-cu13
     "bounded_batch": True,
     "threads": "none",
@@ -342,6 +352,7 @@ _TRT: dict[str, Any] = {
     "runtime": "TensorRT",
 }
 _OV: dict[str, Any] = {
+    "settings": ("inference_precision",),
     "tools": ("torch", "openvino", "nncf"),
     "bounded_batch": True,
     "threads": "load",
@@ -398,6 +409,7 @@ FORMATS: dict[str, Format] = {
             True,
             False,
             "PyTorch eager, dynamic int8 quantization of nn.Linear",
+            settings=("qengine",),
             **_EAGER,
         ),
         Format("torchscript", "deploy.torchscript", "fp32", ".pt", True, True, "TorchScript, frozen, fp32", **_TS),
@@ -409,11 +421,18 @@ FORMATS: dict[str, Format] = {
             True,
             False,
             "TorchScript, frozen, dynamic int8",
-            **_TS,
+            **(_TS | {"settings": _QENGINE}),
         ),
         Format("ptl", "deploy.ptl", "fp32", ".ptl", True, False, "mobile lite-interpreter file, fp32", **_PTL),
         Format(
-            "ptl-int8", "deploy.ptl", "int8", ".ptl", True, False, "mobile lite-interpreter file, dynamic int8", **_PTL
+            "ptl-int8",
+            "deploy.ptl",
+            "int8",
+            ".ptl",
+            True,
+            False,
+            "mobile lite-interpreter file, dynamic int8",
+            **(_PTL | {"settings": _QENGINE}),
         ),
         Format("onnx", "deploy.onnx", "fp32", ".onnx", True, True, "ONNX, dynamic batch, fp32", **_ORT),
         Format(

@@ -70,6 +70,7 @@ from .base import (
     sha256_file,
     tool_versions,
 )
+from .settings import ExportConfig
 
 __all__ = [
     "Export",
@@ -705,27 +706,17 @@ class Export:
 
 def export_checkpoint(
     checkpoint: str | Path | None = None,
+    config: ExportConfig | None = None,
     *,
-    formats: str | Sequence[str] = "cpu",
-    out: str | Path | None = None,
-    model: str | None = None,
-    num_classes: int | None = None,
-    img_size: int | None = None,
-    batch: tuple[int, int, int] = (1, 1, 32),
-    qengine: str = "qnnpack",
-    opset: int = 18,
-    jit: str = "trace",
-    inference_precision: str = "auto",
-    calib_data: str | Path | None = None,
-    calib_size: int = 64,
-    parity_images: int = 128,
     progress: bool = True,
-    new_head: bool = False,
+    **options: Any,
 ) -> Export:
-    """Export a checkpoint (or, without one, seeded random weights) to ``formats`` under ``out``.
+    """Export a checkpoint (or, without one, seeded random weights) as ``config`` says.
 
-    A ``num_classes`` other than the checkpoint's is refused unless ``new_head`` asks for an untrained
-    head (then the checkpoint's class names are dropped).
+    ``options`` replace fields of ``config`` (``formats="onnx", out="artifacts/x"``; see
+    :class:`deploy.settings.ExportConfig`): a name it does not have, or a format option none of the
+    chosen formats takes, is refused in one sentence. A ``num_classes`` other than the checkpoint's is
+    refused unless ``new_head`` asks for an untrained head (then the checkpoint's class names are dropped).
 
     What the checkpoint recorded fills what is not given: the model name, image size, the trainer's
     crop/interpolation (recorded in the manifest's preprocessing) and its class names. Real images
@@ -734,41 +725,30 @@ def export_checkpoint(
     precision (:data:`PARITY_RANDOM_WEIGHTS`). ``out`` defaults to ``artifacts/<model>``.
     """
     import t2tvit
-    from compress.quantize import check_qengine
 
-    fmts = resolve_formats(formats)  # unknown names fail before anything heavy loads
-    if out is not None:
-        prepare_out_dir(Path(out))  # an unwritable or foreign folder fails before any work
-    if calib_size < 1 or parity_images < 1:
-        raise ConfigError("--calib-size and --parity-images must be at least 1")
-    check_qengine(qengine)
-    name, img_size, overrides, classes = _recorded(checkpoint, model, img_size, num_classes)
+    cfg = ExportConfig.of(config, **options)
+    fmts = cfg.check()  # unknown names and options no chosen format takes fail before anything heavy loads
+    if cfg.out is not None:
+        prepare_out_dir(Path(cfg.out))  # an unwritable or foreign folder fails before any work
+    name, img_size, overrides, classes = _recorded(checkpoint, cfg.model, cfg.img_size, cfg.num_classes)
     if checkpoint is None:  # random weights: the same ones every run
         import torch
 
         torch.manual_seed(0)
     net = t2tvit.build_model(
-        name, checkpoint=checkpoint, num_classes=num_classes, img_size=img_size, new_head=new_head
+        name, checkpoint=checkpoint, num_classes=cfg.num_classes, img_size=img_size, new_head=cfg.new_head
     ).eval()
     hw = tuple(int(s) for s in net.img_size)
-    parity, calib, data = _split_images(net, hw, overrides, calib_data, parity_images, calib_size)
-    ctx = ExportContext(
-        img_size=hw,
-        batch=tuple(batch),
-        calib=calib,
-        qengine=qengine,
-        opset=opset,
-        jit=jit,
-        inference_precision=inference_precision,
-    )
-    cfg = net.pretrained_cfg | overrides
+    parity, calib, data = _split_images(net, hw, overrides, cfg.calib_data, cfg.parity_images, cfg.calib_size)
+    ctx = ExportContext(img_size=hw, batch=tuple(cfg.batch), calib=calib, **cfg.format_options())
+    netcfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
-        "preprocessing": {k: cfg.get(k) for k in mf.PREPROCESSING_KEYS},
+        "preprocessing": {k: netcfg.get(k) for k in mf.PREPROCESSING_KEYS},
         "data": data,
     }
     if classes is not None and len(classes) <= net.num_classes:
         meta["classes"] = classes  # index -> name, as the checkpoint's training set sorted them
-    out = Path(out) if out is not None else Path("artifacts") / name
+    out = Path(cfg.out) if cfg.out is not None else Path("artifacts") / name
     thresholds = PARITY_RANDOM_WEIGHTS if checkpoint is None else None
     manifest = export_all(
         net, fmts, out, ctx, parity, source_checkpoint=checkpoint, meta=meta, thresholds=thresholds, progress=progress

@@ -23,11 +23,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from t2tvit.errors import ConfigError, T2TError
+
+from .profiler import ProfileConfig
+from .settings import ExportConfig
 
 __all__ = ["DEMO", "STAGES", "PipelineResult", "PipelineSettings", "check_same_pipeline", "run_pipeline"]
 
@@ -39,9 +42,8 @@ DEMO: dict[str, Any] = {
     "data": "digits",
     "teacher_epochs": 4,
     "epochs": 8,
-    "formats": "builtin,mobile,litert,tensorrt",
-    "batch_sizes": "1,8",
-    "duration": 1.0,
+    "export": ExportConfig(formats="builtin,mobile,litert,tensorrt"),
+    "profile": ProfileConfig(batch_sizes=(1, 8), duration=1.0),
 }
 
 
@@ -49,8 +51,10 @@ DEMO: dict[str, Any] = {
 class PipelineSettings:
     """Everything that decides what the stages produce (recorded in ``pipeline.json``).
 
-    ``*_args``: more options of the stage's own command, by destination name (``{"lr": 5e-4}`` for the
-    student, ``{"qengine": "x86"}`` for the export), as that command's parser would give them.
+    ``student_args`` / ``teacher_args``: more options of the training stage's own command, by destination
+    name (``{"lr": 5e-4}``), as that command's parser would give them. ``export``: the export stage's
+    settings; the stage sets ``out`` (its folder) and, unless given, ``calib_data`` (the dataset's ``val/``).
+    ``profile``: the report stage's; unless given, its ``data`` is the dataset's ``val/``.
     """
 
     data: str = "digits"  # dataset folder (train/, val/) or a bundled dataset's name
@@ -66,15 +70,23 @@ class PipelineSettings:
     teacher_path: str | None = None
     teacher_epochs: int | None = None
     teacher_args: dict[str, Any] = field(default_factory=dict)
-    formats: str = "cpu"
-    export_args: dict[str, Any] = field(default_factory=dict)
-    batch_sizes: str = "1,8"
-    threads: int | None = None
-    duration: float = 2.0
-    no_memory: bool = False
-    max_latency_ms: float | None = None
-    min_agreement: float | None = None
-    min_top1: float | None = None
+    export: ExportConfig = field(default_factory=ExportConfig)
+    profile: ProfileConfig = field(default_factory=lambda: ProfileConfig(batch_sizes=(1, 8)))
+
+    def record(self) -> dict[str, Any]:
+        """The settings as ``pipeline.json`` keeps them (JSON values: tuples as lists, paths as text)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def check(self) -> None:
+        """Refuse, before any stage runs, settings a later stage would refuse (one sentence)."""
+        if self.export.out is not None:
+            raise ConfigError("the pipeline exports into its own export/ folder; give the folder as run_pipeline's out")
+        self.export.check()  # unknown formats, format options none of them takes, bad values
+        self.report_config().check()
+
+    def report_config(self) -> ProfileConfig:
+        """``profile`` as the report stage runs it: on the dataset's ``val/`` unless it names other data."""
+        return replace(self.profile, data=self.profile.data or _val_folder(self.data))
 
 
 # The first stage each setting changes; any other setting is used from the first stage on.
@@ -84,11 +96,8 @@ _FIRST_USE = {
     "student_args": "student",
     "distillation_alpha": "student",
     "distillation_tau": "student",
-    "formats": "export",
-    "export_args": "export",
-    **dict.fromkeys(
-        ("batch_sizes", "threads", "duration", "no_memory", "max_latency_ms", "min_agreement", "min_top1"), "report"
-    ),
+    "export": "export",
+    "profile": "report",
 }
 
 
@@ -96,19 +105,28 @@ def _first_use(key: str, before: Any, after: Any) -> int:
     """The index of the first stage a change of ``key`` from ``before`` to ``after`` affects."""
     if key == "distillation_type" and "none" not in (before, after):
         return STAGES.index("student")  # hard <-> soft keeps the teacher; none has no teacher stage
-    return STAGES.index(_FIRST_USE.get(key, STAGES[0]))
+    return STAGES.index(_FIRST_USE.get(key.split(".")[0], STAGES[0]))
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with each part's fields as ``part.field`` (a refusal names ``profile.duration``, not ``profile``)."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            flat |= {f"{key}.{sub}": v for sub, v in value.items()}
+        else:
+            flat[key] = value
+    return flat
 
 
 def check_same_pipeline(out: Path, settings: dict[str, Any], redo: str | None) -> None:
     """Refuse settings that differ from the run already in ``out``, unless ``redo`` reruns every
-    stage they affect (e.g. ``redo="report"`` with another ``duration``); then record them."""
+    stage they affect (e.g. ``redo="report"`` with another ``profile.duration``); then record them."""
     path = out / "pipeline.json"
     if path.is_file():
-        before = json.loads(path.read_text()).get("settings", {})
+        before, now = _flat(json.loads(path.read_text()).get("settings", {})), _flat(settings)
         changed = {
-            k: _first_use(k, before.get(k), settings.get(k))
-            for k in set(before) | set(settings)
-            if before.get(k) != settings.get(k)
+            k: _first_use(k, before.get(k), now.get(k)) for k in set(before) | set(now) if before.get(k) != now.get(k)
         }
         redo_from = STAGES.index(redo) if redo else len(STAGES)
         stale = sorted(k for k, first in changed.items() if first < redo_from)
@@ -198,6 +216,7 @@ def run_pipeline(
     for name, stage in (("redo", redo), ("stop_after", stop_after)):
         if stage is not None and stage not in STAGES:
             raise ConfigError(f"{name} must be one of {', '.join(STAGES)}, not {stage!r}")
+    settings.check()
     out = Path(out) if out is not None else Path("runs") / "compress" / settings.model
     from t2tvit.faults import output_dir
 
@@ -214,7 +233,7 @@ def _run_stages(
     command: str,
     echo: Callable[[str], None],
 ) -> PipelineResult:
-    check_same_pipeline(out, asdict(settings), redo)
+    check_same_pipeline(out, settings.record(), redo)
     for stage in STAGES:  # a run killed while a stage ran again: its previous result comes back
         _restore(out / stage)
     folders = {stage: out / stage for stage in STAGES}
@@ -366,10 +385,10 @@ def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, comma
 def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .export import export_checkpoint
 
-    options = {"checkpoint": _at(results["student"]["checkpoint"], _root(folders)), "formats": s.formats}
-    options |= {"calib_data": str(_val_folder(s.data)), **s.export_args, "out": folders["export"]}
+    checkpoint = _at(results["student"]["checkpoint"], _root(folders))
+    calib = s.export.calib_data or str(_val_folder(s.data))
     try:
-        manifest = export_checkpoint(**options).manifest
+        manifest = export_checkpoint(checkpoint, s.export, out=folders["export"], calib_data=calib).manifest
     except T2TError as e:
         raise T2TError(f"the export stage failed: {e}; fix it and run the same command again") from None
     counts: dict[str, int] = {}
@@ -393,18 +412,10 @@ def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
 
 
 def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
-    from .profiler import Checks, ProfileConfig, profile_folder
+    from .profiler import profile_folder
     from .report import print_table, verdict_lines, write_report
 
-    config = ProfileConfig(
-        batch_sizes=tuple(int(b) for b in str(s.batch_sizes).split(",")),
-        threads=s.threads,
-        duration=s.duration,
-        data=_val_folder(s.data),
-        memory=not s.no_memory,
-        checks=Checks(s.max_latency_ms, s.min_agreement, s.min_top1),
-    )
-    report = profile_folder(folders["export"], config, command=command)
+    report = profile_folder(folders["export"], s.report_config(), command=command)
     write_report(report, folders["report"])
     if echo is print:
         print_table(report)

@@ -22,7 +22,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from .bench_cmd import add_check_flags
+from .bench_cmd import add_check_flags, checks_from, parse_batch_sizes
 
 __all__ = ["STAGES", "add_parser"]
 
@@ -69,12 +69,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--teacher-epochs", type=int, default=None, help="teacher epochs (default: the recipe's)")
     g.add_argument("--teacher-args", default="", help="more `t2t train` flags for the teacher, quoted")
     g = p.add_argument_group("export (t2t export)")
-    g.add_argument("--formats", default="cpu", help="format names or groups: all, cpu, gpu, builtin (default: cpu)")
+    g.add_argument(
+        "--formats", default=None, help="format names or groups: all, cpu, gpu, builtin (default: cpu; --demo: its own)"
+    )
     g.add_argument("--export-args", default="", help="more `t2t export` flags, quoted: '--qengine x86'")
     g = p.add_argument_group("report (t2t bench)")
-    g.add_argument("--batch-sizes", default="1,8", help="batch sizes to time (default: 1,8)")
+    g.add_argument("--batch-sizes", default=None, help="batch sizes to time (default: 1,8)")
     g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the profiler's)")
-    g.add_argument("--duration", type=float, default=2.0, help="seconds of timed runs per artifact and batch size")
+    g.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of timed runs per artifact and batch size (default: 2; --demo: 1)",
+    )
     g.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact")
     add_check_flags(g)
     p.set_defaults(func=_cmd_compress, outputs=("out",))
@@ -86,51 +93,79 @@ _PASS_THROUGH = {
     "teacher_args": ("t2tvit.train", "t2t train"),
     "export_args": ("t2t.export_cmd", "t2t export"),
 }
+# `t2t export` flags the pipeline sets itself (--formats is t2t compress's own flag; --json is how export prints)
+_TRAINING_OWNS = {"data": "DATA", "output": "--output", "resume": "--resume"}  # each stage's folder and data
+_PIPELINE_OWNS = {"checkpoint": "--checkpoint", "out": "--out", "formats": "--formats", "json": "--json"}
+
+
+def _parser(key: str) -> argparse.ArgumentParser:
+    import importlib
+
+    module = importlib.import_module(_PASS_THROUGH[key][0])
+    if key == "export_args":
+        return module.add_parser(argparse.ArgumentParser(prog="t2t").add_subparsers())
+    return module.build_parser()
 
 
 def _explicit_flags(key: str, text: str) -> dict[str, Any]:
-    """The options ``text`` gives, by destination name, as the command it is meant for parses them."""
-    import importlib
-
+    """The options ``text`` gives, by destination name, as the command it is meant for parses them: only
+    those given (what the pipeline sets itself must stay its own), a bad or unknown one in one sentence."""
     from t2tvit.errors import ConfigError
 
-    module, command = _PASS_THROUGH[key]
-    if key == "export_args":
-        sub = argparse.ArgumentParser(prog="t2t").add_subparsers()
-        importlib.import_module(module).add_parser(sub)
-        parser = sub.choices["export"]
-    else:
-        parser = importlib.import_module(module).build_parser()
-    for action in parser._actions:  # explicit values only: what the pipeline sets itself must stay its own
-        action.default = argparse.SUPPRESS
-    parser._defaults.clear()  # set_defaults() values (the distiller's --model, the subcommand's func)
-
-    def refuse(message: str) -> None:
-        raise ConfigError(f"--{key.replace('_', '-')} {text!r} is not valid for `{command}`: {message}")
-
-    parser.error = refuse  # one sentence instead of argparse's usage and exit
-    values, rest = parser.parse_known_args(shlex.split(text))
+    flag, command = f"--{key.replace('_', '-')}", _PASS_THROUGH[key][1]
+    parser = _parser(key)
+    parser.exit_on_error = False  # argparse's own errors as exceptions, told in one sentence below
+    unset = object()  # argparse fills in a default only where the namespace has no value yet
+    namespace = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), unset))
+    try:
+        values, rest = parser.parse_known_args(shlex.split(text), namespace)
+    except argparse.ArgumentError as e:
+        raise ConfigError(f"{flag} {text!r} is not valid for `{command}`: {e}") from None
     if rest:
-        raise ConfigError(f"--{key.replace('_', '-')}: `{command}` has no option {' '.join(rest)}")
-    return {k: v for k, v in vars(values).items() if k != "json"}  # how the command prints: not a setting
+        raise ConfigError(f"{flag}: `{command}` has no option {' '.join(rest)}")
+    given = {k: v for k, v in vars(values).items() if v is not unset}
+    if given.get("data", unset) is None:  # DATA, an optional positional, is always matched (by nothing)
+        del given["data"]
+    return given
+
+
+def _export_config(text: str, formats: str) -> Any:
+    """The export stage's :class:`deploy.settings.ExportConfig`: ``--export-args`` on ``formats``."""
+    from deploy.settings import ExportConfig
+    from t2tvit.errors import ConfigError
+
+    given = _explicit_flags("export_args", text) if text else {}
+    owned = [flag for dest, flag in _PIPELINE_OWNS.items() if dest in given]
+    if owned:
+        raise ConfigError(f"--export-args: t2t compress sets {', '.join(owned)} itself; give --formats to it directly")
+    return ExportConfig.of(formats=formats, **given)
 
 
 def _settings(args: argparse.Namespace) -> Any:
     """The pipeline's settings; with --demo, the demo values fill what was not given explicitly."""
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from deploy.pipeline import DEMO, PipelineSettings
+    from t2tvit.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     defaults = vars(parser.parse_args(["compress"]))
-    values = {f.name: getattr(args, f.name) for f in fields(PipelineSettings)}
+    values = {f.name: getattr(args, f.name) for f in fields(PipelineSettings) if f.name not in ("export", "profile")}
+    base = PipelineSettings(**DEMO) if args.demo else PipelineSettings()
     if args.demo:
-        values |= {k: v for k, v in DEMO.items() if values[k] == defaults[k]}
+        values |= {k: v for k, v in DEMO.items() if k in values and values[k] == defaults[k]}
     values["data"] = values["data"] or "digits"
-    for key in _PASS_THROUGH:
+    profile = {"batch_sizes": parse_batch_sizes(args.batch_sizes)} if args.batch_sizes else {}
+    profile |= {k: getattr(args, k) for k in ("threads", "duration") if getattr(args, k) is not None}
+    profile |= {"memory": False} if args.no_memory else {}
+    for key in ("student_args", "teacher_args"):
         values[key] = _explicit_flags(key, values[key]) if values[key] else {}
-    return PipelineSettings(**values)
+        owned = [flag for dest, flag in _TRAINING_OWNS.items() if dest in values[key]]
+        if owned:
+            raise ConfigError(f"--{key.replace('_', '-')}: t2t compress sets {', '.join(owned)} itself")
+    export = _export_config(args.export_args, args.formats or base.export.formats)
+    return PipelineSettings(**values, export=export, profile=replace(base.profile, checks=checks_from(args), **profile))
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "export_config"]
 
 
 def _batch(text: str) -> tuple[int, int, int]:
@@ -24,11 +24,14 @@ def _batch(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-class _ExportParser(argparse.ArgumentParser):
-    """Appends the format table to ``--help`` when help is printed, not when the parser is built:
-    reading the table imports the toolkit (and torch), which plain ``t2t --help`` must not."""
+class _HelpWithFormats(argparse.Action):
+    """``-h/--help`` that appends the format table: read when help is printed, not when the parser is
+    built, as reading it imports the toolkit (and torch), which plain ``t2t --help`` must not."""
 
-    def format_help(self) -> str:
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         from deploy.base import FORMAT_GROUPS, FORMATS
 
         rows = [
@@ -36,10 +39,12 @@ class _ExportParser(argparse.ArgumentParser):
             for f in FORMATS.values()
         ]
         groups = "; ".join(f"{g}: {', '.join(v)}" for g, v in FORMAT_GROUPS.items())
-        return super().format_help() + "\nformats:\n" + "\n".join(rows) + f"\n\ngroups: {groups}\n"
+        parser.print_help()
+        print("\nformats:\n" + "\n".join(rows) + f"\n\ngroups: {groups}")
+        parser.exit()
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export a model to every deployment format and verify each artifact",
@@ -53,8 +58,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "that cannot be built on this machine is listed as skipped with what to install; an artifact\n"
             "that fails to build or fails parity is listed as failed, and the command exits with status 1."
         ),
+        add_help=False,
     )
-    p.__class__ = _ExportParser
+    p.add_argument("-h", "--help", action=_HelpWithFormats, help="show this help and the format table, then exit")
     p.add_argument("--checkpoint", default=None, help="weights to export (our checkpoints, official .pth.tar, ...)")
     p.add_argument(
         "--model",
@@ -89,16 +95,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--qengine",
-        default="qnnpack",
+        default=None,
         help="PyTorch quantized engine of the torch/torchscript/ptl int8 artifacts: qnnpack (ARM phones, "
-        "the default), x86 or fbgemm (x86 servers)",
+        "the default), x86 or fbgemm (x86 servers); refused when no chosen format is one of those",
     )
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset to request (the one written is recorded)")
-    p.add_argument("--jit", choices=("trace", "script"), default="trace", help="TorchScript capture (default: trace)")
+    p.add_argument(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset to request for the onnx and tensorrt rows (default: 18; the one written is recorded)",
+    )
+    p.add_argument(
+        "--jit",
+        choices=("trace", "script"),
+        default=None,
+        help="TorchScript capture of the torchscript and ptl rows (default: trace)",
+    )
     p.add_argument(
         "--inference-precision",
         choices=("auto", "f32", "bf16", "f16"),
-        default="auto",
+        default=None,
         help="what the OpenVINO artifacts compute in when loaded (recorded in the file and the manifest): auto "
         "(default: the loading CPU's fastest native one, bf16 with AVX512_BF16 or AMX, else f32; f32 if bf16 misses "
         "parity), f32, bf16, f16 (AVX512_FP16 / AMX-FP16); an explicit one the CPU lacks is refused",
@@ -115,15 +131,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: artifacts/<model>)")
     p.add_argument("--json", action="store_true", help="print the manifest instead of the table")
     p.set_defaults(func=_cmd_export, outputs=("out",))
+    return p
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from deploy.base import resolve_formats
     from deploy.export import export_checkpoint
 
-    resolve_formats(args.formats)  # unknown names fail before anything heavy loads
+    config = export_config(args)
+    config.check()  # unknown formats, options no chosen format takes: before anything heavy loads
     if args.checkpoint is None:
         from rich.console import Console
 
@@ -134,13 +151,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "[yellow]no --checkpoint: exporting random weights (seed 0); int8 parity is checked by max "
                 "|Δlogit|, as top-1 agreement is not meaningful for an untrained model[/]"
             )
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "json", "outputs")}
-    result = export_checkpoint(**options, progress=not args.json)
+    result = export_checkpoint(args.checkpoint, config, progress=not args.json)
     if args.json:
         print(json.dumps(result.manifest, indent=2))
     else:
         _print_table(result.manifest, result.folder, result.formats)
     return 1 if result.failed else 0
+
+
+def export_config(args: argparse.Namespace) -> Any:
+    """The :class:`deploy.settings.ExportConfig` of parsed ``t2t export`` flags."""
+    from dataclasses import fields
+
+    from deploy.settings import ExportConfig
+
+    return ExportConfig(**{f.name: getattr(args, f.name) for f in fields(ExportConfig)})
 
 
 def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None = None) -> None:

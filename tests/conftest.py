@@ -148,13 +148,12 @@ PACKAGES = ("t2tvit", "compress", "deploy", "t2t")
 def demo_settings() -> dict[str, Any]:
     """The pipeline settings ``t2t compress --demo`` runs with, as ``pipeline.json`` records them."""
     import argparse
-    from dataclasses import asdict
 
     from t2t import compress_cmd
 
     parser = argparse.ArgumentParser()
     compress_cmd.add_parser(parser.add_subparsers())
-    return json.loads(json.dumps(asdict(compress_cmd._settings(parser.parse_args(["compress", "--demo"])))))
+    return compress_cmd._settings(parser.parse_args(["compress", "--demo"])).record()
 
 
 def finished_demo(folder: Path) -> bool:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from deploy import manifest as mf
-from deploy.pipeline import STAGES, check_same_pipeline
+from deploy.pipeline import DEMO, STAGES, check_same_pipeline, run_pipeline
 from deploy.report import read_csv, read_report
 from t2t.cli import main
+from t2t.compress_cmd import _settings, add_parser
 from t2tvit.errors import ConfigError
 
 
@@ -98,17 +101,46 @@ def test_pass_through_flags_are_parsed_by_their_own_command() -> None:
     assert _explicit_flags("export_args", "--qengine x86 --batch 1,2,4") == {"qengine": "x86", "batch": (1, 2, 4)}
     with pytest.raises(ConfigError, match="invalid float value: 'abc'"):
         _explicit_flags("student_args", "--lr abc")
+    assert _explicit_flags("student_args", "--model t2t_vit_12_distilled") == {"model": "t2t_vit_12_distilled"}
+
+
+def test_the_export_stage_takes_a_typed_config_and_the_pipeline_keeps_its_own_flags(tmp_path: Path) -> None:
+    from deploy.settings import ExportConfig
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+
+    def settings(*argv: str) -> Any:
+        return _settings(parser.parse_args(["compress", "--demo", *argv]))
+
+    export = settings("--formats", "onnx,ptl-int8", "--export-args", "--qengine x86 --opset 17").export
+    assert export == ExportConfig(formats="onnx,ptl-int8", qengine="x86", opset=17)
+    assert settings().export.formats == DEMO["export"].formats
+    for argv, said in [
+        (("--export-args", "--formats onnx"), "t2t compress sets --formats itself"),
+        (("--export-args", "--out x"), "t2t compress sets --out itself"),
+        (("--student-args", "elsewhere"), "t2t compress sets DATA itself"),
+        (("--teacher-args", "--output x"), "t2t compress sets --output itself"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            settings(*argv)
+    with pytest.raises(ConfigError, match="--jit is an option of torchscript"):  # before any stage runs
+        run_pipeline(settings("--formats", "onnx", "--export-args", "--jit script"), tmp_path / "p")
+    assert not (tmp_path / "p").exists()
 
 
 def test_changed_settings_name_the_first_stage_they_affect(tmp_path: Path) -> None:
-    check_same_pipeline(tmp_path, {"distillation_type": "hard", "duration": 1.0}, None)
+    def at(distillation: str, duration: float) -> dict:
+        return {"distillation_type": distillation, "profile": {"duration": duration, "memory": True}}
+
+    check_same_pipeline(tmp_path, at("hard", 1.0), None)
     with pytest.raises(ConfigError, match="--redo student"):  # hard -> soft: the teacher stays
-        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 1.0}, None)
+        check_same_pipeline(tmp_path, at("soft", 1.0), None)
     with pytest.raises(ConfigError, match="--redo teacher"):  # none has no teacher stage at all
-        check_same_pipeline(tmp_path, {"distillation_type": "none", "duration": 1.0}, "student")
-    with pytest.raises(ConfigError, match=r"\(distillation_type, duration\); pass --redo student"):
-        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, None)
+        check_same_pipeline(tmp_path, at("none", 1.0), "student")
+    with pytest.raises(ConfigError, match=r"\(distillation_type, profile.duration\); pass --redo student"):
+        check_same_pipeline(tmp_path, at("soft", 2.0), None)
     with pytest.raises(ConfigError, match=r"\(distillation_type\); pass --redo student"):
-        check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "report")
-    check_same_pipeline(tmp_path, {"distillation_type": "soft", "duration": 2.0}, "student")
+        check_same_pipeline(tmp_path, at("soft", 2.0), "report")
+    check_same_pipeline(tmp_path, at("soft", 2.0), "student")
     assert json.loads((tmp_path / "pipeline.json").read_text())["settings"]["distillation_type"] == "soft"

@@ -465,6 +465,36 @@ def test_train_skips_a_bomb_and_counts_it(tmp_path) -> None:
     assert len(skipped) == 1 and skipped[0].reason == "unreadable" and "DecompressionBombError" in skipped[0].error
 
 
+# --------------------------------------------------------------------------- export settings
+
+
+def test_a_format_option_no_chosen_format_takes_is_refused_not_ignored(digits_export, tmp_path) -> None:
+    from deploy.base import FORMATS, ExportContext
+    from deploy.export import export_checkpoint
+    from deploy.settings import FORMAT_OPTIONS, ExportConfig
+    from t2tvit import ConfigError
+
+    ck = str(digits_export["checkpoint"])
+    argv = ["export", "--checkpoint", ck, "--formats", "onnx,openvino", "--qengine", "x86"]
+    res = t2t(*argv, "--out", str(tmp_path / "a"))
+    assert res.returncode == 2
+    line = one_line(res.stderr)
+    assert "--qengine is an option of torch-int8, torchscript-int8, ptl-int8, and none of the chosen formats" in line
+    assert "(onnx, openvino)" in line and not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match=r"--opset is an option of onnx, .*\(torch\) takes it"):
+        export_checkpoint(ck, formats="torch", opset=17, out=tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="export has no option frobnicate"):
+        export_checkpoint(ck, formats="torch", frobnicate=1)
+    assert not (tmp_path / "b").exists()
+    # a chosen format that takes it: accepted (one of the rows is enough)
+    assert [f.name for f in ExportConfig(formats="torch,ptl-int8", qengine="qnnpack", jit="script").check()] == [
+        "torch", "ptl-int8"
+    ]  # fmt: skip
+    # every format option is some row's, names an ExportContext field, and no row declares another
+    declared = {o for f in FORMATS.values() for o in f.settings}
+    assert declared == set(FORMAT_OPTIONS) and declared <= set(ExportContext.__dataclass_fields__)
+
+
 # --------------------------------------------------------------------------- heads and class names
 
 
