@@ -12,7 +12,7 @@ times all of them interleaved at batch 1 with the profiler's own ``run_interleav
 
 It then profiles T2T-ViT-7 by operator: ONNX Runtime's profiler on both int8 ONNX files (share of
 Transpose and DynamicQuantizeMatMul) and ``torch.profiler`` on the eager model (share of the matrix
-products and of attention), the numbers the README's notes on the latency targets quote.
+products and of attention), the numbers docs/performance.md's notes on the latency targets quote.
 
 Usage: ``python -m benchmarks.bench_onnx_soft_split [--models t2t_vit_7 t2t_vit_12] [--threads 2]``.
 Writes ``benchmarks/results/bench_onnx_soft_split.{md,json}``.

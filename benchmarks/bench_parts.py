@@ -1,7 +1,7 @@
 """Where the time goes: each of our optimisations against what it replaces, one part at a time.
 
 ``bench_model.py`` compares whole models; this script isolates the parts, so that each speed
-claim in the README and the issue notes has a reproducible number behind it:
+claim in docs/performance.md ("Speed") and the issue notes has a reproducible number behind it:
 
 * soft split 3x3/2 of a token map (fwd+bwd into a LayerNorm): ours vs ``nn.Unfold`` + transposes;
 * soft split 7x7/4 of images (fwd): ours vs ``nn.Unfold`` + transpose;

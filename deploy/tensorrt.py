@@ -7,7 +7,7 @@ weak typing in its favour, so one recipe serves both majors (10 sets
 ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; 11 ignores the deprecated flag, so it is not
 passed). Checked against the bindings of TensorRT 10.16.1 and 11.4.0 (``pyCore.cpp``, ``pyGraph.cpp``,
 ``pyOnnx.cpp`` on NVIDIA/TensorRT ``release/10.x`` and ``main``), never run here: no machine of this
-project has a GPU with TensorRT (see the README for what has and has not been run).
+project has a GPU with TensorRT (docs/formats.md, "TensorRT engines", says what has and has not been run).
 
 - fp32: the fp32 ONNX of the ``onnx`` format (:func:`deploy.onnx.fp32_onnx`), TF32 off.
 - fp16: an fp16 copy of it (:func:`convert_onnx_fp16`) in which LayerNorm, softmax and the token

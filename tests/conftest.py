@@ -211,3 +211,11 @@ def val_images(per_class: int) -> list[Path]:
 
     val = bundled_dataset_path() / "val"
     return [p for c in range(10) for p in sorted((val / str(c)).glob("*.png"))[:per_class]]
+
+
+def example_blocks(path: Path) -> dict[str, str]:
+    """The ``python`` blocks of a Markdown file that start with ``# example: NAME``, by name, in order."""
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return {b.splitlines()[0].removeprefix("# example:").strip(): b for b in blocks if b.startswith("# example:")}

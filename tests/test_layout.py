@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("t2tvit", "compress", "deploy", "benchmarks", "t2t")  # the order dependencies may point: left
-INSTALLED = ("t2tvit", "compress", "deploy", "t2t")  # what the distribution installs (README: Layout)
+INSTALLED = ("t2tvit", "compress", "deploy", "t2t")  # what the distribution installs (docs/development.md)
 
 
 def _modules() -> dict[str, Path]:
@@ -150,7 +150,7 @@ def test_command_line_modules_are_thin_and_functions_short() -> None:
 
 
 def test_the_distribution_installs_only_the_decided_names() -> None:
-    """``benchmarks`` (the project's own measurement scripts) stays in the repository; see the README."""
+    """``benchmarks`` (the project's own measurement scripts) stays in the repository; see docs/development.md."""
     from setuptools import find_packages
 
     tomllib = pytest.importorskip("tomllib" if sys.version_info >= (3, 11) else "tomli")

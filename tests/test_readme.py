@@ -1,11 +1,13 @@
 """The README's text is what is tested: its quick start is what ``.ci/run`` runs, and its Python
-examples run as written.
+example, with the ones in ``docs/`` that walk through the same files, runs as written.
 
-The examples are the README's ``python`` blocks that start with ``# example:``, run in order in one
-namespace from a scratch folder holding what the README says they follow: ``runs/digits/best.pth``
-(the session's digits checkpoint) and an image ``some_digit.png``. The pipeline example resumes the
-session's ``t2t compress --demo`` run (every stage done), so it checks the function the command calls
-and its resume path without training again; ``tests/test_compress.py`` runs that pipeline from scratch.
+The walk-through is the ``python`` blocks that start with ``# example:`` in :data:`WALKTHROUGH`'s
+files, run in its order in one namespace from a scratch folder holding what the pages say they
+follow: ``runs/digits/best.pth`` (the session's digits checkpoint) and an image ``some_digit.png``.
+Each example reads what the ones before it wrote (``artifacts/digits``). The pipeline example (the
+README's) resumes the session's ``t2t compress --demo`` run (every stage done), so it checks the
+function the command calls and its resume path without training again; ``tests/test_compress.py``
+runs that pipeline from scratch. ``tests/test_docs.py`` runs the other examples of ``docs/``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import NAMES, val_images
+from conftest import NAMES, example_blocks, val_images
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+
+# example name -> the page it is on, in the order they run (each reads what the ones before it wrote)
+WALKTHROUGH = {
+    "export": "docs/export.md",
+    "predict": "docs/predict.md",
+    "bench": "docs/bench.md",
+    "pipeline": "README.md",
+}
 
 
 def _section(title: str) -> str:
@@ -39,12 +49,13 @@ def test_ci_runs_exactly_the_quick_start() -> None:
     assert ci.index(install) < ci.index(tests)
 
 
+def test_the_readme_has_one_python_example() -> None:
+    assert [b.splitlines()[0] for b in _blocks(_section("From Python"), "python")] == ["# example: pipeline"]
+
+
 @pytest.mark.slow
 def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_path, monkeypatch, capsys) -> None:
-    examples = [b for b in _blocks(_section("From Python"), "python") if b.startswith("# example:")]
-    assert [b.splitlines()[0] for b in examples] == [
-        "# example: export", "# example: predict", "# example: bench", "# example: pipeline"
-    ]  # fmt: skip
+    examples = [(name, page, example_blocks(ROOT / page)[name]) for name, page in WALKTHROUGH.items()]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "digits").mkdir(parents=True)
     shutil.copy(digits_checkpoint(32)["checkpoint"], tmp_path / "runs" / "digits" / "best.pth")
@@ -55,8 +66,8 @@ def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_pa
         (demo / rel).write_text(text)
 
     scope: dict = {}
-    for block in examples:
-        exec(compile(block, f"README.md [{block.splitlines()[0]}]", "exec"), scope)
+    for name, page, block in examples:
+        exec(compile(block, f"{page} [# example: {name}]", "exec"), scope)
 
     assert scope["result"].ok and scope["result"].stages["student"]["val_top1"] >= 80  # the pipeline's
     out = capsys.readouterr().out.splitlines()
