@@ -32,7 +32,7 @@ from t2tvit.errors import ConfigError, T2TError
 from .profiler import ProfileConfig
 from .settings import ExportConfig
 
-__all__ = ["DEMO", "STAGES", "PipelineResult", "PipelineSettings", "check_same_pipeline", "run_pipeline"]
+__all__ = ["DEMO", "STAGES", "PipelineResult", "PipelineConfig", "check_same_pipeline", "run_pipeline"]
 
 STAGES = ("teacher", "student", "export", "verify", "report")
 DEFAULT_TEACHER = "resnet18"
@@ -48,7 +48,7 @@ DEMO: dict[str, Any] = {
 
 
 @dataclass
-class PipelineSettings:
+class PipelineConfig:
     """Everything that decides what the stages produce (recorded in ``pipeline.json``).
 
     ``student_args`` / ``teacher_args``: more options of the training stage's own command, by destination
@@ -199,7 +199,7 @@ def _done(folder: Path) -> dict[str, Any] | None:
 
 
 def run_pipeline(
-    settings: PipelineSettings,
+    settings: PipelineConfig,
     out: str | Path | None = None,
     *,
     redo: str | None = None,
@@ -226,7 +226,7 @@ def run_pipeline(
 
 
 def _run_stages(
-    settings: PipelineSettings,
+    settings: PipelineConfig,
     out: Path,
     redo: str | None,
     stop_after: str | None,
@@ -331,7 +331,7 @@ def _best_top1(summary: dict[str, Any]) -> float | None:
     return last.get("ema_top1", last.get("top1"))
 
 
-def _train(stage: str, s: PipelineSettings, folder: Path, parser: Any, run: Any, **values: Any) -> dict[str, Any]:
+def _train(stage: str, s: PipelineConfig, folder: Path, parser: Any, run: Any, **values: Any) -> dict[str, Any]:
     """One training stage through its library ``run``; continues from ``last.pth`` when there is one."""
     from t2tvit.train import make_args
 
@@ -345,7 +345,7 @@ def _train(stage: str, s: PipelineSettings, folder: Path, parser: Any, run: Any,
         raise T2TError(f"the {stage} stage failed: {e}; fix it and run the same command again") from None
 
 
-def _teacher(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+def _teacher(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from t2tvit.train import build_parser, run
 
     if s.distillation_type == "none":
@@ -359,7 +359,7 @@ def _teacher(s: PipelineSettings, folders: dict[str, Path], results: dict, comma
     return {"checkpoint": best, "val_top1": _best_top1(summary), "model": model}
 
 
-def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+def _student(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from compress.distill import build_parser, run
 
     teacher = results["teacher"]
@@ -382,7 +382,7 @@ def _student(s: PipelineSettings, folders: dict[str, Path], results: dict, comma
     return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.model}
 
 
-def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+def _export(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .export import export_checkpoint
 
     checkpoint = _at(results["student"]["checkpoint"], _root(folders))
@@ -397,7 +397,7 @@ def _export(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
     return {"folder": _rel(folders["export"], _root(folders)), "artifacts": counts}
 
 
-def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+def _verify(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .export import verify_export
 
     checks = verify_export(
@@ -411,7 +411,7 @@ def _verify(s: PipelineSettings, folders: dict[str, Path], results: dict, comman
     return {"checked": len(checks), "ok": len(checks) - len(bad), "failed": [r["format"] for r in bad]}
 
 
-def _report(s: PipelineSettings, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+def _report(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
     from .profiler import profile_folder
     from .report import print_table, verdict_lines, write_report
 

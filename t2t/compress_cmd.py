@@ -145,14 +145,14 @@ def _settings(args: argparse.Namespace) -> Any:
     """The pipeline's settings; with --demo, the demo values fill what was not given explicitly."""
     from dataclasses import fields, replace
 
-    from deploy.pipeline import DEMO, PipelineSettings
+    from deploy.pipeline import DEMO, PipelineConfig
     from t2tvit.errors import ConfigError
 
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     defaults = vars(parser.parse_args(["compress"]))
-    values = {f.name: getattr(args, f.name) for f in fields(PipelineSettings) if f.name not in ("export", "profile")}
-    base = PipelineSettings(**DEMO) if args.demo else PipelineSettings()
+    values = {f.name: getattr(args, f.name) for f in fields(PipelineConfig) if f.name not in ("export", "profile")}
+    base = PipelineConfig(**DEMO) if args.demo else PipelineConfig()
     if args.demo:
         values |= {k: v for k, v in DEMO.items() if k in values and values[k] == defaults[k]}
     values["data"] = values["data"] or "digits"
@@ -165,7 +165,7 @@ def _settings(args: argparse.Namespace) -> Any:
         if owned:
             raise ConfigError(f"--{key.replace('_', '-')}: t2t compress sets {', '.join(owned)} itself")
     export = _export_config(args.export_args, args.formats or base.export.formats)
-    return PipelineSettings(**values, export=export, profile=replace(base.profile, checks=checks_from(args), **profile))
+    return PipelineConfig(**values, export=export, profile=replace(base.profile, checks=checks_from(args), **profile))
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:

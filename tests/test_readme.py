@@ -25,6 +25,7 @@ README = (ROOT / "README.md").read_text()
 # example name -> the page it is on, in the order they run (each reads what the ones before it wrote)
 WALKTHROUGH = {
     "export": "docs/export.md",
+    "export config": "docs/export.md",
     "predict": "docs/predict.md",
     "bench": "docs/bench.md",
     "pipeline": "README.md",
@@ -72,8 +73,9 @@ def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_pa
     assert scope["result"].ok and scope["result"].stages["student"]["val_top1"] >= 80  # the pipeline's
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "[]"  # export: nothing failed
-    image, name, probability = out[1].split()  # predict: the class name the checkpoint recorded
+    assert out[1] == "['ptl-int8'] []"  # the same with a typed config: one artifact, nothing failed
+    image, name, probability = out[2].split()  # predict: the class name the checkpoint recorded
     assert image == "some_digit.png" and name in NAMES and 0 < float(probability) <= 1
     assert (tmp_path / "artifacts" / "digits" / "bench" / "report.md").is_file()
-    assert out[2].startswith("[('torch', ") and out[2].endswith("True")  # bench: the checks passed
+    assert out[3].startswith("[('torch', ") and out[3].endswith("True")  # bench: the checks passed
     assert all(f"stage {s}: done earlier" in "\n".join(out) for s in ("teacher", "student", "report"))
