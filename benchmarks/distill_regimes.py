@@ -129,11 +129,11 @@ def teacher_disagreement(teacher_path: Path, files: dict[str, list[Path]], views
     import timm
     from timm.data import Mixup
 
-    from compress.distill import build_parser, build_teacher
+    from compress.distill import DistillConfig, build_teacher
     from t2tvit.data import open_rgb
     from t2tvit.train import build_transforms, data_config, parse_args
 
-    args = parse_args(["digits", "--config", "digits", *OFFICIAL_AUG], build_parser())
+    args = parse_args(["digits", "--config", "digits", *OFFICIAL_AUG], DistillConfig)
     cfg = data_config(args, timm.create_model("t2t_vit_7_distilled", num_classes=10, img_size=args.img_size))
     train_tf, eval_tf = build_transforms(args, cfg)
     teacher = build_teacher(None, teacher_path, 10, student_mean=cfg["mean"], student_std=cfg["std"])

@@ -198,18 +198,18 @@ def nan_guard(a: argparse.Namespace) -> int:
 
 def distill(a: argparse.Namespace) -> int:
     """``t2t distill``'s run in-process, its teacher kept: state unchanged (BN buffers too) and its time share."""
-    from compress.distill import build_parser, distillation_criterion
+    from compress.distill import DistillConfig, distillation_criterion
     from t2tvit.checkpoint import read_checkpoint, read_state_dict
     from t2tvit.train import parse_args
     from t2tvit.train import run as train
 
     argv = [str(a.data), "--config", "digits", "--model", "t2t_vit_7_distilled", "--teacher-path", str(a.teacher)]
     argv += ["--output", str(a.run), *a.extra]
-    args = parse_args(argv, build_parser())  # the parser and defaults of `t2t distill`
+    args = parse_args(argv, DistillConfig)  # the settings and defaults of `t2t distill`
     kept: dict[str, Any] = {}
     timing: list[tuple[Any, Any]] = []
 
-    def criterion_factory(args: argparse.Namespace, model: nn.Module, mixup_active: bool) -> nn.Module:
+    def criterion_factory(args: DistillConfig, model: nn.Module, mixup_active: bool) -> nn.Module:
         crit = distillation_criterion(args, model, mixup_active)
         teacher = crit.teacher
         kept["teacher"] = teacher

@@ -33,16 +33,19 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2tvit.config import config_parser, option, with_default
 from t2tvit.errors import CheckpointError, ConfigError
+from t2tvit.train_config import TrainConfig
 
 __all__ = [
     "DISTILLATION_TYPES",
+    "DistillConfig",
     "DistillationLoss",
     "Teacher",
     "TeacherInput",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
+DISTILLATION = "distillation"  # the help section of its flags
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -307,7 +311,7 @@ class DistillationLoss(nn.Module):
         return kl * (t * t) / student.numel()
 
 
-def distillation_criterion(args: argparse.Namespace, model: nn.Module, mixup_active: bool) -> DistillationLoss:
+def distillation_criterion(args: DistillConfig, model: nn.Module, mixup_active: bool) -> DistillationLoss:
     """The trainer's ``criterion_factory``: the label loss wrapped with the teacher ``args`` names."""
     from t2tvit.models import list_variants
     from t2tvit.train import data_config, label_loss
@@ -361,56 +365,65 @@ def distillation_criterion(args: argparse.Namespace, model: nn.Module, mixup_act
 # --------------------------------------------------------------------------- command line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The trainer's flags (``t2t train --help``) plus DeiT's distillation flags."""
-    from t2tvit.train import build_parser as trainer_parser
+@dataclass
+class DistillConfig(TrainConfig):
+    """The trainer's settings plus DeiT's distillation (``t2t distill --help``); the student defaults to a
+    ``*_distilled`` T2T-ViT."""
 
-    p = trainer_parser()
-    p.prog = "t2t distill"
-    p.description = (
+    PROG: ClassVar[str] = "t2t distill"
+    DESCRIPTION: ClassVar[str] = (
         "Distil a *_distilled T2T-ViT student from a CNN teacher (DeiT hard distillation through a "
         "distillation token), with the trainer of `t2t train`: the same flags, DDP under torchrun, AMP, EMA, "
         "checkpoints and resume. The class head learns from the labels, the distillation head from the "
         "teacher; evaluation and export use the average of the two heads. Example: t2t distill digits "
         "--config digits --teacher-model resnet18 --teacher-path runs/teacher/best.pth"
     )
-    p.set_defaults(model="t2t_vit_7_distilled")
-    g = p.add_argument_group("distillation")
-    g.add_argument(
-        "--teacher-model",
-        default=None,
-        help="timm or torchvision model name (resnet50, regnety_160, torchvision:resnet18, ...); "
+    GROUPS: ClassVar[tuple[str, ...]] = (*TrainConfig.GROUPS, DISTILLATION)
+
+    model: str = with_default(TrainConfig, "model", "t2t_vit_7_distilled")
+    teacher_model: str | None = option(
+        None,
+        "timm or torchvision model name (resnet50, regnety_160, torchvision:resnet18, ...); "
         "default: the model the teacher checkpoint records",
+        type=str,
+        group=DISTILLATION,
     )
-    g.add_argument(
-        "--teacher-path",
-        default=None,
+    teacher_path: str | None = option(
+        None,
+        "teacher weights: our checkpoint, a timm/torchvision state dict, or DeiT-style {'model': ...}",
+        type=str,
         metavar="FILE",
-        help="teacher weights: our checkpoint, a timm/torchvision state dict, or DeiT-style {'model': ...}",
+        group=DISTILLATION,
     )
-    g.add_argument(
-        "--distillation-type",
-        choices=DISTILLATION_TYPES,
-        default="hard",
-        help="hard: CE against the teacher's argmax; soft: KL at temperature tau x tau^2 (DeiT's sum/numel "
+    distillation_type: str = option(
+        "hard",
+        "hard: CE against the teacher's argmax; soft: KL at temperature tau x tau^2 (DeiT's sum/numel "
         "reduction); none: labels only, both heads",
+        choices=DISTILLATION_TYPES,
+        group=DISTILLATION,
     )
-    g.add_argument("--distillation-alpha", type=float, default=0.5, help="weight of the distillation term")
-    g.add_argument("--distillation-tau", type=float, default=1.0, help="soft distillation temperature")
-    g.add_argument(
-        "--teacher-img-size",
-        type=int,
-        default=None,
-        help="input size the teacher expects (default: what its checkpoint recorded, else its model config); "
+    distillation_alpha: float = option(0.5, "weight of the distillation term", group=DISTILLATION)
+    distillation_tau: float = option(1.0, "soft distillation temperature", group=DISTILLATION)
+    teacher_img_size: int | None = option(
+        None,
+        "input size the teacher expects (default: what its checkpoint recorded, else its model config); "
         "the student's batch is resized to it",
+        type=int,
+        group=DISTILLATION,
     )
-    g.add_argument("--teacher-mean", type=float, nargs=3, default=None, help="teacher normalisation mean")
-    g.add_argument("--teacher-std", type=float, nargs=3, default=None, help="teacher normalisation std")
-    return p
+    teacher_mean: list[float] | None = option(
+        None, "teacher normalisation mean", type=float, nargs=3, group=DISTILLATION
+    )
+    teacher_std: list[float] | None = option(None, "teacher normalisation std", type=float, nargs=3, group=DISTILLATION)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Distil as ``args`` says (:func:`build_parser`'s flags) and return the trainer's summary."""
+def build_parser() -> argparse.ArgumentParser:
+    """``t2t distill``'s command line: the trainer's flags plus DeiT's, generated from :class:`DistillConfig`."""
+    return config_parser(DistillConfig)
+
+
+def run(args: DistillConfig) -> dict[str, Any]:
+    """Distil as ``args`` says and return the trainer's summary."""
     from t2tvit.train import run as train
 
     return train(args, criterion_factory=distillation_criterion)
@@ -420,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``t2t distill`` / ``python -m compress.distill``: the trainer's command line with this parser and loss."""
     from t2tvit.train import main as train_main
 
-    return train_main(argv, parser=build_parser(), run_fn=run)
+    return train_main(argv, config_class=DistillConfig, run_fn=run)
 
 
 if __name__ == "__main__":

@@ -331,22 +331,21 @@ def _best_top1(summary: dict[str, Any]) -> float | None:
     return last.get("ema_top1", last.get("top1"))
 
 
-def _train(stage: str, s: PipelineConfig, folder: Path, parser: Any, run: Any, **values: Any) -> dict[str, Any]:
-    """One training stage through its library ``run``; continues from ``last.pth`` when there is one."""
-    from t2tvit.train import make_args
-
+def _train(stage: str, s: PipelineConfig, folder: Path, kind: Any, run: Any, **values: Any) -> dict[str, Any]:
+    """One training stage: ``kind`` (its settings class) from the recipe and ``values``, through its library
+    ``run``; continues from ``last.pth`` when there is one."""
     if s.img_size:
         values["img_size"] = s.img_size
     last = folder / "last.pth"
     values |= {"data": s.data, "output": str(folder), "resume": str(last) if last.is_file() else None}
     try:
-        return run(make_args(parser, s.config, **values))
+        return run(kind.load(s.config, **values))
     except T2TError as e:
         raise T2TError(f"the {stage} stage failed: {e}; fix it and run the same command again") from None
 
 
 def _teacher(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
-    from t2tvit.train import build_parser, run
+    from t2tvit.train import TrainConfig, run
 
     if s.distillation_type == "none":
         return {"skipped": "--distillation-type none needs no teacher"}
@@ -354,13 +353,13 @@ def _teacher(s: PipelineConfig, folders: dict[str, Path], results: dict, command
         return {"checkpoint": s.teacher_path, "provided": True, "model": s.teacher_model}
     model = s.teacher_model or DEFAULT_TEACHER
     values = {"model": model, **({"epochs": s.teacher_epochs} if s.teacher_epochs else {}), **s.teacher_args}
-    summary = _train("teacher", s, folders["teacher"], build_parser(), run, **values)
+    summary = _train("teacher", s, folders["teacher"], TrainConfig, run, **values)
     best = _rel(folders["teacher"] / "best.pth", _root(folders))
     return {"checkpoint": best, "val_top1": _best_top1(summary), "model": model}
 
 
 def _student(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
-    from compress.distill import build_parser, run
+    from compress.distill import DistillConfig, run
 
     teacher = results["teacher"]
     values: dict[str, Any] = {
@@ -377,7 +376,7 @@ def _student(s: PipelineConfig, folders: dict[str, Path], results: dict, command
         )
         if teacher.get("model"):
             values["teacher_model"] = teacher["model"]
-    summary = _train("student", s, folders["student"], build_parser(), run, **values)
+    summary = _train("student", s, folders["student"], DistillConfig, run, **values)
     best = _rel(folders["student"] / "best.pth", _root(folders))
     return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.model}
 

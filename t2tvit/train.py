@@ -20,7 +20,6 @@ import random
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,10 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import read_checkpoint, recorded_args
+from .config import config_parser, parse_config, recipe_text
 from .errors import CheckpointError, ConfigError, T2TError
 from .faults import interrupt_note, output_dir
+from .train_config import TrainConfig
 
 __all__ = [
     "CheckpointSaver",
@@ -44,10 +45,10 @@ __all__ = [
     "data_config",
     "label_loss",
     "main",
-    "make_args",
     "param_groups",
     "parse_args",
     "run",
+    "TrainConfig",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -57,174 +58,13 @@ CHECKPOINT_VERSION = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="t2t train",
-        description=(
-            "Train, fine-tune or evaluate a T2T-ViT (or any timm model) on an ImageNet-style folder "
-            "(DATA/train/<class>/*, DATA/val/<class>/*). DATA 'digits' is the bundled handwritten-digits "
-            "dataset. Run under torchrun for several processes or nodes. Defaults are the paper's recipe "
-            "(AdamW 5e-4, cosine, 10 warmup epochs, label smoothing 0.1, mixup 0.8, cutmix 1.0, "
-            "RandAugment, random erasing 0.25, drop path 0.1, EMA 0.99996)."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("data", metavar="DATA", nargs="?", default=None, help="dataset folder, or 'digits' (bundled)")
-    p.add_argument("-c", "--config", default=None, metavar="FILE", help="YAML file of flag defaults (flags override)")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="t2t_vit_14", help="t2t_vit_* variant or any timm model name")
-    g.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's class folders)")
-    g.add_argument("--img-size", type=int, default=224, help="input size; a multiple of 16 for T2T-ViT")
-    g.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
-    g.add_argument("--drop", type=float, default=0.0, help="dropout rate")
-    g.add_argument("--initial-checkpoint", default=None, metavar="PATH", help="start from these weights")
-    g.add_argument(
-        "--finetune",
-        default=None,
-        metavar="PATH",
-        help="start from a checkpoint of another class count / image size: head replaced, position table "
-        "regenerated, backbone trained at --backbone-lr-scale x lr",
-    )
-    g.add_argument("--backbone-lr-scale", type=float, default=0.1, help="backbone lr multiplier with --finetune")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per process")
-    g.add_argument("--opt", default="adamw", help="timm optimizer name")
-    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float, default=0.05, help="weight decay (not on 1-D params or tokens)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm to this value")
-    g.add_argument("--sched", default="cosine", help="timm scheduler name")
-    g.add_argument("--epochs", type=int, default=310, help="epochs before cool-down")
-    g.add_argument("--warmup-epochs", type=int, default=10)
-    g.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at --min-lr after the schedule")
-    g.add_argument(
-        "--sched-on-updates", action="store_true", help="update the learning rate every step, not every epoch"
-    )
-    g.add_argument("--warmup-lr", type=float, default=1e-6)
-    g.add_argument("--min-lr", type=float, default=1e-5)
-    g = p.add_argument_group("augmentation and regularisation")
-    g.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="RandAugment policy, or 'none'")
-    g.add_argument("--reprob", type=float, default=0.25, help="random erasing probability")
-    g.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
-    g.add_argument("--mixup-prob", type=float, default=1.0)
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
-    g.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="random-resized-crop area range")
-    g.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
-    g.add_argument("--color-jitter", type=float, default=0.4)
-    g.add_argument("--interpolation", default=None, help="resize interpolation (default: the model's)")
-    g.add_argument("--crop-pct", type=float, default=None, help="eval centre-crop fraction (default: the model's)")
-    g.add_argument("--model-ema", dest="model_ema", action="store_true", default=True, help="track an EMA of weights")
-    g.add_argument("--no-model-ema", dest="model_ema", action="store_false", help="do not track an EMA")
-    g.add_argument("--model-ema-decay", type=float, default=0.99996)
-    g = p.add_argument_group("precision and devices")
-    g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    g.add_argument("--amp", action="store_true", help="mixed precision autocast")
-    g.add_argument("--amp-dtype", choices=["bf16", "fp16"], default="bf16", help="autocast dtype with --amp")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument(
-        "--tf32",
-        dest="tf32",
-        action="store_true",
-        default=None,
-        help="TF32 matmuls and convolutions for fp32 work on CUDA (default: on with CUDA; args.json records it)",
-    )
-    g.add_argument("--no-tf32", dest="tf32", action="store_false", help="full fp32 matmuls and convolutions on CUDA")
-    g.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG, no cudnn "
-        "autotuning): a resumed run repeats the uninterrupted one bit for bit on GPU too (CPU always does); slower",
-    )
-    g.add_argument(
-        "--sync-bn", action="store_true", help="synchronise BatchNorm statistics across DDP processes (CNN models)"
-    )
-    g.add_argument(
-        "--min-loss-scale",
-        type=float,
-        default=1.0,
-        help="with fp16, an overflow at a GradScaler scale below this counts as a non-finite step (--max-nonfinite)",
-    )
-    g.add_argument(
-        "--dist-backend",
-        choices=["nccl", "gloo"],
-        default=None,
-        help="torch.distributed backend under torchrun (default: nccl on CUDA, gloo on CPU); gloo lets "
-        "several processes share one GPU",
-    )
-    g.add_argument("-j", "--workers", type=int, default=4, help="data-loading processes per rank")
-    g = p.add_argument_group("run")
-    g.add_argument("--output", default=None, metavar="DIR", help="run folder (default: runs/train/MODEL-TIME)")
-    g.add_argument("--resume", default=None, metavar="PATH", help="continue a run from its checkpoint exactly")
-    g.add_argument("--eval-checkpoint", "--eval_checkpoint", default=None, metavar="PATH", help="evaluate and exit")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--log-interval", type=int, default=50, help="steps between log lines without a terminal")
-    g.add_argument("--keep", type=int, default=3, help="epoch checkpoints kept besides last and best")
-    g.add_argument("--max-nonfinite", type=int, default=10, help="consecutive NaN/inf losses before stopping")
-    g.add_argument(
-        "--max-skipped-fraction",
-        type=float,
-        default=0.1,
-        help="stop when more than this fraction of an epoch's samples (or of a validation pass) were skipped "
-        "as unreadable or failing their transform; checked every step once 1,000 were tried; 1 never stops",
-    )
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs")
-    g.add_argument("--steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
-    return p
+    """``t2t train``'s command line, generated from :class:`~t2tvit.train_config.TrainConfig`'s fields."""
+    return config_parser(TrainConfig)
 
 
-def _load_config(path: str) -> dict[str, Any]:
-    import yaml
-
-    candidate = Path(path)
-    if not candidate.is_file() and not candidate.suffix:  # a bundled config by name, e.g. --config digits
-        bundled = resources.files("t2tvit") / "configs" / f"{path}.yaml"
-        if bundled.is_file():
-            return yaml.safe_load(bundled.read_text()) or {}
-    if not candidate.is_file():
-        names = sorted(f.name[:-5] for f in (resources.files("t2tvit") / "configs").iterdir() if f.name[-5:] == ".yaml")
-        raise ConfigError(f"config file {path} does not exist (bundled configs: {', '.join(names)})")
-    with open(candidate) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of flag names to values")
-    return data
-
-
-def parse_args(argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
-    """Parse flags; ``--config`` values become defaults that explicit flags override."""
-    parser = parser or build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("-c", "--config", default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        cfg = {k.replace("-", "_"): v for k, v in _load_config(known.config).items()}
-        valid = {a.dest for a in parser._actions}
-        unknown = sorted(set(cfg) - valid)
-        if unknown:
-            raise ConfigError(f"config {known.config} has unknown keys: {', '.join(unknown)}")
-        parser.set_defaults(**cfg)
-    return parser.parse_args(argv)
-
-
-def make_args(
-    parser: argparse.ArgumentParser | None = None, config: str | None = None, **values: Any
-) -> argparse.Namespace:
-    """The trainer's arguments from Python values, for callers that are not a command line (the pipeline).
-
-    The parser's defaults (``parser``: the trainer's, or one that extends it such as distillation's),
-    then the recipe ``config`` (a bundled name or a YAML file, as ``--config``), then ``values`` by
-    flag destination (``img_size=32``, ``teacher_path=...``); a name the parser does not have is a
-    :class:`ConfigError`.
-    """
-    parser = parser or build_parser()
-    args = parse_args(["--config", config] if config else [], parser)
-    unknown = sorted(set(values) - {a.dest for a in parser._actions})
-    if unknown:
-        raise ConfigError(f"{parser.prog} has no option {', '.join(unknown)}")
-    for key, value in values.items():
-        setattr(args, key, value)
-    return args
+def parse_args(argv: Sequence[str] | None = None, config_class: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """The settings of a command line; ``--config`` values become defaults that explicit flags override."""
+    return parse_config(config_class, argv)
 
 
 # --------------------------------------------------------------------------- distributed
@@ -324,7 +164,7 @@ def _is_t2t(name: str) -> bool:
     return name in list_variants()
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
+def build_model(args: TrainConfig, num_classes: int) -> nn.Module:
     """The model named by ``--model`` (T2T-ViT or any timm model), with weights from
     ``--finetune`` / ``--initial-checkpoint`` when given."""
     from .models.factory import make_model
@@ -471,16 +311,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) ->
             torch.cuda.set_rng_state(cuda, device)
 
 
-def _plain(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        k: v for k, v in vars(args).items() if k != "func" and isinstance(v, (str, int, float, bool, list, type(None)))
-    }
-
-
 # --------------------------------------------------------------------------- data
 
 
-def _data_root(args: argparse.Namespace) -> Path:
+def _data_root(args: TrainConfig) -> Path:
     from .data import dataset_path
 
     if args.data is None:
@@ -488,7 +322,7 @@ def _data_root(args: argparse.Namespace) -> Path:
     return dataset_path(args.data)
 
 
-def data_config(args: argparse.Namespace, model: nn.Module) -> dict[str, Any]:
+def data_config(args: TrainConfig, model: nn.Module) -> dict[str, Any]:
     """timm's data config of ``model`` at ``--img-size`` (mean, std, interpolation, crop_pct),
     with ``--interpolation`` / ``--crop-pct`` overrides: what the loaders normalise with."""
     from timm.data import resolve_data_config
@@ -510,7 +344,7 @@ def _datasets(root: Path) -> tuple[Any, Any]:
     return train, val
 
 
-def build_transforms(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[Any, Any]:
+def build_transforms(args: TrainConfig, cfg: dict[str, Any]) -> tuple[Any, Any]:
     """The trainer's ``(train, eval)`` transforms for ``args`` and the model's data config ``cfg``.
 
     timm's training augmentation (crop, flip, RandAugment ``--aa``, colour jitter, random
@@ -535,7 +369,7 @@ def build_transforms(args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[Any
     return train, eval_transform_for(cfg, args.img_size)
 
 
-def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, val: Any) -> None:
+def _set_transforms(args: TrainConfig, cfg: dict[str, Any], train: Any, val: Any) -> None:
     train_transform, val.transform = build_transforms(args, cfg)
     if train is not None:
         train.transform = train_transform
@@ -544,13 +378,13 @@ def _set_transforms(args: argparse.Namespace, cfg: dict[str, Any], train: Any, v
 # --------------------------------------------------------------------------- the run
 
 
-def _amp_dtype(args: argparse.Namespace) -> torch.dtype | None:
+def _amp_dtype(args: TrainConfig) -> torch.dtype | None:
     if not args.amp:
         return None
     return torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
 
 
-def _resolve_output(args: argparse.Namespace, d: Dist) -> Path:
+def _resolve_output(args: TrainConfig, d: Dist) -> Path:
     if args.output:
         out = Path(args.output)
     elif args.resume:
@@ -596,16 +430,16 @@ def _ranks_digest(model: nn.Module, d: Dist) -> list[list[float]]:
     return [t.tolist() for t in everyone]
 
 
-def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
+def evaluate_checkpoint(args: TrainConfig, d: Dist) -> dict[str, float]:
     """``--eval-checkpoint``: top-1/top-5 of a checkpoint (its EMA weights when it has them)."""
     from .data import build_loader
     from .engine import SkipGuard, StepLog, evaluate
 
     root = _data_root(args)
     saved = recorded_args(read_checkpoint(args.eval_checkpoint))
-    if args.model == build_parser().get_default("model") and saved.get("model"):
+    if args.model == type(args).default("model") and saved.get("model"):
         args.model = saved["model"]  # the checkpoint knows its architecture
-    if saved.get("img_size") and args.img_size == build_parser().get_default("img_size"):
+    if saved.get("img_size") and args.img_size == type(args).default("img_size"):
         args.img_size = saved["img_size"]
     _, val = _datasets(root)
     args.initial_checkpoint, args.finetune = args.eval_checkpoint, None
@@ -638,7 +472,7 @@ def evaluate_checkpoint(args: argparse.Namespace, d: Dist) -> dict[str, float]:
     return metrics
 
 
-def label_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+def label_loss(args: TrainConfig, mixup_active: bool) -> nn.Module:
     """The ``loss(logits, targets)`` against labels: soft-target cross-entropy for mixed-up
     targets, label smoothing when ``--smoothing`` > 0, else plain cross-entropy."""
     from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -650,7 +484,7 @@ def label_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
-def _read_resume(args: argparse.Namespace) -> dict[str, Any] | None:
+def _read_resume(args: TrainConfig) -> dict[str, Any] | None:
     """The checkpoint ``--resume`` names, checked to be this trainer's and of the same model."""
     if not args.resume:
         return None
@@ -684,7 +518,7 @@ class _Training:
 
 
 def _build_training(
-    args: argparse.Namespace, model: nn.Module, num_classes: int, steps: int, criterion_factory: Any
+    args: TrainConfig, model: nn.Module, num_classes: int, steps: int, criterion_factory: Any
 ) -> _Training:
     """Optimizer, schedule, EMA, scaler, mixup and loss, as ``args`` says."""
     from timm.data import Mixup
@@ -760,7 +594,7 @@ def _restore(t: _Training, state: dict[str, Any], steps: int, d: Dist, path: str
 
 
 @contextlib.contextmanager
-def backend_settings(args: argparse.Namespace, device: torch.device) -> Iterator[None]:
+def backend_settings(args: TrainConfig, device: torch.device) -> Iterator[None]:
     """TF32, cuDNN autotuning and deterministic kernels as ``args`` says, restored afterwards.
 
     ``--tf32`` unset becomes True on CUDA (timm's and DeiT's default: fp32 matmuls and convolutions
@@ -806,7 +640,7 @@ def backend_settings(args: argparse.Namespace, device: torch.device) -> Iterator
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def apply_sync_bn(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
+def apply_sync_bn(model: nn.Module, args: TrainConfig, d: Dist) -> nn.Module:
     """``--sync-bn``: BatchNorm layers become ``SyncBatchNorm`` (statistics over every rank's batch) under DDP.
 
     The layers keep their parameters and buffers (the optimizer and EMA built later see the same
@@ -820,7 +654,7 @@ def apply_sync_bn(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Mod
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def _wrap(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
+def _wrap(model: nn.Module, args: TrainConfig, d: Dist) -> nn.Module:
     """DDP across processes, then ``torch.compile`` (after DDP, so the compiler sees DDP's buckets)."""
     train_model: nn.Module = model
     if d.distributed:
@@ -832,7 +666,7 @@ def _wrap(model: nn.Module, args: argparse.Namespace, d: Dist) -> nn.Module:
     return train_model
 
 
-def _tensorboard(args: argparse.Namespace, d: Dist, out: Path) -> Any:
+def _tensorboard(args: TrainConfig, d: Dist, out: Path) -> Any:
     if not (args.tensorboard and d.main):
         return None
     try:
@@ -844,7 +678,7 @@ def _tensorboard(args: argparse.Namespace, d: Dist, out: Path) -> Any:
 
 def _checkpoint_state(
     t: _Training,
-    args: argparse.Namespace,
+    args: TrainConfig,
     epoch: int,
     row: dict[str, Any],
     rngs: list[Any],
@@ -864,7 +698,7 @@ def _checkpoint_state(
         "metrics": row,
         "history": t.history,
         "rng_per_rank": dict(enumerate(rngs)),
-        "args": _plain(args) | {"num_classes": num_classes},
+        "args": args.record() | {"num_classes": num_classes},
         "classes": classes,
     }
 
@@ -882,7 +716,7 @@ def _epoch_line(row: dict[str, Any]) -> str:
     return msg
 
 
-def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, Any]:
+def run(args: TrainConfig, criterion_factory: Any = None) -> dict[str, Any]:
     """Train as ``args`` says and return the final summary (also written to ``summary.json``).
 
     ``criterion_factory(args, model, mixup_active) -> loss`` replaces the label loss; the
@@ -900,7 +734,7 @@ def run(args: argparse.Namespace, criterion_factory: Any = None) -> dict[str, An
         return _train(args, d, criterion_factory)
 
 
-def _train(args: argparse.Namespace, d: Dist, criterion_factory: Any) -> dict[str, Any]:
+def _train(args: TrainConfig, d: Dist, criterion_factory: Any) -> dict[str, Any]:
 
     if args.amp and args.amp_dtype == "fp16" and d.device.type == "cpu":
         print("note: fp16 autocast on CPU is slow and partial; --amp-dtype bf16 is the CPU choice", file=sys.stderr)
@@ -920,7 +754,7 @@ def _train(args: argparse.Namespace, d: Dist, criterion_factory: Any) -> dict[st
 
 
 def _train_into(
-    args: argparse.Namespace, d: Dist, out: Path, root: Path, resume_state: Any, criterion_factory: Any
+    args: TrainConfig, d: Dist, out: Path, root: Path, resume_state: Any, criterion_factory: Any
 ) -> dict[str, Any]:
     from .data import build_loader
 
@@ -964,7 +798,7 @@ def _train_into(
     if resume_state is not None:
         _restore(t, resume_state, steps, d, args.resume)
     if d.main:
-        (out / "args.json").write_text(json.dumps(_plain(args), indent=2))
+        (out / "args.json").write_text(json.dumps(args.record(), indent=2))
         print(
             f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
             f"{num_classes} classes) on {len(train_set)} images, {d.world_size} process(es) on {d.device.type}, "
@@ -976,7 +810,7 @@ def _train_into(
 
 def _epochs(
     t: _Training,
-    args: argparse.Namespace,
+    args: TrainConfig,
     d: Dist,
     out: Path,
     train_loader: Any,
@@ -1089,19 +923,24 @@ def _append_logs(out: Path, row: dict[str, Any], writer: Any) -> None:
 def main(
     argv: Sequence[str] | None = None,
     *,
-    parser: argparse.ArgumentParser | None = None,
+    config_class: type[TrainConfig] = TrainConfig,
     run_fn: Any = None,
 ) -> int:
-    """The command line of the trainer (and, with its ``parser`` and ``run_fn``, of distillation): a user's
-    mistake ends in one sentence and exit status 2; the process group is always torn down."""
-    parser = parser or build_parser()
+    """The command line of the trainer (and, with its ``config_class`` and ``run_fn``, of distillation): a
+    user's mistake ends in one sentence and exit status 2; the process group is always torn down."""
+    prog = config_class.PROG
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        (run_fn or run)(parse_args(argv, parser))
+        config = parse_args(argv, config_class)
+        if "--print-config" in argv:
+            print(recipe_text(config), end="")
+            return 0
+        (run_fn or run)(config)
     except T2TError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # also under torchrun, where t2t's own dispatch is not in the way
-        print(f"{parser.prog}: interrupted; {getattr(e, 't2t_note', '')}".rstrip("; "), file=sys.stderr, flush=True)
+        print(f"{prog}: interrupted; {getattr(e, 't2t_note', '')}".rstrip("; "), file=sys.stderr, flush=True)
         return 130
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -231,15 +231,14 @@ def test_soft_distillation_with_mixup_under_two_gloo_processes(
 def test_timm_deit_distilled_student_trains_both_heads(tmp_path: Path, kind: str) -> None:
     # timm's deit_*_distilled return the mean of their heads in training unless set_distilled_training(True):
     # the distillation criterion sets it, so the first step gets (cls, dist) and both heads get a gradient.
-    from compress.distill import build_parser, distillation_criterion
-    from t2tvit.train import make_args
+    from compress.distill import DistillConfig, distillation_criterion
 
     torch.manual_seed(0)
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), path)
     student = timm.create_model("deit_tiny_distilled_patch16_224", num_classes=10, img_size=32)
-    args = make_args(
-        build_parser(), model="deit_tiny_distilled_patch16_224", img_size=32, teacher_model="resnet18",
+    args = DistillConfig.load(
+        model="deit_tiny_distilled_patch16_224", img_size=32, teacher_model="resnet18",
         teacher_path=str(path), distillation_type=kind,
     )  # fmt: skip
     criterion = distillation_criterion(args, student, mixup_active=False)

@@ -217,12 +217,15 @@ def _module_parser(module: str) -> argparse.ArgumentParser:
 
 
 FORWARDED = {"train": "t2tvit.train", "distill": "compress.distill"}
+CONFIGS = {"train": "TrainConfig", "distill": "DistillConfig"}  # the settings class each module's parser is made of
 
 
 def check_t2t(argv: list[str], where: str) -> str:
     """Parse ``t2t argv`` as the command line would, without running it; returns the subcommand."""
+    import importlib
+
     from t2t import compress_cmd
-    from t2tvit.train import parse_args
+    from t2tvit.config import parse_config
 
     args = _parse(_t2t_parser(), argv, where)
     assert args.command, f"{where}: t2t {shlex.join(argv)}: no subcommand"
@@ -230,7 +233,9 @@ def check_t2t(argv: list[str], where: str) -> str:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                parse_args(args.args, _module_parser(FORWARDED[args.command]))
+                module = FORWARDED[args.command]
+                config_class = getattr(importlib.import_module(module), CONFIGS[args.command])
+                parse_config(config_class, args.args, _module_parser(module))
         except SystemExit:
             pytest.fail(f"{where}: t2t {shlex.join(argv)}\n{err.getvalue()}")
     if args.command == "compress":  # the pass-through flags, with the underlying command's parser

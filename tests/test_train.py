@@ -369,6 +369,33 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path: Path) -> None:
         parse_args(["d", "--config", str(cfg)])
 
 
+def test_the_settings_are_typed_and_their_fields_are_the_flags(tmp_path: Path, capsys) -> None:
+    import dataclasses
+
+    from compress.distill import DistillConfig
+    from compress.distill import build_parser as distill_parser
+    from t2tvit.train import TrainConfig
+
+    for cls, parser in ((TrainConfig, build_parser()), (DistillConfig, distill_parser())):
+        dests = {a.dest for a in parser._actions} - {"help", "print_config"}  # read, not edited, by the test
+        assert dests == {f.name for f in dataclasses.fields(cls) if f.metadata["cli"]}
+        assert parse_args([], cls) == cls.load()  # one default per option, whichever way it is built
+    assert DistillConfig.load().model == "t2t_vit_7_distilled" and TrainConfig.load().model == "t2t_vit_14"
+    config = TrainConfig.load("digits", lr=1e-3)  # what the pipeline calls: recipe, then values
+    assert (config.img_size, config.lr, config.config) == (32, 1e-3, "digits")
+    with pytest.raises(ConfigError, match="t2t distill has no option learning_rate"):
+        DistillConfig.load("digits", learning_rate=1.0)
+    # --print-config writes a recipe that --config reads back into the same settings
+    assert main(["d", "--config", "digits", "--lr", "0.002", "--no-model-ema", "--print-config"]) == 0
+    recipe = tmp_path / "effective.yaml"
+    recipe.write_text(capsys.readouterr().out)
+    again = parse_args(["--config", str(recipe)])
+    assert dataclasses.replace(again, config="digits") == parse_args(
+        ["d", "--config", "digits", "--lr", "0.002", "--no-model-ema"]
+    )
+    assert again.record()["lr"] == 0.002 and not again.model_ema
+
+
 def test_bad_inputs_give_one_sentence(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path / "nowhere"), *QUICK]) == 2
     assert "does not exist" in capsys.readouterr().err
