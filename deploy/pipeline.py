@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from compress.distill import DistillConfig
 from t2tvit.errors import ConfigError, T2TError
+from t2tvit.train_config import TrainConfig
 
 from .profiler import ProfileConfig
 from .settings import ExportConfig
@@ -36,12 +38,23 @@ __all__ = ["DEMO", "STAGES", "PipelineResult", "PipelineConfig", "check_same_pip
 
 STAGES = ("teacher", "student", "export", "verify", "report")
 DEFAULT_TEACHER = "resnet18"
+DEFAULT_STUDENT = "t2t_vit_7_distilled"
+RECIPE = "digits"  # the trainer recipe both training stages start from unless told otherwise
+
+
+def _student() -> DistillConfig:
+    return DistillConfig.load(RECIPE, model=DEFAULT_STUDENT)  # the recipe's own model is a plain T2T-ViT-7
+
+
+def _teacher() -> TrainConfig:
+    return TrainConfig.load(RECIPE, model=DEFAULT_TEACHER)
+
 
 # The demo: the bundled digits, end to end in a few minutes on 2 CPU cores.
 DEMO: dict[str, Any] = {
     "data": "digits",
-    "teacher_epochs": 4,
-    "epochs": 8,
+    "student": DistillConfig.load(RECIPE, model=DEFAULT_STUDENT, epochs=8),
+    "teacher": TrainConfig.load(RECIPE, model=DEFAULT_TEACHER, epochs=4),
     "export": ExportConfig(formats="builtin,mobile,litert,tensorrt"),
     "profile": ProfileConfig(batch_sizes=(1, 8), duration=1.0),
 }
@@ -49,27 +62,20 @@ DEMO: dict[str, Any] = {
 
 @dataclass
 class PipelineConfig:
-    """Everything that decides what the stages produce (recorded in ``pipeline.json``).
+    """Everything that decides what the stages produce (recorded in ``pipeline.json``): one typed config per
+    stage's capability.
 
-    ``student_args`` / ``teacher_args``: more options of the training stage's own command, by destination
-    name (``{"lr": 5e-4}``), as that command's parser would give them. ``export``: the export stage's
-    settings; the stage sets ``out`` (its folder) and, unless given, ``calib_data`` (the dataset's ``val/``).
-    ``profile``: the report stage's; unless given, its ``data`` is the dataset's ``val/``.
+    ``student``: the distillation run; a ``teacher_path`` there means an already trained teacher, and no
+    teacher stage (nor with ``distillation_type="none"``). ``teacher``: the teacher's training run. Each
+    training stage sets ``data``, ``output`` and ``resume`` itself (and the student's teacher, when the
+    teacher was trained here). ``export``: the export stage's settings; the stage sets ``out`` (its folder)
+    and, unless given, ``calib_data`` (the dataset's ``val/``). ``profile``: the report stage's; unless
+    given, its ``data`` is the dataset's ``val/``.
     """
 
     data: str = "digits"  # dataset folder (train/, val/) or a bundled dataset's name
-    model: str = "t2t_vit_7_distilled"
-    config: str = "digits"  # trainer recipe: bundled name or YAML file
-    img_size: int | None = None
-    epochs: int | None = None
-    student_args: dict[str, Any] = field(default_factory=dict)
-    distillation_type: str = "hard"
-    distillation_alpha: float = 0.5
-    distillation_tau: float = 1.0
-    teacher_model: str | None = None
-    teacher_path: str | None = None
-    teacher_epochs: int | None = None
-    teacher_args: dict[str, Any] = field(default_factory=dict)
+    student: DistillConfig = field(default_factory=_student)
+    teacher: TrainConfig = field(default_factory=_teacher)
     export: ExportConfig = field(default_factory=ExportConfig)
     profile: ProfileConfig = field(default_factory=lambda: ProfileConfig(batch_sizes=(1, 8)))
 
@@ -79,6 +85,12 @@ class PipelineConfig:
 
     def check(self) -> None:
         """Refuse, before any stage runs, settings a later stage would refuse (one sentence)."""
+        for part in ("student", "teacher"):
+            mine = [f"{part}.{k}" for k in ("data", "output", "resume") if getattr(getattr(self, part), k) is not None]
+            if mine:
+                raise ConfigError(
+                    f"the pipeline sets {', '.join(mine)} itself (its data and stage folders); leave it unset"
+                )
         if self.export.out is not None:
             raise ConfigError("the pipeline exports into its own export/ folder; give the folder as run_pipeline's out")
         self.export.check()  # unknown formats, format options none of them takes, bad values
@@ -89,22 +101,16 @@ class PipelineConfig:
         return replace(self.profile, data=self.profile.data or _val_folder(self.data))
 
 
-# The first stage each setting changes; any other setting is used from the first stage on.
-_FIRST_USE = {
-    "model": "student",
-    "epochs": "student",
-    "student_args": "student",
-    "distillation_alpha": "student",
-    "distillation_tau": "student",
-    "export": "export",
-    "profile": "report",
-}
+# The first stage each part of the settings changes; any other setting is used from the first stage on.
+_FIRST_USE = {"student": "student", "export": "export", "profile": "report"}
 
 
 def _first_use(key: str, before: Any, after: Any) -> int:
-    """The index of the first stage a change of ``key`` from ``before`` to ``after`` affects."""
-    if key == "distillation_type" and "none" not in (before, after):
-        return STAGES.index("student")  # hard <-> soft keeps the teacher; none has no teacher stage
+    """The index of the first stage a change of ``key`` (``part.field``) from ``before`` to ``after`` affects."""
+    if key == "student.distillation_type" and "none" in (before, after):
+        return STAGES.index("teacher")  # none has no teacher stage (hard <-> soft keeps the teacher)
+    if key in ("student.teacher_path", "student.teacher_model"):
+        return STAGES.index("teacher")  # a teacher of one's own replaces the trained one, or the reverse
     return STAGES.index(_FIRST_USE.get(key.split(".")[0], STAGES[0]))
 
 
@@ -217,7 +223,7 @@ def run_pipeline(
         if stage is not None and stage not in STAGES:
             raise ConfigError(f"{name} must be one of {', '.join(STAGES)}, not {stage!r}")
     settings.check()
-    out = Path(out) if out is not None else Path("runs") / "compress" / settings.model
+    out = Path(out) if out is not None else Path("runs") / "compress" / settings.student.model
     from t2tvit.faults import output_dir
 
     # A pipeline that stops before any stage wrote a file leaves no folder behind (only pipeline.json).
@@ -331,54 +337,40 @@ def _best_top1(summary: dict[str, Any]) -> float | None:
     return last.get("ema_top1", last.get("top1"))
 
 
-def _train(stage: str, s: PipelineConfig, folder: Path, kind: Any, run: Any, **values: Any) -> dict[str, Any]:
-    """One training stage: ``kind`` (its settings class) from the recipe and ``values``, through its library
-    ``run``; continues from ``last.pth`` when there is one."""
-    if s.img_size:
-        values["img_size"] = s.img_size
+def _train(stage: str, s: PipelineConfig, folder: Path, config: TrainConfig, run: Any) -> dict[str, Any]:
+    """One training stage through its library ``run``, on the pipeline's data, into ``folder``; continues
+    from ``last.pth`` when there is one."""
     last = folder / "last.pth"
-    values |= {"data": s.data, "output": str(folder), "resume": str(last) if last.is_file() else None}
+    config = replace(config, data=s.data, output=str(folder), resume=str(last) if last.is_file() else None)
     try:
-        return run(kind.load(s.config, **values))
+        return run(config)
     except T2TError as e:
         raise T2TError(f"the {stage} stage failed: {e}; fix it and run the same command again") from None
 
 
-def _teacher(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
-    from t2tvit.train import TrainConfig, run
+def _teacher_stage(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from t2tvit.train import run
 
-    if s.distillation_type == "none":
+    if s.student.distillation_type == "none":
         return {"skipped": "--distillation-type none needs no teacher"}
-    if s.teacher_path:
-        return {"checkpoint": s.teacher_path, "provided": True, "model": s.teacher_model}
-    model = s.teacher_model or DEFAULT_TEACHER
-    values = {"model": model, **({"epochs": s.teacher_epochs} if s.teacher_epochs else {}), **s.teacher_args}
-    summary = _train("teacher", s, folders["teacher"], TrainConfig, run, **values)
+    if s.student.teacher_path:
+        return {"checkpoint": s.student.teacher_path, "provided": True, "model": s.student.teacher_model}
+    summary = _train("teacher", s, folders["teacher"], s.teacher, run)
     best = _rel(folders["teacher"] / "best.pth", _root(folders))
-    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": model}
+    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.teacher.model}
 
 
-def _student(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
-    from compress.distill import DistillConfig, run
+def _student_stage(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
+    from compress.distill import run
 
-    teacher = results["teacher"]
-    values: dict[str, Any] = {
-        "model": s.model,
-        **({"epochs": s.epochs} if s.epochs else {}),
-        "distillation_type": s.distillation_type,
-        "distillation_alpha": s.distillation_alpha,
-        "distillation_tau": s.distillation_tau,
-        **s.student_args,
-    }
-    if teacher.get("checkpoint"):
-        values["teacher_path"] = str(
-            teacher["checkpoint"] if teacher.get("provided") else _at(teacher["checkpoint"], _root(folders))
+    teacher, config = results["teacher"], s.student
+    if teacher.get("checkpoint") and not teacher.get("provided"):  # trained here: the student distils from it
+        config = replace(
+            config, teacher_path=str(_at(teacher["checkpoint"], _root(folders))), teacher_model=teacher["model"]
         )
-        if teacher.get("model"):
-            values["teacher_model"] = teacher["model"]
-    summary = _train("student", s, folders["student"], DistillConfig, run, **values)
+    summary = _train("student", s, folders["student"], config, run)
     best = _rel(folders["student"] / "best.pth", _root(folders))
-    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.model}
+    return {"checkpoint": best, "val_top1": _best_top1(summary), "model": s.student.model}
 
 
 def _export(s: PipelineConfig, folders: dict[str, Path], results: dict, command: str, echo: Any) -> dict:
@@ -435,8 +427,8 @@ def _root(folders: dict[str, Path]) -> Path:
 
 
 _STAGE_RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "teacher": _teacher,
-    "student": _student,
+    "teacher": _teacher_stage,
+    "student": _student_stage,
     "export": _export,
     "verify": _verify,
     "report": _report,

@@ -50,14 +50,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
     g = p.add_argument_group("student (t2t distill)")
-    g.add_argument("--model", default="t2t_vit_7_distilled", help="student (default: t2t_vit_7_distilled)")
-    g.add_argument("--config", default="digits", help="trainer recipe: bundled name or YAML file (default: digits)")
+    g.add_argument("--model", default=None, help="student (default: t2t_vit_7_distilled)")
+    g.add_argument(
+        "--config",
+        default=None,
+        help="trainer recipe of both training stages: bundled name or YAML file (default: digits)",
+    )
     g.add_argument("--img-size", type=int, default=None, help="input size (default: the recipe's)")
     g.add_argument("--epochs", type=int, default=None, help="student epochs (default: the recipe's)")
     g.add_argument("--student-args", default="", help="more `t2t distill` flags, quoted: '--lr 5e-4 -b 64'")
-    g.add_argument("--distillation-type", choices=("none", "soft", "hard"), default="hard")
-    g.add_argument("--distillation-alpha", type=float, default=0.5)
-    g.add_argument("--distillation-tau", type=float, default=1.0)
+    g.add_argument("--distillation-type", choices=("none", "soft", "hard"), default=None, help="default: hard")
+    g.add_argument("--distillation-alpha", type=float, default=None, help="default: 0.5")
+    g.add_argument("--distillation-tau", type=float, default=None, help="default: 1.0")
     g = p.add_argument_group("teacher (t2t train)")
     g.add_argument(
         "--teacher-model",
@@ -93,8 +97,10 @@ _PASS_THROUGH = {
     "teacher_args": ("t2tvit.train", "t2t train"),
     "export_args": ("t2t.export_cmd", "t2t export"),
 }
+_TRAINING = ("student_args", "teacher_args")
+# training flags the pipeline decides itself: each stage's data and folder (and what the command does)
+_TRAINING_OWNS = {"data": "DATA", "output": "--output", "resume": "--resume", "print_config": "--print-config"}
 # `t2t export` flags the pipeline sets itself (--formats is t2t compress's own flag; --json is how export prints)
-_TRAINING_OWNS = {"data": "DATA", "output": "--output", "resume": "--resume"}  # each stage's folder and data
 _PIPELINE_OWNS = {"checkpoint": "--checkpoint", "out": "--out", "formats": "--formats", "json": "--json"}
 
 
@@ -142,30 +148,46 @@ def _export_config(text: str, formats: str) -> Any:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """The pipeline's settings; with --demo, the demo values fill what was not given explicitly."""
-    from dataclasses import fields, replace
+    """The pipeline's :class:`~deploy.pipeline.PipelineConfig`: the demo's (``--demo``) or the default one,
+    with what the flags give explicitly."""
+    from dataclasses import replace
 
     from deploy.pipeline import DEMO, PipelineConfig
     from t2tvit.errors import ConfigError
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    defaults = vars(parser.parse_args(["compress"]))
-    values = {f.name: getattr(args, f.name) for f in fields(PipelineConfig) if f.name not in ("export", "profile")}
     base = PipelineConfig(**DEMO) if args.demo else PipelineConfig()
-    if args.demo:
-        values |= {k: v for k, v in DEMO.items() if k in values and values[k] == defaults[k]}
-    values["data"] = values["data"] or "digits"
-    profile = {"batch_sizes": parse_batch_sizes(args.batch_sizes)} if args.batch_sizes else {}
-    profile |= {k: getattr(args, k) for k in ("threads", "duration") if getattr(args, k) is not None}
-    profile |= {"memory": False} if args.no_memory else {}
-    for key in ("student_args", "teacher_args"):
-        values[key] = _explicit_flags(key, values[key]) if values[key] else {}
-        owned = [flag for dest, flag in _TRAINING_OWNS.items() if dest in values[key]]
+    extra = {key: _explicit_flags(key, getattr(args, key)) if getattr(args, key) else {} for key in _TRAINING}
+    for key, given in extra.items():
+        owned = [flag for dest, flag in _TRAINING_OWNS.items() if dest in given]
         if owned:
             raise ConfigError(f"--{key.replace('_', '-')}: t2t compress sets {', '.join(owned)} itself")
-    export = _export_config(args.export_args, args.formats or base.export.formats)
-    return PipelineConfig(**values, export=export, profile=replace(base.profile, checks=checks_from(args), **profile))
+    common = _given(args, img_size="img_size")
+    student = (
+        common
+        | _given(args, model="model", epochs="epochs")
+        | _given(args, **{k: k for k in ("distillation_type", "distillation_alpha", "distillation_tau")})
+    )
+    teacher = common | _given(args, model="teacher_model", epochs="teacher_epochs")
+    if args.teacher_path:  # a teacher of the user's: no teacher stage; --teacher-model names its architecture
+        student |= {"teacher_path": args.teacher_path, "teacher_model": teacher.pop("model", None)}
+
+    def stage(config: Any, values: dict[str, Any]) -> Any:  # a recipe starts afresh; else the base's settings
+        return type(config).load(args.config, **values) if args.config else replace(config, **values)
+
+    profile = {"batch_sizes": parse_batch_sizes(args.batch_sizes)} if args.batch_sizes else {}
+    profile |= _given(args, threads="threads", duration="duration") | ({"memory": False} if args.no_memory else {})
+    return PipelineConfig(
+        data=args.data or base.data,
+        student=stage(base.student, {"model": base.student.model, **student, **extra["student_args"]}),
+        teacher=stage(base.teacher, {"model": base.teacher.model, **teacher, **extra["teacher_args"]}),
+        export=_export_config(args.export_args, args.formats or base.export.formats),
+        profile=replace(base.profile, checks=checks_from(args), **profile),
+    )
+
+
+def _given(args: argparse.Namespace, **fields: str) -> dict[str, Any]:
+    """``{field: args.<flag dest>}`` for the flags given (not None)."""
+    return {name: getattr(args, dest) for name, dest in fields.items() if getattr(args, dest) is not None}
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:

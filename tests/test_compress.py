@@ -67,7 +67,7 @@ def test_a_second_run_skips_finished_stages_and_other_settings_are_refused(demo:
 
     assert main(["compress", "--demo", "--epochs", "3", "--out", str(demo)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "other settings (epochs); pass --redo student" in err and err.count("\n") == 0, err
+    assert "other settings (student.epochs); pass --redo student" in err and err.count("\n") == 0, err
 
     # --redo report with a report-only setting changed: only the report is measured again
     student = (demo / "student" / "stage.json").read_text()
@@ -116,6 +116,14 @@ def test_the_export_stage_takes_a_typed_config_and_the_pipeline_keeps_its_own_fl
     export = settings("--formats", "onnx,ptl-int8", "--export-args", "--qengine x86 --opset 17").export
     assert export == ExportConfig(formats="onnx,ptl-int8", qengine="x86", opset=17)
     assert settings().export.formats == DEMO["export"].formats
+    # the training stages: typed configs from the recipe, the pipeline's flags, then the pass-through flags
+    demo = settings("--epochs", "3", "--student-args", "--lr 0.002", "--teacher-args", "-b 16")
+    assert (demo.student.model, demo.student.epochs, demo.student.lr, demo.student.img_size) == (
+        "t2t_vit_7_distilled", 3, 0.002, 32
+    )  # fmt: skip
+    assert (demo.teacher.model, demo.teacher.epochs, demo.teacher.batch_size) == ("resnet18", 4, 16)
+    own = settings("--teacher-path", "t.pth", "--teacher-model", "resnet50")
+    assert (own.student.teacher_path, own.student.teacher_model, own.teacher.model) == ("t.pth", "resnet50", "resnet18")
     for argv, said in [
         (("--export-args", "--formats onnx"), "t2t compress sets --formats itself"),
         (("--export-args", "--out x"), "t2t compress sets --out itself"),
@@ -131,16 +139,16 @@ def test_the_export_stage_takes_a_typed_config_and_the_pipeline_keeps_its_own_fl
 
 def test_changed_settings_name_the_first_stage_they_affect(tmp_path: Path) -> None:
     def at(distillation: str, duration: float) -> dict:
-        return {"distillation_type": distillation, "profile": {"duration": duration, "memory": True}}
+        return {"student": {"distillation_type": distillation, "lr": 0.001}, "profile": {"duration": duration}}
 
     check_same_pipeline(tmp_path, at("hard", 1.0), None)
     with pytest.raises(ConfigError, match="--redo student"):  # hard -> soft: the teacher stays
         check_same_pipeline(tmp_path, at("soft", 1.0), None)
     with pytest.raises(ConfigError, match="--redo teacher"):  # none has no teacher stage at all
         check_same_pipeline(tmp_path, at("none", 1.0), "student")
-    with pytest.raises(ConfigError, match=r"\(distillation_type, profile.duration\); pass --redo student"):
+    with pytest.raises(ConfigError, match=r"\(profile.duration, student.distillation_type\); pass --redo student"):
         check_same_pipeline(tmp_path, at("soft", 2.0), None)
-    with pytest.raises(ConfigError, match=r"\(distillation_type\); pass --redo student"):
+    with pytest.raises(ConfigError, match=r"\(student.distillation_type\); pass --redo student"):
         check_same_pipeline(tmp_path, at("soft", 2.0), "report")
     check_same_pipeline(tmp_path, at("soft", 2.0), "student")
-    assert json.loads((tmp_path / "pipeline.json").read_text())["settings"]["distillation_type"] == "soft"
+    assert json.loads((tmp_path / "pipeline.json").read_text())["settings"]["student"]["distillation_type"] == "soft"

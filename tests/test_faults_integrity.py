@@ -405,12 +405,13 @@ def test_a_conversion_child_dies_with_its_parent(export, tmp_path) -> None:
 
 
 def test_a_moved_pipeline_still_verifies_and_a_failed_redo_keeps_the_previous_result(export, tmp_path) -> None:
+    from compress.distill import DistillConfig
     from deploy.pipeline import PipelineConfig, check_same_pipeline, run_pipeline
     from deploy.settings import ExportConfig
     from t2tvit.errors import T2TError
 
-    formats = ExportConfig(formats="torch,onnx")
-    settings = PipelineConfig(distillation_type="none", model="t2t_vit_7", export=formats, img_size=IMG)
+    student = DistillConfig.load("digits", distillation_type="none", model="t2t_vit_7", img_size=IMG)
+    settings = PipelineConfig(student=student, export=ExportConfig(formats="torch,onnx"))
     root = tmp_path / "a"
     check_same_pipeline(root, settings.record(), None)
 
