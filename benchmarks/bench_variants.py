@@ -48,12 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--render-only", action="store_true", help="rewrite report.md and the plots from report.json")
     args = p.parse_args(argv)
 
-    from deploy.compare_report import write_comparison
     from deploy.profiler import ProfileConfig, compare_models
-    from deploy.report import read_report
+    from deploy.report import read_report, write_report
 
     if args.render_only:
-        print("\n".join(str(x) for x in write_comparison(read_report(args.out), args.out)))
+        print("\n".join(str(x) for x in write_report(read_report(args.out), args.out)))
         return 0
     import torch
 
@@ -80,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command="python -m benchmarks.bench_variants " + " ".join(sys.argv[1:] if argv is None else argv),
     )
     report.settings["wall_s"] = round(time.perf_counter() - t0, 1)
-    print("\n".join(str(x) for x in write_comparison(report, args.out)))
+    print("\n".join(str(x) for x in write_report(report, args.out)))
     return 0
 
 

@@ -213,8 +213,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else (folder / "bench" if folder is not None else Path("bench"))
     check_output_dir(out)  # before the profiling run, not after it
     if comparing:
-        from deploy.compare_report import write_comparison as write_report
-
         report = compare_cmd.run(args, config, command)
     else:
         report = profile_folder(folder, config, files=args.files or [], command=command, progress=not args.json)

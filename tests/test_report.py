@@ -448,7 +448,7 @@ def test_the_verdict_follows_the_users_checks_and_says_when_nothing_qualifies() 
 
 
 def test_a_comparisons_verdict_measures_the_pick_against_its_own_models_fp32_row() -> None:
-    from deploy.compare_report import render_comparison
+    from deploy.report import render_comparison
 
     report = _verdict_report(
         [

@@ -15,9 +15,8 @@ import pytest
 
 import deploy
 from deploy import manifest as mf
-from deploy.compare_report import MACS_NAME, PARETO_NAME, comparison_points, write_comparison
 from deploy.profiler import PUBLISHED_TOP1, ProfileConfig, compare_models, profile_folders
-from deploy.report import read_csv, read_report
+from deploy.report import MACS_NAME, PARETO_NAME, comparison_points, read_csv, read_report, write_report
 from t2t.cli import main
 from t2tvit.errors import ConfigError
 
@@ -73,7 +72,7 @@ def test_every_model_format_row_with_its_own_macs_and_agreement(report: object) 
 
 
 def test_report_round_trips_and_plots_are_written(report: object, tmp_path: Path) -> None:
-    written = write_comparison(report, tmp_path)
+    written = write_report(report, tmp_path)
     assert {p.name for p in written} >= {"report.json", "report.csv", "report.md", MACS_NAME, PARETO_NAME}
     for name in (MACS_NAME, PARETO_NAME):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
@@ -151,7 +150,7 @@ def test_t2t_bench_with_two_folders_writes_the_comparison(folders: dict[str, Pat
 
 
 def test_a_row_whose_parity_failed_is_timed_only_as_a_field(folders: dict[str, Path], tmp_path: Path) -> None:
-    from deploy.compare_report import render_comparison
+    from deploy.report import render_comparison
 
     moved = shutil.copytree(folders[CNN], tmp_path / "moved")
     manifest = mf.read(moved)

@@ -90,6 +90,13 @@ class Report:
     verdict: dict[str, Any] | None = None
     schema: int = SCHEMA
 
+    @property
+    def is_comparison(self) -> bool:
+        """Whether this report compares several models (:func:`deploy.profiler.compare.profile_folders`): its
+        ``model`` lists ``models``, one entry per model. :func:`deploy.report.write_report` renders such a report
+        as the comparison view."""
+        return bool((self.model or {}).get("models"))
+
     def conclude(self) -> None:
         """What the report concludes from its rows, once the timing and the user's checks are in: where the figures
         come from, the notes a reader needs, and the verdict."""
