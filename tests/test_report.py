@@ -461,3 +461,91 @@ def test_a_comparisons_verdict_measures_the_pick_against_its_own_models_fp32_row
     assert report.verdict["pick"]["row"] == "b/onnx" and report.verdict["pick"]["baseline"] == "b/torch"
     assert report.verdict["pick"]["speedup"] == pytest.approx(1.25)
     assert "## Verdict" in render_comparison(report, plots=())
+
+
+def _comparison_report() -> Any:
+    """Two models, two formats each: the shape ``profile_folders`` gives (``model.models``, each row's model)."""
+    rows = [
+        _row(f"{m}/{f}", f, "fp32", p50, agreement=1.0, model=m, params=n, macs=n * 250)
+        for m, n in (("t2t_vit_7", 4_300_000), ("resnet18", 11_700_000))
+        for f, p50 in (("torch", 20.0), ("onnx", 15.0))
+    ]
+    report = _verdict_report(rows)
+    report.model = {
+        "name": "t2t_vit_7, resnet18",
+        "models": [
+            {"name": m, "model": m, "img_size": [224, 224], "params": n, "macs_per_image": n * 250}
+            for m, n in (("t2t_vit_7", 4_300_000), ("resnet18", 11_700_000))
+        ],
+    }
+    return report
+
+
+def test_one_write_report_writes_both_views_each_with_its_files_and_the_verdict_first(tmp_path: Path) -> None:
+    """The typed Report says which view (``is_comparison``), for the Report and for its JSON document alike; each
+    view writes its own plots, and both report.md open with the verdict."""
+    import deploy.report
+    from deploy.report import MACS_NAME, PARETO_NAME, is_comparison
+
+    single = _verdict_report([_row("torch", "torch", "fp32", 20.0, agreement=1.0), _row("onnx", "onnx", "fp32", 18.0)])
+    comparison = _comparison_report()
+    assert not single.is_comparison and comparison.is_comparison
+    assert not is_comparison(single.to_dict()) and is_comparison(comparison.to_dict())
+    assert not hasattr(deploy.report, "write_comparison")  # one writer
+    views = {"single": (SCATTER_NAME, BARS_NAME), "comparison": (MACS_NAME, PARETO_NAME)}
+    for name, report in (("single", single), ("comparison", comparison)):
+        for kind, given in (("typed", report), ("dict", report.to_dict())):
+            out = tmp_path / name / kind
+            written = write_report(given, out)
+            assert [p.name for p in written] == [JSON_NAME, CSV_NAME, MD_NAME, *views[name]]
+            assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+            for png in views[name]:
+                _check_png(out / png)
+            md = (out / MD_NAME).read_text()
+            sections = [line for line in md.splitlines() if line.startswith("## ")]
+            assert sections[0] == "## Verdict", sections
+            assert md.startswith("# Model comparison on " if name == "comparison" else "# Latency report: ")
+            assert read_report(out).is_comparison is (name == "comparison")
+    assert "## Models" in (tmp_path / "comparison" / "typed" / MD_NAME).read_text()
+
+
+def test_the_comparison_table_declares_its_columns_with_the_single_models() -> None:
+    """A column the two views share has one header and one format: the same text in both tables."""
+    from deploy.report import comparison_table, table
+
+    report = _comparison_report()
+    single_header, single_lines, _ = table(report)
+    comp_header, comp_lines = comparison_table(report)
+    for header in ("format", "precision", "status", "size MB", "peak RSS MB", "% of peak", "agreement %"):
+        single = single_lines[0][single_header.index(header)]
+        assert single == comp_lines[0][comp_header.index(header)], header
+    assert "p50 ms [95% CI]" in single_header and "p50 ms b1 [95% CI]" in comp_header
+    p50 = single_lines[0][single_header.index("p50 ms [95% CI]")]
+    assert comp_lines[0][comp_header.index("p50 ms b1 [95% CI]")] == p50
+
+
+def test_no_module_of_the_report_package_imports_a_private_name_of_a_sibling() -> None:
+    """A name two modules use is public in the one that owns it: no ``from .x import _y``, no ``x._y``."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "deploy" / "report"
+    siblings = {p.stem for p in package.glob("*.py")}
+    wrong = []
+    for path in sorted(package.glob("*.py")):
+        nodes = list(ast.walk(ast.parse(path.read_text())))
+        modules: set[str] = set()  # sibling modules bound to a name here (``from . import x``)
+        for node in nodes:
+            inside = isinstance(node, ast.ImportFrom) and (
+                node.level == 1 or (node.module or "").startswith("deploy.report")
+            )
+            for alias in node.names if inside else []:
+                if alias.name.startswith("_"):
+                    wrong.append(f"{path.name}: from {'.' * node.level}{node.module or ''} import {alias.name}")
+                if node.module is None and alias.name in siblings:
+                    modules.add(alias.asname or alias.name)
+        for node in nodes:
+            private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            if private and isinstance(node.value, ast.Name) and node.value.id in modules:
+                wrong.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert wrong == []
+    assert siblings >= {"text", "columns", "markdown", "comparison", "plots", "files"}
