@@ -66,7 +66,7 @@ class ExportConfig:
         options that none of them takes; raises :class:`~t2tvit.errors.ConfigError` (one sentence)."""
         from compress.quantize import check_qengine
 
-        from .base import FORMATS, resolve_formats
+        from .base import FORMATS, ExportContext, resolve_formats
 
         fmts = resolve_formats(self.formats)
         if self.calib_size < 1 or self.parity_images < 1:
@@ -82,8 +82,8 @@ class ExportConfig:
                     f"{FORMAT_OPTIONS[option]} is an option of {', '.join(takers)}, and none of the chosen formats "
                     f"({chosen}) takes it; drop it or add one of those formats"
                 )
-        if self.qengine is not None:
-            check_qengine(self.qengine)
+        if any("qengine" in f.settings for f in fmts):  # the engine they will use: the given one, else the default
+            check_qengine(self.qengine or ExportContext.qengine)
         if self.jit is not None and self.jit not in ("trace", "script"):
             raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
         return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)
