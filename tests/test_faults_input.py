@@ -50,13 +50,24 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+def _as_from_a_terminal() -> None:
+    """The child's Ctrl-C as a terminal's process has it: a runner started in the background by a shell without
+    job control (``cmd &``, nohup) ignores SIGINT, which its children inherit and Python then keeps ignoring."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(args: list[str], ready: Callable[[str, str], bool], tmp: Path, wait: float = 300) -> tuple[int, str, str]:
     """Run ``t2t args``, send SIGINT to its process group once ``ready(stdout, stderr)`` (or after ``wait``
     seconds), and return ``(exit status, stdout, stderr)``."""
     out, err = tmp / "stdout.txt", tmp / "stderr.txt"
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "t2t", *args], stdout=fo, stderr=fe, env=_env(), start_new_session=True
+            [sys.executable, "-m", "t2t", *args],
+            stdout=fo,
+            stderr=fe,
+            env=_env(),
+            start_new_session=True,
+            preexec_fn=_as_from_a_terminal,
         )
         t0 = time.monotonic()
         try:
