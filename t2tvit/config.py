@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["Config", "config_parser", "option", "parse_config", "recipe_text", "with_default"]
+__all__ = ["Config", "config_parser", "option", "parse_command", "parse_config", "recipe_text", "with_default"]
 
 C = TypeVar("C", bound="Config")
 
@@ -166,6 +166,14 @@ def config_parser(cls: type[Config], **kwargs: Any) -> argparse.ArgumentParser:
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None) -> C:
     """``cls`` from a command line; ``--config`` values become defaults that explicit flags override."""
+    return parse_command(cls, argv, parser)[0]
+
+
+def parse_command(
+    cls: type[C], argv: Sequence[str] | None = None, parser: argparse.ArgumentParser | None = None
+) -> tuple[C, bool]:
+    """:func:`parse_config`, and whether the command line asked for ``--print-config`` (as argparse read it,
+    abbreviations included) instead of a run."""
     parser = parser or config_parser(cls)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("-c", "--config", default=None)
@@ -173,8 +181,8 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, parser: argpar
     if known.config:
         parser.set_defaults(**_recipe(cls, known.config))
     values = vars(parser.parse_args(argv))
-    values.pop("print_config", None)  # what the command does with the settings, not one of them
-    return cls(**values)
+    show = bool(values.pop("print_config", False))  # what the command does with the settings, not one of them
+    return cls(**values), show
 
 
 def recipe_text(config: Config) -> str:

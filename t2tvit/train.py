@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .checkpoint import read_checkpoint, recorded_args
-from .config import config_parser, parse_config, recipe_text
+from .config import config_parser, parse_command, parse_config, recipe_text
 from .errors import CheckpointError, ConfigError, T2TError
 from .faults import interrupt_note, output_dir
 from .train_config import TrainConfig
@@ -929,10 +929,9 @@ def main(
     """The command line of the trainer (and, with its ``config_class`` and ``run_fn``, of distillation): a
     user's mistake ends in one sentence and exit status 2; the process group is always torn down."""
     prog = config_class.PROG
-    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config = parse_args(argv, config_class)
-        if "--print-config" in argv:
+        config, show = parse_command(config_class, argv)
+        if show:
             print(recipe_text(config), end="")
             return 0
         (run_fn or run)(config)

@@ -394,6 +394,8 @@ def test_the_settings_are_typed_and_their_fields_are_the_flags(tmp_path: Path, c
         ["d", "--config", "digits", "--lr", "0.002", "--no-model-ema"]
     )
     assert again.record()["lr"] == 0.002 and not again.model_ema
+    assert main(["d", "--config", "digits", "--print-conf"]) == 0  # argparse's abbreviation prints too, never trains
+    assert "img_size: 32" in capsys.readouterr().out
 
 
 def test_bad_inputs_give_one_sentence(tmp_path: Path, capsys) -> None:
