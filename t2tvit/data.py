@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -483,6 +485,26 @@ def eval_transform_for(
     )
 
 
+class _QuietWhenTheReceiverLeft:
+    """A loader worker's ``sys.excepthook`` that stays quiet when the process receiving a batch hung up.
+
+    A worker hands each batch's shared memory over a socket served by a thread of its own
+    (``multiprocessing.resource_sharer``), which reports any error through ``sys.excepthook``. When Ctrl-C
+    lands in the main process while it is connecting to that socket, the worker's thread sees the
+    connection drop (``EOFError`` / ``ConnectionError``) and would print a traceback under the main
+    process's one-line report. Every other error is reported as before."""
+
+    def __init__(self, report: Callable[..., Any]):
+        self.report = report
+
+    def __call__(self, kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        if issubclass(kind, (EOFError, ConnectionError)) and any(
+            frame.filename.endswith(f"multiprocessing{os.sep}resource_sharer.py") for frame in traceback.extract_tb(tb)
+        ):
+            return
+        self.report(kind, error, tb)
+
+
 def _seed_worker(worker_id: int) -> None:
     # Each worker of each rank draws from its own stream, derived from torch's per-worker seed
     # (itself derived from the loader's generator), so augmentations are reproducible.
@@ -492,6 +514,7 @@ def _seed_worker(worker_id: int) -> None:
     # Ctrl-C reaches the whole process group: the main process reports it in one line and shuts the
     # workers down; a worker that handled it too would print its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = _QuietWhenTheReceiverLeft(sys.excepthook)
 
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

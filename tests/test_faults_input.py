@@ -214,6 +214,39 @@ def test_ctrl_c_in_train_says_how_to_resume(small_digits, tmp_path) -> None:
     assert t2tvit.checkpoint.read_checkpoint(run / "last.pth")["epoch"] >= 0  # intact, resumable
 
 
+_HANG_UP = """
+import os, sys, time
+from multiprocessing import connection, resource_sharer
+from t2tvit.data import _seed_worker
+
+def hang_up():
+    read, _ = os.pipe()
+    shared = resource_sharer.DupFd(read)  # how a worker hands a batch over: a thread serves the descriptor
+    connection.Client(shared._id[0]).close()  # a receiver that hangs up mid-handshake, as Ctrl-C makes it
+    time.sleep(1)
+
+hang_up()
+print("== as a loader worker", file=sys.stderr, flush=True)
+_seed_worker(0)  # what the DataLoader runs first in each worker
+hang_up()
+sys.excepthook(ValueError, ValueError("any other error"), None)
+"""
+
+
+def test_a_loader_worker_is_quiet_when_the_interrupted_main_process_hangs_up() -> None:
+    # The race behind a traceback under "t2t train: interrupted": Ctrl-C lands while the main process is
+    # connecting to the worker's descriptor server, whose thread reports the dropped connection through
+    # sys.excepthook. A plain process prints it (so this probe reaches the real mechanism); a worker does not,
+    # and still reports every other error.
+    err = subprocess.run(
+        [sys.executable, "-c", _HANG_UP], capture_output=True, text=True, env=_env(), timeout=60
+    ).stderr
+    plain, worker = err.split("== as a loader worker\n")
+    assert "Traceback" in plain and "resource_sharer.py" in plain, err
+    assert "Traceback" not in worker and "resource_sharer" not in worker, err
+    assert "ValueError: any other error" in worker, err
+
+
 def test_ctrl_c_in_visualize_leaves_no_half_drawn_folder(digits_export, tmp_path) -> None:
     out = tmp_path / "vis"
     images = [str(p) for p in val_images(2)]
