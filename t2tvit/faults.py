@@ -6,6 +6,7 @@ behind, and a note on what an interrupt left intact.
   this process cannot write (tested by creating a probe, so read-only filesystems count even for root).
 * :func:`output_dir` makes the folder and, when the block fails or is interrupted, removes what it made
   if nothing worth keeping was written there.
+* :func:`interrupts_deferred` holds Ctrl-C until a short write has finished, then raises it.
 * :func:`interrupt_note` attaches to a ``KeyboardInterrupt`` passing through it one clause saying what
   is intact or how to resume; ``t2t``'s dispatch prints it in the one ``interrupted; ...`` line.
 """
@@ -14,13 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["check_output_dir", "interrupt_note", "output_dir"]
+__all__ = ["check_output_dir", "interrupt_note", "interrupts_deferred", "output_dir"]
 
 
 def _nearest_existing(path: Path) -> tuple[Path, list[Path]]:
@@ -101,3 +104,27 @@ def interrupt_note(note: str | Callable[[], str]) -> Iterator[None]:
             except Exception:  # noqa: BLE001 - the note must never replace the interrupt
                 pass
         raise
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block has finished, then raise the ``KeyboardInterrupt``.
+
+    For short writes that an interrupt must not cut: ``torch.save`` into a file object calls the file's
+    ``write`` from C++, and a ``KeyboardInterrupt`` raised there comes out as a ``RuntimeError``
+    ("unexpected pos ...") and a broken file. Outside the main thread, or where SIGINT is not Python's
+    default handler, the block runs unchanged."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    arrived: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if arrived:
+        raise KeyboardInterrupt

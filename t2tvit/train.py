@@ -31,7 +31,7 @@ from torch import nn
 from .checkpoint import read_checkpoint, recorded_args
 from .config import config_parser, parse_command, parse_config, recipe_text
 from .errors import CheckpointError, ConfigError, T2TError
-from .faults import interrupt_note, output_dir
+from .faults import interrupt_note, interrupts_deferred, output_dir
 from .train_config import TrainConfig
 
 __all__ = [
@@ -223,19 +223,21 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
     A crash or kill mid-write leaves the previous file untouched (rename is atomic on POSIX)
-    and at most a ``.tmp`` file, which is removed on the next successful write.
+    and at most a ``.tmp`` file, which is removed on the next successful write. Ctrl-C during the
+    write lets it finish, then interrupts.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with interrupts_deferred():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -179,6 +179,24 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temporary file left behind
 
 
+def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_then_interrupts(tmp_path: Path) -> None:
+    # torch.save into a file object calls its write() from C++: a KeyboardInterrupt raised there came out as
+    # "RuntimeError: ... unexpected pos" and the interrupt was lost (seen in a Ctrl-C probe of t2t train).
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    path = tmp_path / "last.pth"
+
+    class CtrlC:
+        def __reduce__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, in the middle of the write
+            return (int, (2,))
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": CtrlC(), "w": torch.zeros(1_000_000)}, path)
+    assert torch.load(path, weights_only=False)["epoch"] == 2  # the write finished first (int(2) is a global)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.slow
 def test_checkpoint_killed_mid_write_is_never_half_written(tmp_path: Path) -> None:
     path = tmp_path / "ckpt.pth"
