@@ -22,16 +22,6 @@ import torch
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """How the two pytest-xdist workers (``-n 2 --dist loadgroup`` in pyproject.toml) share the suite: a test
-    file's tests run on one worker, so its module fixtures (an export, a trained model) are built once; and
-    every test that checks the ``t2t compress --demo`` run goes to one worker, which copies (or, without the
-    quick start's run, runs) it once."""
-    for item in items:
-        group = "compress_demo" if "compress_demo" in getattr(item, "fixturenames", ()) else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """Correctness, not speed, is tested: one intra-op thread keeps PyTorch's OpenMP workers from
