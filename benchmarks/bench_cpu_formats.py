@@ -213,20 +213,19 @@ def build(checkpoint: str | None, model: str, img: int | None, work: Path, calib
         print(f"  exported {', '.join(formats)} in {time.perf_counter() - t0:.0f} s", flush=True)
     rows: dict[str, Any] = {}
     notes: dict[str, str] = {}
-    for a in exp.manifest["artifacts"]:
-        if a["status"] == "ok":
-            rows[a["format"]] = FORMATS[a["format"]].load(exp.folder / a["file"], threads=threads)
+    for a in exp.manifest.artifacts:
+        if a.ok:
+            rows[a.format] = FORMATS[a.format].load(exp.folder / a.file, threads=threads)
         else:
-            notes[a["format"]] = f"{a['status']}: {a['reason']}"
+            notes[a.format] = f"{a.status}: {a.reason}"
     if model != MOBILENET:
         rows["reference"] = REFERENCE.impl().load(exp.folder / "model-torch.pt")
-    spec = exp.manifest["model"]
-    hw = tuple(spec["img_size"])
+    hw = tuple(exp.manifest.model["img_size"])
     if checkpoint is None:
         torch.manual_seed(0)
     import t2tvit
 
-    net = t2tvit.build_model(spec["model"], checkpoint=checkpoint, img_size=hw).eval()
+    net = t2tvit.build_model(exp.manifest.model_name, checkpoint=checkpoint, img_size=hw).eval()
     t0 = time.perf_counter()
     calib, _ = load_images(dataset_split("digits", "train"), eval_transform_for(net, hw), calib_n, what="calibration")
     onnx_path = exp.folder / "model-onnx.onnx"

@@ -22,9 +22,12 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from deploy.manifest import Manifest
 
 __all__ = ["main"]
 
@@ -61,11 +64,13 @@ def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> d
     row = static_tflite_row()
     if row.missing():
         return None
-    spec = mf.read(folder)["model"]
-    size = tuple(spec["img_size"])
+    recorded = mf.read(folder)
+    size = tuple(recorded.model["img_size"])
     if checkpoint is None:
         torch.manual_seed(0)  # the weights export_checkpoint made
-    net = create_model(spec["model"], checkpoint=checkpoint, num_classes=spec["num_classes"], img_size=size).eval()
+    net = create_model(
+        recorded.model_name, checkpoint=checkpoint, num_classes=recorded.num_classes, img_size=size
+    ).eval()
     images, _ = load_images(dataset_split("digits", "val"), eval_transform_for(net, size), parity + calib)
     ctx = ExportContext(img_size=size, batch=(1, 1, 8), calib=images[parity:])
     path = folder / row.filename
@@ -83,7 +88,7 @@ def _variant(checkpoint: str | None, folder: Path, parity: int, calib: int) -> d
     }
 
 
-def _export(checkpoint: str | None, img: int, out: Path, parity: int, calib: int) -> dict[str, Any]:
+def _export(checkpoint: str | None, img: int, out: Path, parity: int, calib: int) -> Manifest:
     from deploy.export import export_checkpoint
 
     kw = {"model": "t2t_vit_7", "num_classes": 10, "img_size": img} if checkpoint is None else {}
@@ -114,30 +119,30 @@ def _student(steps: int, folder: Path) -> str:
     return str(ck)
 
 
-def _table(speed_manifest: dict[str, Any], rows: dict[str, Any], acc_manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    arts = {a["format"]: a for a in speed_manifest["artifacts"]}
-    acc = {a["format"]: a for a in acc_manifest["artifacts"]}
-    fp32 = arts["torch"]["bytes"]
+def _table(speed_manifest: Manifest, rows: dict[str, Any], acc_manifest: Manifest) -> list[dict[str, Any]]:
+    fp32 = speed_manifest.entry("torch").bytes
     out = []
-    for name, a in arts.items():
+    for a in speed_manifest.artifacts:
+        name = a.format
         r = rows.get(name)
         lat = r.latency.get("1") if r is not None and r.status == "ok" else None
-        parity = acc.get(name, {}).get("parity") or {}
+        digits = acc_manifest.entry(name)
+        parity = (digits.parity if digits is not None else None) or {}
         out.append(
             {
                 "format": name,
-                "precision": a["precision"],
-                "size_mb": round(a["bytes"] / 1e6, 2) if a["bytes"] else None,
-                "size_x_fp32": round(a["bytes"] / fp32, 3) if a["bytes"] else None,
+                "precision": a.precision,
+                "size_mb": round(a.bytes / 1e6, 2) if a.bytes else None,
+                "size_x_fp32": round(a.bytes / fp32, 3) if a.bytes else None,
                 "p50_ms_b1": round(lat["p50_ms"], 2) if lat else None,
-                "latency_note": None if lat else (r.reason if r is not None else a["reason"]),
+                "latency_note": None if lat else (r.reason if r is not None else a.reason),
                 "top1_agreement": parity.get("top1_agreement"),
                 "max_abs_diff": parity.get("max_abs_diff"),
                 "parity_images": parity.get("images"),
-                "status_224": a["status"],
-                "status_digits": acc.get(name, {}).get("status"),
-                "reason_digits": acc.get(name, {}).get("reason"),
-                "details": {k: v for k, v in (a.get("details") or {}).items() if k != "structure"},
+                "status_224": a.status,
+                "status_digits": digits.status if digits is not None else None,
+                "reason_digits": digits.reason if digits is not None else None,
+                "details": {k: v for k, v in a.details.items() if k != "structure"},
             }
         )
     return out
@@ -201,8 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         for manifest, v in ((speed_manifest, fast), (acc_manifest, acc_variant)):
             if v is not None:  # the variant's entry, as export_checkpoint would have written it
                 parity = {k: v[k] for k in ("top1_agreement", "max_abs_diff", "images")}
-                entry = {"format": v["row"].name, "precision": "int8", "bytes": v["bytes"], "status": "ok"}
-                manifest["artifacts"].append({**entry, "reason": None, "details": v["details"], "parity": parity})
+                from deploy.manifest import ArtifactEntry
+
+                entry = ArtifactEntry(
+                    v["row"].name, "int8", "ok", bytes=v["bytes"], details=v["details"], parity=parity
+                )
+                manifest.artifacts.append(entry)
         student_acc = torch.load(ck, weights_only=True)["val_acc"]
     table = _table(speed_manifest, rows, acc_manifest)
     meta = {

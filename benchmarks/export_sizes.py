@@ -33,6 +33,7 @@ import t2tvit
 from compress.quantize import STATIC_OP_TYPES, load_images, quantize_onnx_static
 from deploy.base import FORMAT_GROUPS, FORMATS, ExportContext
 from deploy.export import PARITY, ParityThreshold, export_all, reference_logits, tool_versions
+from deploy.manifest import Manifest
 from deploy.onnx import OnnxPredictor, export_fp32
 from t2tvit.data import bundled_dataset_path, eval_transform_for
 
@@ -68,21 +69,21 @@ def train_digits(steps: int = 60, img_size: int = 64, seed: int = 0) -> tuple[to
     return model, float((reference_logits(model, xv).argmax(1) == yv).mean())
 
 
-def _rows(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    fp32 = next(a["bytes"] for a in manifest["artifacts"] if a["format"] == "torch")
+def _rows(manifest: Manifest) -> list[dict[str, Any]]:
+    fp32 = manifest.entry("torch").bytes
     rows = []
-    for a in manifest["artifacts"]:
-        p = a.get("parity") or {}
+    for a in manifest.artifacts:
+        p = a.parity or {}
         rows.append(
             {
-                "format": a["format"],
-                "precision": a["precision"],
-                "status": a["status"],
-                "bytes": a["bytes"],
-                "ratio_to_fp32": round(a["bytes"] / fp32, 4) if a["bytes"] else None,
+                "format": a.format,
+                "precision": a.precision,
+                "status": a.status,
+                "bytes": a.bytes,
+                "ratio_to_fp32": round(a.bytes / fp32, 4) if a.bytes else None,
                 "max_abs_diff": p.get("max_abs_diff"),
                 "top1_agreement": p.get("top1_agreement"),
-                "notes": a.get("reason") or (a.get("details") or {}).get("optimize_for_mobile", ""),
+                "notes": a.reason or a.details.get("optimize_for_mobile", ""),
             }
         )
     return rows

@@ -3,7 +3,8 @@
 * :mod:`deploy.base` -- the :class:`~deploy.base.Predictor` contract and the format table (``FORMATS``);
   each format is one module here (``torch_eager``, ``torchscript``, ``ptl``, ``onnx``, ``tensorrt``,
   ``executorch``) with ``export`` and ``load``;
-* :func:`export_checkpoint` / :func:`export_all` -- every requested format, verified, with a manifest;
+* :func:`export_checkpoint` / :func:`export_all` -- every requested format, verified, with a manifest
+  (:class:`~deploy.manifest.Manifest` of :class:`~deploy.manifest.ArtifactEntry` records, :mod:`deploy.manifest`);
 * :func:`open` -- any artifact file, export folder or training checkpoint as a Predictor, and
   :func:`predict_images` -- image files through it with the model's own preprocessing;
 * :mod:`deploy.profiler` -- latency, memory, MAC rate and accuracy of every artifact (``t2t bench``),
@@ -17,14 +18,17 @@ __toolkit__ = "t2tvit-edge"  # read (not imported) by t2t.cli.name_clashes: is t
 
 from .base import FORMATS, Format, Predictor, get_format, resolve_formats
 from .export import Export, export_all, export_checkpoint, verify_artifacts, verify_export, verify_folder
+from .manifest import ArtifactEntry, Manifest
 from .predict import open_predictor, predict_images, read_class_names
 
 open = open_predictor  # noqa: A001 - deploy.open(path) is the one entry point, like io.open
 
 __all__ = [
     "FORMATS",
+    "ArtifactEntry",
     "Export",
     "Format",
+    "Manifest",
     "Predictor",
     "export_all",
     "export_checkpoint",

@@ -23,6 +23,7 @@ from t2tvit.errors import ConfigError
 
 from . import manifest as mf
 from .base import FORMATS, Format, get_format
+from .manifest import ArtifactEntry, Manifest
 
 __all__ = [
     "CHECKPOINT_SUFFIXES",
@@ -187,11 +188,11 @@ def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
         return _from_manifest(path, manifest, _pick_entry(path, manifest, want))
     if mf.exists(path.parent):
         manifest = mf.read(path.parent)
-        entry = next((a for a in manifest.get("artifacts", []) if a.get("file") == path.name), None)
+        entry = next((a for a in manifest.artifacts if a.file == path.name), None)
         if entry is not None:
-            if want is not None and want.name != entry.get("format"):
+            if want is not None and want.name != entry.format:
                 raise ConfigError(
-                    f"{path} is the {entry.get('format')} artifact of its manifest, not {want.name}; drop --format"
+                    f"{path} is the {entry.format} artifact of its manifest, not {want.name}; drop --format"
                 )
             return _from_manifest(path.parent, manifest, entry)
     fmt, info = identify(path, want)
@@ -208,40 +209,37 @@ def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
     )
 
 
-def _pick_entry(folder: Path, manifest: dict[str, Any], want: Format | None) -> dict[str, Any]:
-    arts = mf.entries(manifest)
-    ok = [a for a in mf.entries(manifest, "ok") if a.get("file")]
+def _pick_entry(folder: Path, manifest: Manifest, want: Format | None) -> ArtifactEntry:
+    ok = [a for a in manifest.entries("ok") if a.file]
     if want is not None:
-        entry = next((a for a in arts if a.get("format") == want.name), None)
-        if entry is None or not entry.get("file"):
-            state = "not in" if entry is None else f"{entry.get('status')} ({entry.get('reason')}) in"
-            choose = f"; choose one of: {', '.join(a['format'] for a in ok)}" if ok else ""
+        entry = manifest.entry(want.name)
+        if entry is None or not entry.file:
+            state = "not in" if entry is None else f"{entry.status} ({entry.reason}) in"
+            choose = f"; choose one of: {', '.join(a.format for a in ok)}" if ok else ""
             raise ConfigError(f"{want.name} is {state} {mf.path(folder)}{choose}")
         return entry
     if not ok:
         raise ConfigError(f"{mf.path(folder)} lists no artifact that was built ok; run `t2t export` again")
-    by_name = {a["format"]: a for a in ok}
+    by_name = {a.format: a for a in ok}
     return next((by_name[n] for n in DEFAULT_FORMATS if n in by_name), ok[0])
 
 
-def _from_manifest(folder: Path, manifest: dict[str, Any], entry: dict[str, Any]) -> Artifact:
-    m = manifest.get("model") or {}
-    shape = entry.get("input_shape") or (manifest.get("input") or {}).get("shape") or []
-    size = tuple(int(s) for s in shape[2:4]) if len(shape) == 4 else _size(m.get("img_size"))
-    classes = manifest.get("classes")
+def _from_manifest(folder: Path, manifest: Manifest, entry: ArtifactEntry) -> Artifact:
+    shape = entry.input_shape
+    size = tuple(int(s) for s in shape[2:4]) if len(shape) == 4 else manifest.img_size
     return Artifact(
-        path=folder / entry["file"],
-        fmt=get_format(entry["format"]),
+        path=folder / entry.file,
+        fmt=get_format(entry.format),
         source="manifest",
-        model=m.get("model"),
+        model=manifest.model_name,
         img_size=size,
-        classes=[str(c) for c in classes] if isinstance(classes, list) else None,
-        preprocessing=mf.preprocessing(manifest),
-        batch=tuple(entry["batch"]) if len(entry.get("batch") or ()) == 3 else None,
-        status=entry.get("status"),
-        reason=entry.get("reason"),
-        num_classes=m.get("num_classes"),
-        sha256=entry.get("sha256"),
+        classes=[str(c) for c in manifest.classes] if isinstance(manifest.classes, list) else None,
+        preprocessing=manifest.transform_keywords(),
+        batch=tuple(entry.batch) if len(entry.batch) == 3 else None,
+        status=entry.status,
+        reason=entry.reason,
+        num_classes=manifest.num_classes,
+        sha256=entry.sha256,
     )
 
 

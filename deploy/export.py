@@ -70,6 +70,7 @@ from .base import (
     sha256_file,
     tool_versions,
 )
+from .manifest import ArtifactEntry, Manifest
 from .settings import ExportConfig
 
 __all__ = [
@@ -367,43 +368,42 @@ def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
                 shutil.copy2(item, target)
 
 
-def _entry_files(entry: dict[str, Any]) -> set[str]:
+def _entry_files(entry: ArtifactEntry) -> set[str]:
     """The top-level names an entry's artifact occupies in its folder (the file, its companions)."""
-    if not entry.get("file"):
+    if not entry.file:
         return set()
-    fmt = FORMATS.get(entry.get("format")) if isinstance(entry.get("format"), str) else None
+    fmt = FORMATS.get(entry.format)
     if fmt is None:
-        return {entry["file"]}
-    return {p.name for p in fmt.files(Path(entry["file"]))}
+        return {entry.file}
+    return {p.name for p in fmt.files(Path(entry.file))}
 
 
-def _merge_entries(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[str]]:
+def _merge_entries(old: list[ArtifactEntry], new: list[ArtifactEntry]) -> tuple[list[ArtifactEntry], set[str]]:
     """The manifest's artifacts after this run: the new entries replace theirs, the others are kept; a format
     this machine skipped does not replace one built earlier (elsewhere). Returns the entries, in table order,
     and the top-level names of the old files that are dropped."""
-    by_name = {e.get("format"): e for e in old}
+    by_name = {e.format: e for e in old}
     drop: set[str] = set()
     for e in new:
-        before = by_name.get(e["format"])
-        if before is not None and e["status"] == "skipped" and before.get("file") and before.get("status") != "skipped":
+        before = by_name.get(e.format)
+        if before is not None and e.status == "skipped" and before.file and before.status != "skipped":
             continue  # e.g. a TensorRT engine built on a GPU machine, re-exported here without one
         if before is not None:
             drop |= _entry_files(before)
-        by_name[e["format"]] = e
+        by_name[e.format] = e
     order = {n: i for i, n in enumerate(FORMATS)}
-    entries = sorted(by_name.values(), key=lambda e: order.get(e.get("format"), len(order)))
+    entries = sorted(by_name.values(), key=lambda e: order.get(e.format, len(order)))
     keep = set().union(*(_entry_files(e) for e in entries)) if entries else set()
     return entries, drop - keep
 
 
-def _same_model(out_dir: Path, old: dict[str, Any], spec: dict[str, Any], digest: str, ck: str | None) -> None:
+def _same_model(out_dir: Path, old: Manifest, spec: dict[str, Any], digest: str, ck: str | None) -> None:
     """Refuse to merge into an export of another model or other weights (its artifacts would be mislabelled)."""
-    before = old.get("model") or {}
-    recorded = old.get("weights_sha256")
-    same = before == spec and (recorded == digest if recorded else old.get("source_checkpoint") == ck)
+    recorded = old.weights_sha256
+    same = old.model == spec and (recorded == digest if recorded else old.source_checkpoint == ck)
     if not same:
-        was = f"{before.get('model')} {before.get('img_size')}" + (
-            f" from {old.get('source_checkpoint')}" if old.get("source_checkpoint") else " (random weights)"
+        was = f"{old.model_name} {old.model.get('img_size')}" + (
+            f" from {old.source_checkpoint}" if old.source_checkpoint else " (random weights)"
         )
         raise ConfigError(
             f"{out_dir} holds the export of another model or other weights ({was}); its formats would be mixed "
@@ -422,11 +422,11 @@ def export_all(
     meta: dict[str, Any] | None = None,
     thresholds: dict[str, ParityThreshold] | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Manifest:
     """Export ``model`` to every format in ``formats`` under ``out_dir``; returns the manifest.
 
     ``parity_images``: normalised float32 ``(N, 3, H, W)`` real images, held out from calibration.
-    ``meta``: extra top-level manifest fields (data folders, preprocessing, ...). An existing export
+    ``meta``: the manifest's fields about the data (``preprocessing``, ``data``, ``classes``). An existing export
     folder of the same weights is merged into (see the module docstring); one of other weights is refused.
     """
     from .torch_eager import model_spec
@@ -456,32 +456,31 @@ def export_all(
         own_scratch = ctx.scratch is None
         if own_scratch:
             ctx.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
-        entries: list[dict[str, Any]] = []
+        entries: list[ArtifactEntry] = []
         try:
             with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar:
                 for fmt in fmts:
                     bar.step(f"{fmt.name}: exporting", 0)
                     entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar))
-                    bar.step(f"{fmt.name}: {entries[-1]['status']}")
-            merged, dropped = _merge_entries((old or {}).get("artifacts", []), entries)
-            manifest = {
-                "schema": mf.SCHEMA,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "model": spec,
-                "weights_sha256": digest,
-                "source_checkpoint": ck,
-                "source_checkpoint_from_folder": _relative(source_checkpoint, out_dir),
-                "input": _input(ctx),
-                "parity": {
+                    bar.step(f"{fmt.name}: {entries[-1].status}")
+            merged, dropped = _merge_entries(old.artifacts if old is not None else [], entries)
+            manifest = Manifest(
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                model=spec,
+                weights_sha256=digest,
+                source_checkpoint=ck,
+                source_checkpoint_from_folder=_relative(source_checkpoint, out_dir),
+                input=_input(ctx),
+                parity={
                     "images": len(parity_images),
                     "reference": "fp32 PyTorch eager model, eval mode",
                     "thresholds": {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in PARITY.items()}
                     | {p: {k: v for k, v in asdict(t).items() if v is not None} for p, t in (thresholds or {}).items()},
                 },
-                "tool_versions": tool_versions(),
+                tool_versions=tool_versions(),
                 **(meta or {}),
-                "artifacts": merged,
-            }
+                artifacts=merged,
+            )
             _commit(staging, out_dir, manifest, dropped)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -502,7 +501,7 @@ def _relative(path: str | Path | None, folder: Path) -> str | None:
         return None
 
 
-def _commit(staging: Path, out_dir: Path, manifest: dict[str, Any], dropped: set[str]) -> None:
+def _commit(staging: Path, out_dir: Path, manifest: Manifest, dropped: set[str]) -> None:
     """Make ``staging`` (this run's artifacts) the export folder: the old folder's other files hard-linked in,
     the manifest written, then one atomic exchange; the old folder stays whole until that instant."""
     if out_dir.exists():
@@ -531,22 +530,21 @@ def _input(ctx: ExportContext) -> dict[str, Any]:
     }
 
 
-def _one(model: Any, fmt: Format, *rest: Any) -> dict[str, Any]:
+def _one(model: Any, fmt: Format, *rest: Any) -> ArtifactEntry:
     """The manifest entry of ``fmt``'s artifact (``rest``: the other arguments of :func:`_attempt`): exported,
     loaded back and checked; a row with a second recipe (``fallback_options``) whose first artifact misses parity
     is exported once more with it, and the entry says so (the first recipe's miss in ``details.recipe_fallback``)."""
     entry = _attempt(model, fmt, *rest)
-    missed = (entry.get("parity") or {}).get("passed") is False
-    if not (missed and fmt.fallback_options):
+    if not (entry.parity_failed and fmt.fallback_options):
         return entry
     second = dataclasses.replace(fmt, options={**fmt.options, **fmt.fallback_options}, fallback_options={})
     rest[-1].step(f"{fmt.name}: missed parity, exporting its second recipe", 0)  # the progress bar
     retry = _attempt(model, second, *rest)
     note = (
-        f"the row's first recipe {fmt.options} missed parity ({entry['parity']['problem']}); "
+        f"the row's first recipe {fmt.options} missed parity ({entry.parity['problem']}); "
         f"exported again with {fmt.fallback_options}"
     )
-    retry.setdefault("details", {})["recipe_fallback"] = note
+    retry.details["recipe_fallback"] = note
     return retry
 
 
@@ -560,55 +558,50 @@ def _attempt(
     checkpoint: str | None,
     thresholds: dict[str, ParityThreshold] | None,
     bar: Progress,
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "format": fmt.name,
-        "precision": fmt.precision,
-        "status": "skipped",
-        "reason": None,
-        "file": None,
-        "bytes": None,
-        "sha256": None,
-        "input_shape": ["batch", 3, *ctx.img_size],
-        "batch": list(ctx.batch),
-        "source_checkpoint": checkpoint,
-        "tool_versions": tool_versions(fmt.tools),
-        "description": fmt.description,
-        "parity": None,
-        "exported": datetime.now(timezone.utc).isoformat(timespec="seconds"),  # an entry may outlive later runs
-    }
+) -> ArtifactEntry:
+    entry = ArtifactEntry(
+        format=fmt.name,
+        precision=fmt.precision,
+        input_shape=["batch", 3, *ctx.img_size],
+        batch=list(ctx.batch),
+        source_checkpoint=checkpoint,
+        tool_versions=tool_versions(fmt.tools),
+        description=fmt.description,
+        exported=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     why = fmt.missing()
     if why:
-        entry["reason"] = why
+        entry.reason = why
         return entry
     path = folder / fmt.filename
     t0 = time.perf_counter()
     try:
         extra = fmt.impl().export(model, path, fmt, ctx) or {}
     except Exception as e:  # noqa: BLE001 - one format's failure must not stop the others
-        entry.update(status="failed", reason=f"export failed: {first_line(e)}")
+        entry.status, entry.reason = "failed", f"export failed: {first_line(e)}"
         path.unlink(missing_ok=True)
         return entry
-    entry["export_seconds"] = round(time.perf_counter() - t0, 2)
+    entry.export_seconds = round(time.perf_counter() - t0, 2)
     if not fmt.exists(path):
-        entry.update(status="failed", reason=f"export reported success but wrote no {fmt.filename}")
+        entry.status, entry.reason = "failed", f"export reported success but wrote no {fmt.filename}"
         return entry
     ctx.built[fmt.name] = path
     # an export may compute in another precision than its row's (OpenVINO fp32 weights run in bf16)
     precision = extra.pop("precision", fmt.precision)
     if extra.get("deploy_graph"):  # the converted graph's proof of equality with the model (deploy.graph)
-        entry["deploy_graph"] = extra.pop("deploy_graph")
-    entry.update(precision=precision, file=fmt.filename, bytes=fmt.size(path), sha256=fmt.digest(path), details=extra)
+        entry.deploy_graph = extra.pop("deploy_graph")
+    entry.precision, entry.file, entry.details = precision, fmt.filename, extra
+    entry.bytes, entry.sha256 = fmt.size(path), fmt.digest(path)
     elsewhere = fmt.not_here()
     if elsewhere:  # written and checked as far as this machine can, but parity was not checked: never "ok"
         checked = extra.get("checked_structurally")
-        entry["reason"] = f"parity skipped: {elsewhere}" + (f"; checked structurally: {checked}" if checked else "")
+        entry.reason = f"parity skipped: {elsewhere}" + (f"; checked structurally: {checked}" if checked else "")
         return entry
     bar.step(f"{fmt.name}: checking parity", 0)
     try:
         predictor = fmt.load(path)
         # what the loaded runtime says it computes in (OpenVINO's `auto` resolves on this CPU), not what was asked
-        entry["precision"] = precision = getattr(predictor, "precision", None) or precision
+        entry.precision = precision = getattr(predictor, "precision", None) or precision
         _runtime_details(extra, predictor)
         threshold = threshold_for(fmt, thresholds, precision)
         parity = check_parity(predictor, images, reference, threshold, ctx.batch[2])
@@ -617,17 +610,17 @@ def _attempt(
         if second is not None:  # e.g. an `auto` OpenVINO file whose bf16 missed parity: recorded f32, checked again
             note, predictor = second
             extra["fallback"] = f"{note} ({parity['problem']})"
-            entry["precision"] = precision = predictor.precision
+            entry.precision = precision = predictor.precision
             _runtime_details(extra, predictor)
             parity = check_parity(predictor, images, reference, threshold_for(fmt, thresholds, precision), ctx.batch[2])
-            entry.update(bytes=fmt.size(path), sha256=fmt.digest(path))
+            entry.bytes, entry.sha256 = fmt.size(path), fmt.digest(path)
     except Exception as e:  # noqa: BLE001 - a file that does not load back is a failed artifact
-        entry.update(status="failed", reason=f"written but could not be loaded and run: {first_line(e)}")
+        entry.status, entry.reason = "failed", f"written but could not be loaded and run: {first_line(e)}"
         return entry
-    entry["parity"] = parity
-    entry["status"] = "ok" if parity["passed"] else "failed"
+    entry.parity = parity
+    entry.status = "ok" if parity["passed"] else "failed"
     if not parity["passed"]:
-        entry["reason"] = f"parity check failed: {parity['problem']}"
+        entry.reason = f"parity check failed: {parity['problem']}"
     return entry
 
 
@@ -652,30 +645,30 @@ def verify_artifacts(
     manifest = mf.read(folder)
     reference = reference_logits(model, images) if model is not None and images is not None else None
     results = []
-    for entry in mf.entries(manifest, "ok"):
-        fmt = get_format(entry["format"])
-        path = folder / entry["file"]
+    for entry in manifest.entries("ok"):
+        fmt = get_format(entry.format)
+        path = folder / entry.file
         rec: dict[str, Any] = {"format": fmt.name, "problems": [], "parity": None}
         if not fmt.exists(path):
-            rec["problems"].append(f"{entry['file']} is missing")
+            rec["problems"].append(f"{entry.file} is missing")
         else:
-            problem = integrity_problem(path, fmt, entry.get("sha256"))
+            problem = integrity_problem(path, fmt, entry.sha256)
             if problem is not None:
                 rec["problems"].append(problem)
             try:
                 predictor = fmt.load(path)
                 if reference is not None:
                     # in the export's own batches (its max batch): dynamic int8 quantizes activations per batch
-                    same = {"batch": entry["batch"][2]} if len(entry.get("batch") or ()) == 3 else {}
+                    same = {"batch": entry.batch[2]} if len(entry.batch) == 3 else {}
                     # the precision it runs in here (a file recorded bf16 runs f32 on a CPU without bf16)
-                    threshold = threshold_for(fmt, thresholds, getattr(predictor, "precision", entry.get("precision")))
+                    threshold = threshold_for(fmt, thresholds, getattr(predictor, "precision", entry.precision))
                     rec["parity"] = check_parity(predictor, images, reference, threshold, **same)
                     if not rec["parity"]["passed"]:
                         rec["problems"].append(f"parity check failed: {rec['parity']['problem']}")
                 else:
-                    h, w = manifest["input"]["shape"][2:]
+                    h, w = manifest.img_size
                     out = predictor(np.zeros((1, 3, h, w), np.float32))
-                    if out.shape != (1, manifest["model"]["num_classes"]):
+                    if out.shape != (1, manifest.num_classes):
                         rec["problems"].append(f"output shape {out.shape} is not (1, num_classes)")
             except Exception as e:  # noqa: BLE001 - report, do not crash the check of the others
                 rec["problems"].append(f"could not be loaded and run: {first_line(e)}")
@@ -689,7 +682,7 @@ class Export:
     """What :func:`export_checkpoint` wrote: the folder and its manifest."""
 
     folder: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     formats: list[str] | None = None  # the formats this run exported (None: every entry of the manifest)
 
     @property
@@ -697,11 +690,7 @@ class Export:
         """The formats this run failed to build or to pass parity (skipped ones are not failures; entries kept
         from an earlier export into the same folder are not this run's)."""
         mine = set(self.formats) if self.formats is not None else None
-        return [
-            a["format"]
-            for a in self.manifest["artifacts"]
-            if a["status"] == "failed" and (mine is None or a["format"] in mine)
-        ]
+        return [a.format for a in self.manifest.entries("failed") if mine is None or a.format in mine]
 
 
 def export_checkpoint(
@@ -811,9 +800,9 @@ def verify_export(
     from t2tvit.data import dataset_path, eval_transform_for
 
     manifest = mf.read(folder)
-    h, w = manifest["input"]["shape"][2:]
-    model = t2tvit.create_model(manifest["model"]["model"], checkpoint=checkpoint, img_size=(h, w)).eval()
-    transform = eval_transform_for(model, (h, w), **mf.preprocessing(manifest))
+    h, w = manifest.img_size
+    model = t2tvit.create_model(manifest.model_name, checkpoint=checkpoint, img_size=(h, w)).eval()
+    transform = eval_transform_for(model, (h, w), **manifest.transform_keywords())
     x, _ = load_images(dataset_path(data), transform, images, seed=seed, what="verification")
     return verify_artifacts(folder, model, x)
 
@@ -862,16 +851,15 @@ def verify_folder(
     manifest = mf.read(folder)
     if not parity:
         return Verification(folder, verify_artifacts(folder), None, [])
-    m = manifest.get("model") or {}
-    recorded = manifest.get("source_checkpoint")
+    recorded = manifest.source_checkpoint
     if checkpoint is None and recorded:
-        checkpoint = _recorded_path(folder, recorded, manifest.get("source_checkpoint_from_folder"))
+        checkpoint = _recorded_path(folder, recorded, manifest.source_checkpoint_from_folder)
         if checkpoint is None:
             raise ConfigError(
                 f"the checkpoint {recorded} that {folder} was exported from is not found; pass --checkpoint PATH "
                 "(or --no-parity to check digests, loading and running only)"
             )
-    recorded_data = (manifest.get("data") or {}).get("folder")
+    recorded_data = (manifest.data or {}).get("folder")
     if data is None:
         found = _recorded_path(folder, recorded_data) if recorded_data else None
         data = found if found is not None else "digits"
@@ -880,25 +868,25 @@ def verify_folder(
                 f"the image folder {recorded_data} the export checked parity on is not found; pass --data DIR "
                 "(or --no-parity)"
             )
-    n = int((manifest.get("data") or {}).get("parity_images") or (manifest.get("parity") or {}).get("images") or 128)
-    h, w = (manifest.get("input") or {}).get("shape", [0, 0, *m.get("img_size", (224, 224))])[2:]
+    n = int((manifest.data or {}).get("parity_images") or manifest.parity.get("images") or 128)
+    h, w = manifest.img_size or (224, 224)
     if checkpoint is None:
         import torch
 
         torch.manual_seed(0)  # what export_checkpoint does without a checkpoint
     net = t2tvit.build_model(
-        m.get("model") or DEFAULT_MODEL,
+        manifest.model_name or DEFAULT_MODEL,
         checkpoint=checkpoint,
-        num_classes=m.get("num_classes"),
+        num_classes=manifest.num_classes,
         img_size=h if h == w else (h, w),
     ).eval()
     problems = []
-    if manifest.get("weights_sha256") and weights_digest(net) != manifest["weights_sha256"]:
+    if manifest.weights_sha256 and weights_digest(net) != manifest.weights_sha256:
         problems.append(
             f"the weights of {checkpoint or 'the seeded random model'} are not the ones exported (the checkpoint "
             "changed after export); parity below is against the changed weights"
         )
-    transform = eval_transform_for(net, (h, w), **mf.preprocessing(manifest))
+    transform = eval_transform_for(net, (h, w), **manifest.transform_keywords())
     images, _ = load_images(image_folder(data), transform, n, what="parity")  # the export's seed: the same sample
     thresholds = PARITY_RANDOM_WEIGHTS if not recorded and checkpoint is None else None
     results = verify_artifacts(folder, net, images, thresholds)

@@ -383,8 +383,8 @@ def _export(s: PipelineConfig, folders: dict[str, Path], results: dict, command:
     except T2TError as e:
         raise T2TError(f"the export stage failed: {e}; fix it and run the same command again") from None
     counts: dict[str, int] = {}
-    for a in manifest["artifacts"]:
-        counts[a["status"]] = counts.get(a["status"], 0) + 1
+    for a in manifest.artifacts:
+        counts[a.status] = counts.get(a.status, 0) + 1
     return {"folder": _rel(folders["export"], _root(folders)), "artifacts": counts}
 
 

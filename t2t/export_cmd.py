@@ -153,7 +153,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             )
     result = export_checkpoint(args.checkpoint, config, progress=not args.json)
     if args.json:
-        print(json.dumps(result.manifest, indent=2))
+        print(json.dumps(result.manifest.to_json(), indent=2))
     else:
         _print_table(result.manifest, result.folder, result.formats)
     return 1 if result.failed else 0
@@ -168,7 +168,8 @@ def export_config(args: argparse.Namespace) -> Any:
     return ExportConfig(**{f.name: getattr(args, f.name) for f in fields(ExportConfig)})
 
 
-def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None = None) -> None:
+def _print_table(manifest: Any, out: Any, formats: list[str] | None = None) -> None:
+    """The export's table: one row per artifact of ``manifest`` (a :class:`deploy.manifest.Manifest`)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -178,27 +179,27 @@ def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None =
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
-    arts = manifest["artifacts"]
-    fp32 = next((a["bytes"] for a in arts if a["format"] == "torch" and a["bytes"]), None)
-    m = manifest["model"]
-    table = Table(title=f"{m['model']} ({m['num_classes']} classes, {m['img_size'][0]}x{m['img_size'][1]}) -> {out}")
+    arts = manifest.artifacts
+    fp32 = next((a.bytes for a in arts if a.format == "torch" and a.bytes), None)
+    h, w = manifest.model["img_size"]
+    table = Table(title=f"{manifest.model_name} ({manifest.num_classes} classes, {h}x{w}) -> {out}")
     for col in ("format", "precision", "status", "size", "x torch", "max |Δlogit|", "top-1 agree", "reason / notes"):
         table.add_column(col, justify="right" if col in ("size", "x torch", "max |Δlogit|", "top-1 agree") else "left")
     colour = {"ok": "green", "skipped": "yellow", "failed": "red"}
     for a in arts:
-        par = a.get("parity") or {}
-        size = f"{a['bytes'] / 1e6:.2f} MB" if a.get("bytes") else "-"
-        ratio = f"{a['bytes'] / fp32:.2f}" if a.get("bytes") and fp32 else "-"
-        note = a.get("reason") or ""
-        if formats is not None and a["format"] not in formats:  # merged into: an entry of an earlier export
-            note = f"kept from the export of {a.get('exported') or 'an earlier run'}" + (f"; {note}" if note else "")
-        mobile = (a.get("details") or {}).get("optimize_for_mobile")
+        par = a.parity or {}
+        size = f"{a.bytes / 1e6:.2f} MB" if a.bytes else "-"
+        ratio = f"{a.bytes / fp32:.2f}" if a.bytes and fp32 else "-"
+        note = a.reason or ""
+        if formats is not None and a.format not in formats:  # merged into: an entry of an earlier export
+            note = f"kept from the export of {a.exported or 'an earlier run'}" + (f"; {note}" if note else "")
+        mobile = a.details.get("optimize_for_mobile")
         if not note and mobile and mobile != "applied":
             note = "optimize_for_mobile unavailable (no XNNPACK in this PyTorch build)"
         table.add_row(
-            a["format"],
-            a["precision"],
-            f"[{colour[a['status']]}]{a['status']}[/]",
+            a.format,
+            a.precision,
+            f"[{colour[a.status]}]{a.status}[/]",
             size,
             ratio,
             f"{par['max_abs_diff']:.2e}" if "max_abs_diff" in par else "-",
@@ -206,9 +207,9 @@ def _print_table(manifest: dict[str, Any], out: Any, formats: list[str] | None =
             escape(note),
         )
     console.print(table)
-    mine = [a for a in arts if formats is None or a["format"] in formats]
-    n = {s: sum(a["status"] == s for a in mine) for s in ("ok", "skipped", "failed")}
+    mine = [a for a in arts if formats is None or a.format in formats]
+    n = {s: sum(a.status == s for a in mine) for s in ("ok", "skipped", "failed")}
     console.print(
         f"{n['ok']} ok, {n['skipped']} skipped, {n['failed']} failed; "
-        f"parity on {manifest['parity']['images']} images; manifest: {escape(str(mf.path(out)))}"
+        f"parity on {manifest.parity['images']} images; manifest: {escape(str(mf.path(out)))}"
     )

@@ -113,7 +113,7 @@ def export_digits(
     """``export_digits(formats, img_size=32, **settings)``: the digits checkpoint of that size exported to
     ``formats`` by :func:`deploy.export.export_checkpoint` into a fresh folder (96 parity images, no progress
     bar, ``settings`` passed on); returns ``{"model", "acc", "checkpoint", "out", "entries"}``, ``entries``
-    the manifest's artifact entries by format."""
+    the manifest's artifact entries by format, as manifest.json records them."""
     from deploy.export import export_checkpoint
 
     def export(formats: str, img_size: int = 32, **settings: Any) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def export_digits(
         exp = export_checkpoint(
             trained["checkpoint"], formats=formats, out=out, **{"parity_images": 96, "progress": False, **settings}
         )
-        return {**trained, "out": out, "entries": {a["format"]: a for a in exp.manifest["artifacts"]}}
+        return {**trained, "out": out, "entries": {a.format: a.to_json() for a in exp.manifest.artifacts}}
 
     return export
 

@@ -36,7 +36,7 @@ def test_demo_runs_every_stage_into_its_own_folder(demo: Path) -> None:
     assert ck["distillation_type"] == "hard" and Path(ck["teacher_path"]).parts[-2:] == ("teacher", "best.pth")
 
     manifest = mf.read(demo / "export")
-    status = {a["format"]: a["status"] for a in manifest["artifacts"]}
+    status = {a.format: a.status for a in manifest.artifacts}
     assert all(status[f] == "ok" for f in ("torch", "onnx", "onnx-int8-static", "ptl-int8")), status
     assert status["tensorrt"] == "skipped"  # never installed here: a row with its reason, not a crash
     verify = json.loads((demo / "verify" / "verify.json").read_text())

@@ -58,12 +58,13 @@ def exported(trained, tmp_path_factory) -> dict:
     manifest = export_all(
         trained["model"], CPU_FORMATS, out, ctx, trained["parity"], source_checkpoint=trained["checkpoint"]
     )
-    return {"out": out, "manifest": manifest, "entries": {a["format"]: a for a in manifest["artifacts"]}}
+    return {"out": out, "manifest": manifest.to_json(), "entries": {a.format: a.to_json() for a in manifest.artifacts}}
 
 
 def test_manifest_lists_every_requested_format_in_table_order(exported, trained) -> None:
     m = json.loads((exported["out"] / mf.FILE).read_text())
-    assert m == json.loads(json.dumps(exported["manifest"]))
+    assert m == json.loads(json.dumps(exported["manifest"]))  # what the file says is the returned Manifest
+    assert mf.read(exported["out"]).to_json() == m
     assert [a["format"] for a in m["artifacts"]] == CPU_FORMATS
     assert m["model"] == {"model": "t2t_vit_7", "num_classes": 10, "img_size": [IMG, IMG]}
     for a in m["artifacts"]:
@@ -184,10 +185,10 @@ def test_artifact_failing_its_threshold_is_marked_failed(trained, tmp_path) -> N
     m = export_all(
         trained["model"], "torch,torch-int8", tmp_path / "out", ctx, trained["parity"][:32], thresholds=strict
     )
-    by = {a["format"]: a for a in m["artifacts"]}
-    assert by["torch"]["status"] == "ok"
-    assert by["torch-int8"]["status"] == "failed" and by["torch-int8"]["reason"].startswith("parity check failed")
-    assert (tmp_path / "out" / by["torch-int8"]["file"]).is_file()
+    assert m.entry("torch").ok and m.entry("torch-int8").parity_failed
+    int8 = m.entry("torch-int8")
+    assert int8.status == "failed" and int8.reason.startswith("parity check failed")
+    assert (tmp_path / "out" / int8.file).is_file()
 
 
 def test_an_export_into_an_earlier_one_merges_and_never_mixes_models(trained, tmp_path) -> None:
@@ -196,7 +197,7 @@ def test_an_export_into_an_earlier_one_merges_and_never_mixes_models(trained, tm
     export_all(trained["model"], ["torch", "torchscript"], out, ctx, trained["parity"][:8], progress=False)
     (out / "model-stale.onnx").write_bytes(b"old")  # a file of the user's: kept
     m = export_all(trained["model"], ["torch-int8"], out, ctx, trained["parity"][:8], progress=False)
-    assert [a["format"] for a in m["artifacts"]] == ["torch", "torch-int8", "torchscript"]
+    assert [a.format for a in m.artifacts] == ["torch", "torch-int8", "torchscript"]
     names = [FORMATS[n].filename for n in ("torch", "torch-int8", "torchscript")]
     assert sorted(p.name for p in out.iterdir()) == sorted([mf.FILE, "model-stale.onnx", *names])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
@@ -225,7 +226,7 @@ def test_distilled_student_exports_the_averaged_head(tmp_path) -> None:
     assert np.abs(cls_logits.numpy() - dist_logits.numpy()).max() > 1e-2  # the two heads differ
     ctx = ExportContext(img_size=(32, 32))
     m = export_all(model, ["torch", "torchscript", "onnx"], tmp_path / "out", ctx, x.numpy(), progress=False)
-    assert [a["status"] for a in m["artifacts"]] == ["ok"] * 3
+    assert [a.status for a in m.artifacts] == ["ok"] * 3
     for name in ("torch", "torchscript", "onnx"):
         fmt = get_format(name)
         out = fmt.impl().load(tmp_path / "out" / fmt.filename, fmt)(x)
@@ -239,9 +240,9 @@ def test_formats_that_cannot_be_built_here_are_skipped_with_the_install_hint(tra
         pytest.skip("every format can be built on this machine")
     ctx = ExportContext(img_size=(IMG, IMG))
     m = export_all(trained["model"], ["torch", *missing], tmp_path / "out", ctx, trained["parity"][:8], progress=False)
-    for a in m["artifacts"][1:]:
-        assert a["status"] == "skipped" and a["reason"] == FORMATS[a["format"]].missing()
-        assert a["file"] is None and a["bytes"] is None
+    for a in m.artifacts[1:]:
+        assert a.status == "skipped" and a.reason == FORMATS[a.format].missing()
+        assert a.file is None and a.bytes is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([mf.FILE, FORMATS["torch"].filename])
 
 
@@ -254,8 +255,8 @@ _TRT_MISSING = FORMATS["tensorrt"].missing()
 def test_tensorrt_engines_round_trip_with_parity(trained, tmp_path, name) -> None:
     ctx = ExportContext(img_size=(IMG, IMG), calib=trained["calib"])
     m = export_all(trained["model"], [name], tmp_path / "out", ctx, trained["parity"], progress=False)
-    (entry,) = m["artifacts"]
-    assert entry["status"] == "ok", entry["reason"]
+    (entry,) = m.artifacts
+    assert entry.ok, entry.reason
     fmt = get_format(name)
     pred = fmt.impl().load(tmp_path / "out" / fmt.filename, fmt, device="cuda")
     ref = reference_logits(trained["model"], trained["parity"])

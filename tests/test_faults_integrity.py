@@ -226,7 +226,7 @@ def test_an_export_into_an_existing_folder_merges(export, tmp_path) -> None:
         export["checkpoint"], formats="onnx", out=folder, batch=(1, 1, 8), parity_images=16, calib_size=8,
         progress=False,
     )  # fmt: skip
-    entries = {a["format"]: a for a in exp.manifest["artifacts"]}
+    entries = {a.format: a.to_json() for a in exp.manifest.artifacts}
     assert entries["onnx"]["status"] == "ok" and entries["onnx"]["batch"] == [1, 1, 8] != old["onnx"]["batch"]
     assert all(entries[n] == old[n] for n in FORMATS_HERE if n != "onnx")
     assert (folder / "notes.txt").read_text() == "keep me" and (folder / "bench" / "report.md").is_file()
@@ -263,7 +263,7 @@ def test_a_second_concurrent_export_is_refused_and_a_dead_lock_is_taken_over(exp
     # a lock left by a process that died (SIGKILL): the kernel released it, the next export takes it over
     lock.write_text("999999")
     exp = export_checkpoint(ck, formats="torch-int8", out=out, parity_images=8, calib_size=4, progress=False)
-    assert "torch-int8" in [a["format"] for a in exp.manifest["artifacts"]] and not lock.exists()
+    assert exp.manifest.entry("torch-int8") is not None and not lock.exists()
     # and one held now (a real flock of this process) refuses in one sentence
     with export_lock(out.resolve()):
         res = t2t(*args, "--formats", "torch")

@@ -53,7 +53,7 @@ def test_without_litert_torch_the_rows_are_skipped_with_the_install_line(
     exp = export_checkpoint(
         digits_checkpoint(IMG)["checkpoint"], formats="torch,tflite,tflite-int8", out=tmp_path / "x", progress=False
     )
-    e = {a["format"]: a for a in exp.manifest["artifacts"]}
+    e = {a.format: a.to_json() for a in exp.manifest.artifacts}
     assert e["torch"]["status"] == "ok"
     for name in ("tflite", "tflite-int8"):
         assert e[name]["status"] == "skipped"

@@ -186,6 +186,6 @@ def test_a_missing_mobile_package_gives_a_skipped_row_with_the_install_line(digi
     m = export_all(
         trained["model"], ["torch", *MOBILE], tmp_path / "out", ExportContext(img_size=(IMG, IMG)), x, progress=False
     )
-    for a in m["artifacts"][1:]:
-        assert a["status"] == "skipped" and a["file"] is None
-        assert 'not installed; install with: pip install "t2tvit-edge[mobile]"' in a["reason"]
+    for a in m.artifacts[1:]:
+        assert a.status == "skipped" and a.file is None
+        assert 'not installed; install with: pip install "t2tvit-edge[mobile]"' in a.reason

@@ -136,9 +136,9 @@ def test_bf16_inference_is_recorded_and_checked_as_bf16(ov_export, tmp_path) -> 
         parity_images=96,
         progress=False,
     )
-    a = exp.manifest["artifacts"][0]
-    assert a["status"] == "ok" and a["precision"] == "bf16" and a["details"]["inference_precision"] == "bf16"
-    assert a["parity"]["threshold"] == {"min_agreement": 0.99, "relative": False}
+    (a,) = exp.manifest.artifacts
+    assert a.status == "ok" and a.precision == "bf16" and a.details["inference_precision"] == "bf16"
+    assert a.parity["threshold"] == {"min_agreement": 0.99, "relative": False}
     pred = deploy.open(tmp_path / "bf16")
     assert pred.inference_precision == "bf16" and pred.precision == "bf16"
 
@@ -219,13 +219,13 @@ def test_auto_falls_back_to_f32_when_its_reduced_precision_misses_parity(ov_expo
     manifest = export_all(
         ov_export["model"], "openvino", tmp_path / "fb2", ctx, x, thresholds=impossible, progress=False
     )
-    a = manifest["artifacts"][0]
-    assert a["status"] == "ok" and a["precision"] == "fp32", a
-    assert a["details"]["inference_precision_used"] == "f32"
-    assert f"auto chose {AUTO_HERE}, which missed parity; recorded f32" in a["details"]["fallback"]
-    assert a["parity"]["passed"] and a["parity"]["max_abs_diff"] <= a["parity"]["max_abs_limit"]  # fp32's threshold
-    pred = deploy.open(tmp_path / "fb2" / a["file"])
-    assert pred.inference_precision == "f32" and a["sha256"] == FORMATS["openvino"].digest(tmp_path / "fb2" / a["file"])
+    (a,) = manifest.artifacts
+    assert a.status == "ok" and a.precision == "fp32", a
+    assert a.details["inference_precision_used"] == "f32"
+    assert f"auto chose {AUTO_HERE}, which missed parity; recorded f32" in a.details["fallback"]
+    assert a.parity["passed"] and a.parity["max_abs_diff"] <= a.parity["max_abs_limit"]  # fp32's threshold
+    pred = deploy.open(tmp_path / "fb2" / a.file)
+    assert pred.inference_precision == "f32" and a.sha256 == FORMATS["openvino"].digest(tmp_path / "fb2" / a.file)
 
 
 def test_an_int8_row_slower_than_its_float_sibling_says_so_in_the_report(ov_export, tmp_path, capsys) -> None:

@@ -135,14 +135,14 @@ def test_a_row_whose_first_recipe_misses_parity_is_exported_with_its_second(toy,
     done = deploy.export_checkpoint(
         trained["checkpoint"], formats="toy", out=tmp_path / "a", parity_images=32, calib_size=8, progress=False
     )
-    entry = done.manifest["artifacts"][0]
-    assert entry["status"] == "ok" and entry["parity"]["top1_agreement"] == 1.0
-    assert "missed parity (max |Δlogit|" in entry["details"]["recipe_fallback"]
-    assert "exported again with {'rolled': False}" in entry["details"]["recipe_fallback"]
+    (entry,) = done.manifest.artifacts
+    assert entry.ok and entry.parity["top1_agreement"] == 1.0
+    assert "missed parity (max |Δlogit|" in entry.details["recipe_fallback"]
+    assert "exported again with {'rolled': False}" in entry.details["recipe_fallback"]
     FORMATS["toy"] = dataclasses.replace(toy, options={"rolled": True})  # no second recipe: a failed artifact
     done = deploy.export_checkpoint(
         trained["checkpoint"], formats="toy", out=tmp_path / "b", parity_images=32, calib_size=8, progress=False
     )
-    entry = done.manifest["artifacts"][0]
-    assert entry["status"] == "failed" and entry["reason"].startswith("parity check failed")
-    assert "recipe_fallback" not in entry["details"]
+    (entry,) = done.manifest.artifacts
+    assert entry.status == "failed" and entry.parity_failed and entry.reason.startswith("parity check failed")
+    assert "recipe_fallback" not in entry.details

@@ -154,9 +154,9 @@ def test_a_row_whose_parity_failed_is_timed_only_as_a_field(folders: dict[str, P
 
     moved = shutil.copytree(folders[CNN], tmp_path / "moved")
     manifest = mf.read(moved)
-    entry = next(a for a in manifest["artifacts"] if a["format"] == "torch-int8")
-    entry.update(status="failed", reason="parity check failed: agreement 0.5 < 0.99")
-    entry["parity"]["passed"] = False
+    entry = manifest.entry("torch-int8")
+    entry.status, entry.reason = "failed", "parity check failed: agreement 0.5 < 0.99"
+    entry.parity["passed"] = False
     mf.write(moved, manifest)
     config = _config(formats="torch,torch-int8", batch_sizes=(1,), time_unverified=True)
     rep = profile_folders([folders[T2T], moved], config, progress=False)

@@ -26,6 +26,7 @@ from t2tvit.models.variants import VARIANTS
 
 from .. import manifest as mf
 from ..base import first_line, resolve_formats
+from ..manifest import ArtifactEntry, Manifest
 from . import variants as var
 from .run import Group, ProfileConfig, _counts, _threads, build_report, integrity_summary, measure_groups
 from .schema import Report
@@ -95,16 +96,17 @@ def profile_folders(
     return _combined(groups, paths, peaks, config, data, command)
 
 
-def _group(folder: Path, manifest: dict[str, Any], config: ProfileConfig) -> Group:
+def _group(folder: Path, manifest: Manifest, config: ProfileConfig) -> Group:
     variants = var.collect(folder, manifest, [], config.device, config.formats, config.time_unverified, config.verify)
     return Group(variants, var.model_info(manifest, variants), manifest)
 
 
-def _settings(manifest: dict[str, Any] | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _settings(manifest: Manifest | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(image size, export batch min/opt/max) of an export: what must match across a comparison."""
-    m = manifest or {}
-    size = tuple(int(s) for s in (m.get("model") or {}).get("img_size") or ())
-    b = (m.get("input") or {}).get("batch") or {}
+    if manifest is None:
+        return (), ()
+    size = tuple(int(s) for s in manifest.model.get("img_size") or ())
+    b = manifest.input.get("batch") or {}
     return size, tuple(int(b[k]) for k in ("min", "opt", "max") if k in b)
 
 
@@ -240,9 +242,9 @@ def _reusable(out: Path, name: str, fmts: Sequence[str], img_size: int, batch: t
         m = mf.read(out)
     except (OSError, ConfigError):
         return False
-    done = [a.get("format") for a in m.get("artifacts", [])]
+    done = [a.format for a in m.artifacts]
     same = _settings(m) == ((img_size, img_size), tuple(batch))
-    return (m.get("model") or {}).get("model") == name and done == list(fmts) and same
+    return m.model_name == name and done == list(fmts) and same
 
 
 def _failed_export(
@@ -250,10 +252,9 @@ def _failed_export(
 ) -> None:
     """A manifest whose every artifact failed with ``reason``: the model is in the report, with why."""
     out.mkdir(parents=True, exist_ok=True)
-    manifest = mf.new(
+    manifest = Manifest(
         model={"model": name, "num_classes": None, "img_size": [img_size, img_size]},
-        source_checkpoint=None,
         input={"batch": {"min": batch[0], "opt": batch[1], "max": batch[2]}},
-        artifacts=[{"format": f, "status": "failed", "reason": f"model export failed: {reason}"} for f in fmts],
+        artifacts=[ArtifactEntry(f, status="failed", reason=f"model export failed: {reason}") for f in fmts],
     )
     mf.write(out, manifest)

@@ -33,6 +33,7 @@ from t2tvit.progress import Progress
 
 from .. import manifest as mf
 from ..base import first_line, tool_versions
+from ..manifest import Manifest
 from . import variants as var
 from .checks import Checks
 from .memory import measure_all
@@ -156,7 +157,7 @@ def integrity_summary(variants: Sequence[var.Variant], verify: bool) -> dict[str
     """The report's integrity block: whether files were checked against their manifest, and which changed."""
     if not any(v.sha256 for v in variants):
         return None  # files given directly: no manifest recorded their digests
-    failures = [v.name for v in variants if v.reason and v.reason.startswith(var.INTEGRITY_FAILED)]
+    failures = [v.name for v in variants if v.changed]
     return {"verified": bool(verify), "failures": failures, "passed": not failures}
 
 
@@ -167,14 +168,14 @@ class Group:
 
     variants: list[var.Variant]
     info: dict[str, Any]
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None
     images: Any = None
 
     def agree(self) -> None:
         """Top-1 agreement of each variant with this model's own fp32 torch artifact. Parity agreement from an
         export of random weights (no source checkpoint) says nothing: the logits of an untrained model are
         nearly tied, so it is left out rather than shown."""
-        use_manifest = self.manifest is None or bool(self.manifest.get("source_checkpoint"))
+        use_manifest = self.manifest is None or bool(self.manifest.source_checkpoint)
         var.agreements(self.variants, self.images is not None, use_manifest=use_manifest)
 
 
@@ -275,7 +276,7 @@ def _time_batch(variants: Sequence[var.Variant], batch: int, config: ProfileConf
 def _accuracy(
     runnable: Sequence[var.Variant],
     info: dict[str, Any],
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     data: Path,
     max_images: int,
     bar: Progress,
@@ -284,7 +285,7 @@ def _accuracy(
 
     # the model's preprocessing as the export recorded it (the trainer's --crop-pct / --interpolation)
     cfg = _meta_model(info) or {}  # an unknown model: timm's default preprocessing
-    transform = eval_transform_for(cfg, info["img_size"], **mf.preprocessing(manifest))
+    transform = eval_transform_for(cfg, info["img_size"], **(manifest.transform_keywords() if manifest else {}))
     bar.step(f"loading up to {max_images} images from {data}", 0)
     images, labels, _ = var.load_labelled(data, transform, max_images, info.get("num_classes"))
     for v in runnable:

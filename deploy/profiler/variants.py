@@ -20,6 +20,7 @@ import numpy as np
 from t2tvit.errors import ConfigError
 
 from ..base import FORMATS, Format, first_line, get_format, resolve_formats
+from ..manifest import ArtifactEntry, Manifest
 from .schema import Row
 from .timing import make_timer
 
@@ -45,6 +46,7 @@ class Variant:
     manifest_images: int | None = None  # how many images the export's parity check ran on
     sha256: str | None = None  # what the manifest recorded
     integrity: str | None = None  # "verified", "not verified (--no-verify)", or the mismatch (a failed row)
+    changed: bool = False  # the file no longer matches the manifest's sha256 (the row failed for that)
     agreement_source: str | None = None  # "measured" (this run, on --data) or "export" (the manifest's parity)
     timed_only: bool = False  # its export's parity check failed: timed for latency only (--time-unverified)
     predictor: Any = None
@@ -118,34 +120,33 @@ class _Names:
 
 
 def _from_entry(
-    entry: dict[str, Any], folder: Path | None, device: str, unique: _Names, unverified: bool = False
+    entry: ArtifactEntry, folder: Path | None, device: str, unique: _Names, unverified: bool = False
 ) -> Variant:
-    name = entry.get("format", "?")
+    name = entry.format
     fmt = FORMATS.get(name)
     v = Variant(
         name=unique(name),
         format=name,
-        precision=entry.get("precision") or (fmt.precision if fmt else "fp32"),
+        precision=entry.precision or (fmt.precision if fmt else "fp32"),
         device=fmt.device_for(device) if fmt else device,
-        file=entry.get("file"),
+        file=entry.file,
         fmt=fmt,
     )
-    batch = entry.get("batch")
-    if fmt is not None and fmt.bounded_batch and isinstance(batch, list | tuple) and len(batch) == 3:
+    batch = entry.batch
+    if fmt is not None and fmt.bounded_batch and len(batch) == 3:
         v.batch_range = (int(batch[0]), int(batch[2]))
-    parity = entry.get("parity") or {}
-    v.manifest_agreement, v.sha256 = parity.get("top1_agreement"), entry.get("sha256")
+    parity = entry.parity or {}
+    v.manifest_agreement, v.sha256 = parity.get("top1_agreement"), entry.sha256
     v.manifest_images = parity.get("images")
     if v.file and folder is not None:
         v.path = folder / v.file
-    status = entry.get("status")
-    parity = entry.get("parity") or {}
-    if unverified and status == "failed" and parity.get("passed") is False and v.file:
+    status = entry.status
+    if unverified and status == "failed" and entry.parity_failed and v.file:
         # built, loaded and run at export, only its logits moved too far: timed, with the failure said
         v.timed_only = True
-        v.notes.append(f"timed for latency only: {entry.get('reason') or 'parity check failed'}")
+        v.notes.append(f"timed for latency only: {entry.reason or 'parity check failed'}")
     elif status != "ok":
-        v.fail(status if status in ("failed", "skipped") else "failed", entry.get("reason") or f"status {status}")
+        v.fail(status if status in ("failed", "skipped") else "failed", entry.reason or f"status {status}")
     elif fmt is None:
         v.fail("failed", f"unknown format {name!r} in the manifest")
     return v
@@ -179,7 +180,7 @@ def _from_file(spec: str | Path | tuple[Format, str | Path], device: str, unique
 
 def collect(
     folder: Path | None,
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     files: Sequence[Any],
     device: str,
     formats: str | Sequence[str] | None = None,
@@ -194,8 +195,8 @@ def collect(
     unique = _Names()
     out: list[Variant] = []
     seen: set[Path] = set()
-    for entry in (manifest or {}).get("artifacts", []):
-        if wanted is None or entry.get("format") in wanted:
+    for entry in manifest.artifacts if manifest is not None else []:
+        if wanted is None or entry.format in wanted:
             out.append(_from_entry(entry, folder, device, unique, unverified))
             if out[-1].path is not None:
                 seen.add(out[-1].path.resolve())
@@ -211,9 +212,6 @@ def collect(
         if v.status == "ok":
             _check_runnable(v, verify)
     return out
-
-
-INTEGRITY_FAILED = "integrity check failed"  # how a failed row's reason starts when its file changed
 
 
 def _check_runnable(v: Variant, verify: bool = True) -> None:
@@ -235,10 +233,10 @@ def _check_runnable(v: Variant, verify: bool = True) -> None:
         if problem is None:
             v.integrity = "verified"
         else:
-            v.integrity = problem
+            v.integrity, v.changed = problem, True
             v.fail(
                 "failed",
-                f"{INTEGRITY_FAILED}: {problem}; export it again, or pass --no-verify if you changed it on purpose",
+                f"integrity check failed: {problem}; export it again, or pass --no-verify if you changed it on purpose",
             )
 
 
@@ -248,16 +246,15 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def model_info(manifest: dict[str, Any] | None, variants: Sequence[Variant]) -> dict[str, Any]:
+def model_info(manifest: Manifest | None, variants: Sequence[Variant]) -> dict[str, Any]:
     """Name, classes and input size of the model: from the manifest, else from what a given file says about
     itself (its format row's ``describe``: an eager artifact names its model, an ONNX file its input shape)."""
-    if manifest and isinstance(manifest.get("model"), dict):
-        m = manifest["model"]
+    if manifest is not None:
         return {
-            "name": m.get("model"),
-            "num_classes": m.get("num_classes"),
-            "img_size": tuple(int(s) for s in m.get("img_size", (224, 224))),
-            "source": manifest.get("source_checkpoint"),
+            "name": manifest.model_name,
+            "num_classes": manifest.num_classes,
+            "img_size": tuple(int(s) for s in manifest.model.get("img_size", (224, 224))),
+            "source": manifest.source_checkpoint,
         }
     for v in variants:
         if v.fmt is None or v.path is None or not v.fmt.exists(v.path) or v.fmt.name not in FORMATS:
