@@ -346,6 +346,23 @@ def _datasets(root: Path) -> tuple[Any, Any]:
     return train, val
 
 
+def _loader(dataset: Any, args: TrainConfig, d: Dist, *, training: bool) -> Any:
+    """The loader of ``dataset`` for this rank: ``args``' batch size and workers; a training loader shuffles,
+    seeded by ``--seed``."""
+    from .data import build_loader
+
+    return build_loader(
+        dataset,
+        args.batch_size,
+        training=training,
+        workers=args.workers,
+        rank=d.rank,
+        world_size=d.world_size,
+        seed=args.seed if training else 0,
+        pin_memory=d.device.type == "cuda",
+    )
+
+
 def build_transforms(args: TrainConfig, cfg: dict[str, Any]) -> tuple[Any, Any]:
     """The trainer's ``(train, eval)`` transforms for ``args`` and the model's data config ``cfg``.
 
@@ -434,7 +451,6 @@ def _ranks_digest(model: nn.Module, d: Dist) -> list[list[float]]:
 
 def evaluate_checkpoint(args: TrainConfig, d: Dist) -> dict[str, float]:
     """``--eval-checkpoint``: top-1/top-5 of a checkpoint (its EMA weights when it has them)."""
-    from .data import build_loader
     from .engine import SkipGuard, StepLog, evaluate
 
     root = _data_root(args)
@@ -447,15 +463,7 @@ def evaluate_checkpoint(args: TrainConfig, d: Dist) -> dict[str, float]:
     args.initial_checkpoint, args.finetune = args.eval_checkpoint, None
     model = build_model(args, args.num_classes or saved.get("num_classes") or len(val.classes)).to(d.device)
     _set_transforms(args, data_config(args, model), None, val)
-    loader = build_loader(
-        val,
-        args.batch_size,
-        training=False,
-        workers=args.workers,
-        rank=d.rank,
-        world_size=d.world_size,
-        pin_memory=d.device.type == "cuda",
-    )
+    loader = _loader(val, args, d, training=False)
     metrics = evaluate(
         model,
         loader,
@@ -758,8 +766,6 @@ def _train(args: TrainConfig, d: Dist, criterion_factory: Any) -> dict[str, Any]
 def _train_into(
     args: TrainConfig, d: Dist, out: Path, root: Path, resume_state: Any, criterion_factory: Any
 ) -> dict[str, Any]:
-    from .data import build_loader
-
     train_set, val_set = agree(d, _datasets, root)
     num_classes = args.num_classes or len(train_set.classes)
     if num_classes < len(train_set.classes):
@@ -771,26 +777,8 @@ def _train_into(
     if getattr(model, "load_report", None) is not None and d.main:
         print(model.load_report)
 
-    pin = d.device.type == "cuda"
-    train_loader = build_loader(
-        train_set,
-        args.batch_size,
-        training=True,
-        workers=args.workers,
-        rank=d.rank,
-        world_size=d.world_size,
-        seed=args.seed,
-        pin_memory=pin,
-    )
-    val_loader = build_loader(
-        val_set,
-        args.batch_size,
-        training=False,
-        workers=args.workers,
-        rank=d.rank,
-        world_size=d.world_size,
-        pin_memory=pin,
-    )
+    train_loader = _loader(train_set, args, d, training=True)
+    val_loader = _loader(val_set, args, d, training=False)
     if len(train_loader) == 0:
         raise ConfigError(
             f"{len(train_set)} training images make no full batch of {args.batch_size} per process; lower -b"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,19 +103,36 @@ def make_model(
     if head not in HEAD_POLICIES:
         raise ConfigError(f"head must be one of {', '.join(HEAD_POLICIES)}, not {head!r}")
     library, bare = resolve_name(name)
-    sd = source = ck_model = None
+    r = _Request(bare, checkpoint, num_classes, img_size, head, strict, kwargs)
     if checkpoint is not None:
-        sd, source, ck_model = read_state_dict(read_checkpoint(checkpoint), use_ema)
-    if library == "t2tvit":
-        model, report = _t2t_vit(bare, checkpoint, sd, source, ck_model, num_classes, img_size, head, strict, kwargs)
-    else:
-        model, report = _library_model(
-            library, bare, checkpoint, sd, source, ck_model, num_classes, img_size, head, strict, kwargs
-        )
+        r.sd, r.source, r.ck_model = read_state_dict(read_checkpoint(checkpoint), use_ema)
+    model, report = _t2t_vit(r) if library == "t2tvit" else _library_model(library, r)
     report.library, report.model_name = library, bare
     if checkpoint is not None:
         model.load_report = report
     return model, report
+
+
+@dataclass
+class _Request:
+    """What :func:`make_model` was asked for, and the checkpoint's state dict (``sd``: None without one), the
+    key it came from (``source``) and the model name it records (``ck_model``)."""
+
+    name: str
+    checkpoint: Any
+    num_classes: int | None
+    img_size: Any
+    head: str
+    strict: bool
+    kwargs: dict[str, Any]
+    sd: dict[str, torch.Tensor] | None = None
+    source: str | None = None
+    ck_model: str | None = None
+
+    def report(self, notes: list[str]) -> LoadReport:
+        if self.sd is None:
+            return LoadReport(None, None, None, [])
+        return LoadReport(str(self.checkpoint), self.source, self.ck_model, notes)
 
 
 def _refuse_head_swap(checkpoint: Any, ck_classes: int | None, num_classes: int | None, head: str) -> None:
@@ -132,71 +150,50 @@ def _checkpoint_classes(sd: dict[str, torch.Tensor] | None, prefix: str | None) 
     return int(w.shape[0]) if w is not None and w.ndim == 2 else None
 
 
-def _t2t_vit(
-    name: str,
-    checkpoint: Any,
-    sd: dict[str, torch.Tensor] | None,
-    source: str | None,
-    ck_model: str | None,
-    num_classes: int | None,
-    img_size: Any,
-    head: str,
-    strict: bool,
-    kwargs: dict[str, Any],
-) -> tuple[nn.Module, LoadReport]:
+def _t2t_vit(r: _Request) -> tuple[nn.Module, LoadReport]:
     import timm
 
-    if img_size is not None:
-        kwargs["img_size"] = img_size
-    ck_classes = _checkpoint_classes(sd, "head")
-    _refuse_head_swap(checkpoint, ck_classes, num_classes, head)
+    kwargs, num_classes, strict = r.kwargs, r.num_classes, r.strict
+    if r.img_size is not None:
+        kwargs["img_size"] = r.img_size
+    ck_classes = _checkpoint_classes(r.sd, "head")
+    _refuse_head_swap(r.checkpoint, ck_classes, num_classes, r.head)
     if num_classes is None and ck_classes is not None:
         num_classes = ck_classes
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if sd is None:
-        return timm.create_model(name, **kwargs), LoadReport(None, None, None, [])
+    if r.sd is None:
+        return timm.create_model(r.name, **kwargs), r.report([])
     # A strict load replaces every tensor, so build on the meta device and let the checkpoint's
     # tensors become the parameters: no random init of weights that are thrown away (t2t_vit_24:
     # 0.54 s -> 0.20 s in benchmarks/bench_parts.py). A non-strict load keeps some initialised
     # tensors: build normally.
     with torch.device("meta") if strict else contextlib.nullcontext():
-        model = timm.create_model(name, **kwargs)
+        model = timm.create_model(r.name, **kwargs)
     # a head of another class count is dropped (the model gets a fresh one); num_classes=0 keeps none
-    reset = head != "keep" or num_classes == 0
-    report = _apply_state_dict(model, sd, str(checkpoint), source, ck_model, strict, reset, assign=strict)
-    if head == "new" and ck_classes == model.num_classes:
+    reset = r.head != "keep" or num_classes == 0
+    report = _apply_state_dict(model, r.sd, str(r.checkpoint), r.source, r.ck_model, strict, reset, assign=strict)
+    if r.head == "new" and ck_classes == model.num_classes:
         model.reset_classifier(model.num_classes)  # same class count, yet a fresh head was asked for
         report.notes.append(f"new {model.num_classes}-class head")
     return model, report
 
 
-def _library_model(
-    library: str,
-    name: str,
-    checkpoint: Any,
-    sd: dict[str, torch.Tensor] | None,
-    source: str | None,
-    ck_model: str | None,
-    num_classes: int | None,
-    img_size: Any,
-    head: str,
-    strict: bool,
-    kwargs: dict[str, Any],
-) -> tuple[nn.Module, LoadReport]:
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size) if img_size else None
-    model = _build(library, name, num_classes, size, kwargs)
+def _library_model(library: str, r: _Request) -> tuple[nn.Module, LoadReport]:
+    name, checkpoint, sd, head = r.name, r.checkpoint, r.sd, r.head
+    size = (r.img_size, r.img_size) if isinstance(r.img_size, int) else tuple(r.img_size) if r.img_size else None
+    model = _build(library, name, r.num_classes, size, r.kwargs)
     prefix = classifier_prefix(model)
     ck_classes = _checkpoint_classes(sd, prefix)
-    _refuse_head_swap(checkpoint, ck_classes, num_classes, head)
-    if num_classes is None and ck_classes is not None and ck_classes != model.num_classes and head != "new":
-        model = _build(library, name, ck_classes, size, kwargs)  # the checkpoint's class count
+    _refuse_head_swap(checkpoint, ck_classes, r.num_classes, head)
+    if r.num_classes is None and ck_classes is not None and ck_classes != model.num_classes and head != "new":
+        model = _build(library, name, ck_classes, size, r.kwargs)  # the checkpoint's class count
     own = getattr(model, "img_size", None)
     own = (own, own) if isinstance(own, int) else own
     default = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224))[1:]
     model.img_size = tuple(int(s) for s in (own or size or default))
     if sd is None:
-        return model, LoadReport(None, None, None, [])
+        return model, r.report([])
     notes: list[str] = []
     fresh: set[str] = set()
     if prefix is not None and (head == "new" or (head == "auto" and ck_classes != _num_classes(model, prefix))):
@@ -207,10 +204,10 @@ def _library_model(
         )
     own_sd = model.state_dict()
     fit = state_dict_fit(own_sd, sd, fresh or None)
-    if strict and not fit.ok:
+    if r.strict and not fit.ok:
         raise CheckpointError(f"{checkpoint} does not fit {name}: " + "; ".join(fit.problems(sd, own_sd)))
     model.load_state_dict({k: v.to(own_sd[k].dtype) for k, v in sd.items() if k in own_sd}, strict=False)
-    return model, LoadReport(str(checkpoint), source, ck_model, notes)
+    return model, r.report(notes)
 
 
 def _num_classes(model: nn.Module, prefix: str) -> int:
