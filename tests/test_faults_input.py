@@ -658,27 +658,30 @@ def test_openvino_and_ncnn_load_errors_are_one_sentence(export_digits, tmp_path)
         assert f"{artifact} {says}" in line and "Exception from" not in line and "Check '" not in line
 
 
-@pytest.mark.parametrize(
-    "damage, said",
-    [
-        (lambda m: "{ not json", "is not valid JSON"),
-        (lambda m: json.dumps({**m, "schema": "t2t-export/0"}), "has manifest schema 't2t-export/0'"),
-        (lambda m: json.dumps([m]), "is not an export manifest"),
-    ],
-    ids=["not-json", "other-schema", "not-a-manifest"],
-)
-def test_a_damaged_manifest_is_one_sentence_in_every_reader(damage, said, export_copy, tmp_path) -> None:
-    from deploy import manifest as mf
+_DAMAGES = {  # how a manifest is damaged -> what the refusal says
+    "not-json": (lambda m: "{ not json", "is not valid JSON"),
+    "other-schema": (lambda m: json.dumps({**m, "schema": "t2t-export/0"}), "has manifest schema 't2t-export/0'"),
+    "not-a-manifest": (lambda m: json.dumps([m]), "is not an export manifest"),
+}
 
-    mf.path(export_copy).write_text(damage(json.loads(mf.path(export_copy).read_text())))
+
+def test_a_damaged_manifest_is_one_sentence_in_every_reader(export_copy, tmp_path) -> None:
+    # Every reader goes through deploy.manifest.read, whose refusals tests/test_manifest.py checks one by one;
+    # here each command meets one kind of damage (a command each, so three processes rather than nine).
+    from deploy import manifest as mf
+    from t2tvit.errors import ConfigError
+
+    good = json.loads(mf.path(export_copy).read_text())
     image = tmp_path / "one.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
-    for args in (["verify", str(export_copy)], ["predict", str(export_copy), str(image)], ["bench", str(export_copy)]):
+    readers = (["verify", str(export_copy)], ["predict", str(export_copy), str(image)], ["bench", str(export_copy)])
+    for args, (damage, said) in zip(readers, _DAMAGES.values(), strict=True):
+        mf.path(export_copy).write_text(damage(good))
         r = t2t(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         line = one_line(r.stderr)
         assert said in line and "export again" in line, (args, line)
-    with pytest.raises(Exception, match=said):
-        mf.read(export_copy)
+        with pytest.raises(ConfigError, match=said):
+            mf.read(export_copy)
