@@ -30,12 +30,13 @@ from deploy.export import (
     sha256_file,
     verify_artifacts,
 )
-from deploy.openvino import INFERENCE_PRECISIONS
 from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
-CPU_FORMATS = FORMAT_GROUPS["builtin"]
+# The built-in rows but OpenVINO's, which tests/test_openvino.py exports, round-trips and profiles with its own
+# fixture (exporting them here too took 33 of this fixture's ~90 s).
+CPU_FORMATS = [n for n in FORMAT_GROUPS["builtin"] if FORMATS[n].runtime != "OpenVINO"]
 INT8 = [n for n in CPU_FORMATS if FORMATS[n].precision == "int8"]
 IMG = 64  # the digits' own size
 N_PARITY, N_CALIB = 200, 64
@@ -86,10 +87,7 @@ def test_manifest_lists_every_requested_format_in_table_order(exported, trained)
 def test_format_round_trips_through_its_own_runtime(exported, trained, name) -> None:
     fmt = get_format(name)
     predictor = fmt.impl().load(exported["out"] / fmt.filename, fmt)
-    # an fp32 OpenVINO file computes in what the CPU runs natively (`auto`: bf16 where it has it) and says so
-    runs_in = INFERENCE_PRECISIONS.get(getattr(predictor, "inference_precision", None), fmt.precision)
-    expected = runs_in if fmt.precision == "fp32" else fmt.precision
-    assert predictor.format == name and predictor.precision == expected and predictor.device == "cpu"
+    assert predictor.format == name and predictor.precision == fmt.precision and predictor.device == "cpu"
     ref = reference_logits(trained["model"], trained["parity"])
     # In the batches the export's parity check used (its max batch, recorded in the manifest): dynamic
     # int8 quantizes activations with each batch's own range, so another grouping may flip a near-tie.
@@ -158,7 +156,6 @@ def _flip_weight_bytes(path: Path, name: str) -> None:
 def test_corrupted_artifacts_are_caught_by_the_parity_check(exported, trained, tmp_path) -> None:
     folder = tmp_path / "copy"
     shutil.copytree(exported["out"], folder)
-    assert all(r["ok"] for r in verify_artifacts(folder, trained["model"], trained["parity"]))
     # 1. bytes flipped inside the head's weights: the file still loads, the logits are wrong
     _flip_weight_bytes(folder / FORMATS["onnx"].filename, "head.weight")
     fmt = get_format("onnx")
@@ -175,7 +172,7 @@ def test_corrupted_artifacts_are_caught_by_the_parity_check(exported, trained, t
         assert not results[name]["ok"]
         assert any(p.startswith("parity check failed") for p in results[name]["problems"]), results[name]
         assert any("sha256 differs" in p for p in results[name]["problems"])
-    assert results["torch"]["ok"] and results["ptl-int8"]["ok"]
+    assert all(r["ok"] for name, r in results.items() if name not in ("onnx", "torchscript-int8")), results
 
 
 def test_artifact_failing_its_threshold_is_marked_failed(trained, tmp_path) -> None:
