@@ -62,8 +62,10 @@ python -m pytest test_models.py -q -p no:cacheprovider -k "$k" -rfE --junitxml="
 rc=${PIPESTATUS[0]}
 set -e
 secs=$(( $(date +%s) - start ))
-python - "$work/junit.xml" "$out" "$rev" "$secs" "$k" "$*" <<'PY'
+ours=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+python - "$work/junit.xml" "$out" "$rev" "$secs" "$k" "$*" "$ours" <<'PY'
 import json
+import os
 import platform
 import sys
 import xml.etree.ElementTree as ET
@@ -72,7 +74,25 @@ from collections import defaultdict
 import timm
 import torch
 
-junit, out, rev, secs, k, extra = sys.argv[1:]
+junit, out, rev, secs, k, extra, ours = sys.argv[1:]
+
+
+def host() -> str:
+    """The CPU model, its logical CPUs this run may use, and the instruction-set extensions the numbers depend on."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    return f"{model}, {len(os.sched_getaffinity(0))} CPU(s) for this run, {' '.join(isa) or 'no AVX2'}"
+
+
 rows = []
 for case in ET.parse(junit).iter("testcase"):
     state = "passed"
@@ -94,6 +114,8 @@ for name, state, _ in rows:
 states = ("passed", "failed", "error", "skipped")
 result = {
     "timm_snapshot": rev,
+    "toolkit_commit": ours,
+    "host": host(),
     "timm_installed": timm.__version__,
     "torch": torch.__version__,
     "python": platform.python_version(),
@@ -112,8 +134,7 @@ lines = [
     "# timm's tests/test_models.py on " + ("every t2t_vit* model" if k == "t2t_vit" else f"the models matching `-k {k}`"),
     "",
     f"timm snapshot {rev} (tests only) against installed timm {timm.__version__}, torch {torch.__version__}, "
-    f"python {platform.python_version()}; {int(secs)} s on a 2-core AMD EPYC Zen4 (AVX512+VNNI+BF16, no AMX) "
-    f"shared with other jobs. Command: `{command}`.",
+    f"python {platform.python_version()}, toolkit commit {ours}; {int(secs)} s on {host()}. Command: `{command}`.",
     "",
     f"**{len(rows)} tests: " + ", ".join(f"{counts[s]} {s}" for s in states) + "**",
     "",

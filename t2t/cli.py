@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 __all__ = ["build_parser", "main", "name_clashes"]
 
@@ -45,74 +45,12 @@ def name_clashes(origins: dict[str, str | None] | None = None) -> dict[str, str]
     return clashes
 
 
-def _add_info(sub: argparse._SubParsersAction) -> None:
-    from t2t.info_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from t2t.train_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_distill(sub: argparse._SubParsersAction) -> None:
-    from t2t.distill_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    from t2t.export_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    from t2t.predict_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from t2t.bench_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_compress(sub: argparse._SubParsersAction) -> None:
-    from t2t.compress_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_visualize(sub: argparse._SubParsersAction) -> None:
-    from t2t.visualize_cmd import add_parser
-
-    add_parser(sub)
-
-
-def _add_verify(sub: argparse._SubParsersAction) -> None:
-    from t2t.verify_cmd import add_parser
-
-    add_parser(sub)
-
-
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_info,
-    _add_train,
-    _add_distill,
-    _add_export,
-    _add_predict,
-    _add_bench,
-    _add_verify,
-    _add_compress,
-    _add_visualize,
-]
+# The subcommands in --help order; each is the module t2t.<name>_cmd, whose add_parser(sub) declares it.
+COMMANDS = ("info", "train", "distill", "export", "predict", "bench", "verify", "compress", "visualize")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -125,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in COMMANDS:
-        add(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"t2t.{name}_cmd").add_parser(sub)
     return parser
 
 

@@ -21,23 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..profiler.schema import SCHEMA, Report
+from . import text as names  # the file names and the document's text helpers
 from .comparison import render_comparison
 from .markdown import render_markdown
 from .plots import plot_accuracy_vs_latency, plot_latency_bars, plot_latency_vs_accuracy, plot_latency_vs_macs
-from .text import (
-    BARS_NAME,
-    CSV_NAME,
-    JSON_NAME,
-    MACS_NAME,
-    MD_NAME,
-    PARETO_NAME,
-    SCATTER_NAME,
-    as_dict,
-    ci,
-    document,
-    is_comparison,
-    latency_items,
-)
 
 LATENCY_FIELDS = (
     "runs",
@@ -90,8 +77,10 @@ class View:
     render: Callable[[dict[str, Any], Sequence[str]], str]  # (report, plot file names) -> report.md
 
 
-SINGLE = View(((SCATTER_NAME, plot_latency_vs_accuracy), (BARS_NAME, plot_latency_bars)), render_markdown)
-COMPARISON = View(((MACS_NAME, plot_latency_vs_macs), (PARETO_NAME, plot_accuracy_vs_latency)), render_comparison)
+SINGLE = View(((names.SCATTER_NAME, plot_latency_vs_accuracy), (names.BARS_NAME, plot_latency_bars)), render_markdown)
+COMPARISON = View(
+    ((names.MACS_NAME, plot_latency_vs_macs), (names.PARETO_NAME, plot_accuracy_vs_latency)), render_comparison
+)
 
 
 def write_report(report: Report | dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -100,15 +89,15 @@ def write_report(report: Report | dict[str, Any], out_dir: str | Path) -> list[P
 
     The JSON is written first: whatever fails later, the measured numbers are on disk.
     """
-    view = COMPARISON if is_comparison(report) else SINGLE
-    report = as_dict(report)
+    view = COMPARISON if names.is_comparison(report) else SINGLE
+    report = names.as_dict(report)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / JSON_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    write_csv(report, out / CSV_NAME)
+    (out / names.JSON_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_csv(report, out / names.CSV_NAME)
     plots = [plot(report, out / name) for name, plot in view.plots]
-    (out / MD_NAME).write_text(view.render(report, [name for name, _ in view.plots]))
-    return [out / JSON_NAME, out / CSV_NAME, out / MD_NAME, *plots]
+    (out / names.MD_NAME).write_text(view.render(report, [name for name, _ in view.plots]))
+    return [out / names.JSON_NAME, out / names.CSV_NAME, out / names.MD_NAME, *plots]
 
 
 def read_report(path_or_dir: str | Path) -> Report:
@@ -121,7 +110,7 @@ def read_report(path_or_dir: str | Path) -> Report:
 
     path = Path(path_or_dir)
     if path.is_dir():
-        path = path / JSON_NAME
+        path = path / names.JSON_NAME
     if not path.is_file():
         raise ConfigError(f"No profiler report at {path}: run `t2t bench` first or pass the path of its report.json.")
     try:
@@ -138,7 +127,7 @@ def read_report(path_or_dir: str | Path) -> Report:
     return Report.from_dict(report)
 
 
-@document
+@names.document
 def csv_rows(report: Report | dict[str, Any]) -> list[dict[str, Any]]:
     """One dict per row x batch size (CSV_FIELDS keys); rows without latency get one line with ``batch`` None."""
     model = (report.get("model") or {}).get("name")
@@ -146,19 +135,19 @@ def csv_rows(report: Report | dict[str, Any]) -> list[dict[str, Any]]:
     for row in report.get("rows") or []:
         base = {k: row.get(k) for k in CSV_FIELDS if k in row}
         base["model"] = row.get("model") or model  # a comparison's row names its own model
-        for batch, stats in latency_items(row) or [(None, {})]:
+        for batch, stats in names.latency_items(row) or [(None, {})]:
             line = dict.fromkeys(CSV_FIELDS)
             line.update(base)
             line["batch"] = batch
             for k in LATENCY_FIELDS:
                 line[k] = stats.get(k)
             line["checks"] = "; ".join(row.get("checks") or []) or None
-            line["p50_ci_lo_ms"], line["p50_ci_hi_ms"] = ci(stats) or (None, None)
+            line["p50_ci_lo_ms"], line["p50_ci_hi_ms"] = names.ci(stats) or (None, None)
             out.append(line)
     return out
 
 
-@document
+@names.document
 def write_csv(report: Report | dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     with path.open("w", newline="") as f:

@@ -168,7 +168,31 @@ class _SoftSplitNHWC(torch.autograd.Function):
         return gp[:, p : p + H, p : p + W, :], None, None, None
 
 
-class Attention(nn.Module):
+class _HeadsAttention(nn.Module):
+    """What both backbone attentions share: the head count and scale, and attention over (B, heads, N, d)
+    queries, keys and values, its softmax matrix kept in ``attention_map`` while ``record_attention`` is
+    set (visualisation only; see the module docstring). Subclasses make the projections."""
+
+    def __init__(self, dim: int, num_heads: int, qk_scale: float | None, attn_drop: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        # head_dim ** -0.5. The official factories pass qk_scale=embed_dim**-0.5 when
+        # pretrained=True; that is a known bug and is deliberately not reproduced.
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.attn_drop = attn_drop
+        self.record_attention = False
+        self.attention_map: torch.Tensor | None = None
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, d) queries, keys, values -> (B, N, heads * d) attention output."""
+        if not torch.jit.is_scripting():
+            if self.record_attention:
+                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
+                return y.transpose(1, 2).flatten(2)
+        return _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
+
+
+class Attention(_HeadsAttention):
     """Multi-head self-attention of the backbone (keys ``qkv``, ``proj``; ``se_layer`` with ``se``:
     T2T-ViT-SE's squeeze-and-excitation after the projection)."""
 
@@ -182,32 +206,19 @@ class Attention(nn.Module):
         proj_drop: float = 0.0,
         se: bool = False,
     ) -> None:
-        super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        head_dim = dim // num_heads
-        # head_dim ** -0.5. The official factories pass qk_scale=embed_dim**-0.5 when
-        # pretrained=True; that is a known bug and is deliberately not reproduced.
-        self.scale = qk_scale or head_dim**-0.5
+        super().__init__(dim, num_heads, qk_scale, attn_drop)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.se_layer = SELayer(dim) if se else nn.Identity()
         self.proj_drop = nn.Dropout(proj_drop)
-        self.record_attention = False  # see the module docstring: visualisation only
-        self.attention_map: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if not torch.jit.is_scripting():
-            if self.record_attention:
-                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
-                return self.proj_drop(self.se_layer(self.proj(y.transpose(1, 2).flatten(2))))
-        x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
-        return self.proj_drop(self.se_layer(self.proj(x)))
+        return self.proj_drop(self.se_layer(self.proj(self._attend(q, k, v))))
 
 
 def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, scale: float) -> torch.Tensor:
@@ -250,7 +261,7 @@ def _ghost(x: torch.Tensor, cheap_weight: torch.Tensor) -> torch.Tensor:
     return x * cheap_weight.view(-1)
 
 
-class GhostAttention(nn.Module):
+class GhostAttention(_HeadsAttention):
     """T2T-ViT-Ghost attention: q, k, v are half-width projections, each doubled with a cheap
     per-channel copy (``cheap_operation_*``, official depthwise 1x1 ``Conv1d`` weights)."""
 
@@ -263,11 +274,9 @@ class GhostAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
-        super().__init__()
         if dim % num_heads or dim % 2:
             raise ValueError(f"embed dim {dim} must be even and divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads) ** -0.5  # head_dim ** -0.5, as for Attention
+        super().__init__(dim, num_heads, qk_scale, attn_drop)
         half = dim // 2
         self.q = nn.Linear(dim, half, bias=qkv_bias)
         self.k = nn.Linear(dim, half, bias=qkv_bias)
@@ -275,11 +284,8 @@ class GhostAttention(nn.Module):
         self.cheap_operation_q = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
         self.cheap_operation_k = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
         self.cheap_operation_v = nn.Conv1d(half, half, kernel_size=1, groups=half, bias=False)
-        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.record_attention = False  # see the module docstring: visualisation only
-        self.attention_map: torch.Tensor | None = None
 
     def _heads(self, x: torch.Tensor, cheap_weight: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -289,12 +295,7 @@ class GhostAttention(nn.Module):
         q = self._heads(self.q(x), self.cheap_operation_q.weight)
         k = self._heads(self.k(x), self.cheap_operation_k.weight)
         v = self._heads(self.v(x), self.cheap_operation_v.weight)
-        if not torch.jit.is_scripting():
-            if self.record_attention:
-                y, self.attention_map = _explicit_attention(q, k, v, self.scale)
-                return self.proj_drop(self.proj(y.transpose(1, 2).flatten(2)))
-        x = _heads_attention(q, k, v, self.attn_drop if self.training else 0.0, self.scale)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(self.proj(self._attend(q, k, v)))
 
 
 class GhostMlp(nn.Module):
