@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,40 @@ def digits_export(digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_f
     with contextlib.redirect_stdout(io.StringIO()):
         assert main([*argv, "--parity-images", "32", "--calib-size", "8", "--out", str(out), "--json"]) == 0
     return {**trained, "out": out, "img_size": 32}
+
+
+def t2t_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``t2t ARGS`` run in this process through :func:`t2t.cli.main`, the function the ``t2t`` script calls:
+    its exit status and what it printed, as ``subprocess.run(..., capture_output=True, text=True)`` gives them
+    (stdout and stderr as Python wrote them, 200 columns wide, as a child run with ``COLUMNS=200`` would).
+
+    For probes whose subject is a command's outcome (its exit status, its one sentence, the files it left),
+    not its process: no interpreter start or ``import torch`` (~4 s a call). A probe that needs a process of
+    its own -- a signal, a kill, a second process, another user -- runs ``python -m t2t`` as a child, and
+    ``tests/test_cli.py`` runs the installed script itself. The intra-op thread count a command sets is put
+    back afterwards, as a child's would vanish with it."""
+    import os
+    import sys
+
+    from t2t.cli import main
+
+    out, err, threads, columns = io.StringIO(), io.StringIO(), torch.get_num_threads(), os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "200"
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or Path.cwd()):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help, a usage error
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 2
+                if not isinstance(e.code, int | None):
+                    print(e.code, file=sys.stderr)
+    finally:
+        torch.set_num_threads(threads)
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return subprocess.CompletedProcess(["t2t", *args], code, out.getvalue(), err.getvalue())
 
 
 # Where the README's quick start (and so CI) runs `t2t compress --demo` just before the tests.

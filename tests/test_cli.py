@@ -1,4 +1,5 @@
-"""The ``t2t`` command line, run as a real subprocess."""
+"""The ``t2t`` command line: the installed script and ``--help`` as real processes, the ``info`` command in this
+process (``t2t_here``: :func:`t2t.cli.main`, which the script calls)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import sys
 
 import pytest
 
+from tests.conftest import t2t_here as t2t
 
-def t2t(*args: str) -> subprocess.CompletedProcess:
+
+def child_t2t(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run([sys.executable, "-m", "t2t", *args], capture_output=True, text=True, env=env, timeout=300)
 
@@ -20,7 +23,7 @@ def test_help_lists_subcommands_without_importing_torch() -> None:
     code = "import sys; from t2t.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    res = t2t("--help")
+    res = child_t2t("--help")
     assert res.returncode == 0 and "info" in res.stdout
 
 

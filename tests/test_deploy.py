@@ -8,10 +8,7 @@ validation digits that calibration never saw.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +29,7 @@ from deploy.export import (
 )
 from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
+from tests.conftest import t2t_here as t2t
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
 # The built-in rows but OpenVINO's, which tests/test_openvino.py exports, round-trips and profiles with its own
@@ -268,9 +266,7 @@ def test_unsupported_quantized_engine_is_a_clear_error() -> None:
 # -- the command line ------------------------------------------------------------------------
 
 
-def t2t(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "t2t", *args], capture_output=True, text=True, env=env, timeout=300)
+# `t2t export` in this process (t2t_here: t2t.cli.main, which the script calls); tests/test_cli.py runs the script.
 
 
 def test_cli_unknown_format_lists_the_valid_names(tmp_path) -> None:

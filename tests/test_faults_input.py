@@ -1,11 +1,14 @@
 """Fault injection: what a hostile-but-ordinary user does to every command, and the promised outcome.
 
-Each probe runs the real ``t2t`` command in a child process (Ctrl-C is a real SIGINT to its process
-group, as a terminal sends it) and asserts the exit status, that stderr is exactly one line with no
-traceback, and that nothing was lost: Ctrl-C in export/predict/bench/train/visualize, outputs that
-cannot be written, 16-bit and palette PNGs against their 8-bit twins, decompression bombs and corrupt
-images in every reader, a head of another class count, ``--classes`` of the wrong size, and a pickle
-whose ``__reduce__`` would create a file, per loader that unpickles.
+Each probe runs the real ``t2t`` command and asserts the exit status, that stderr is exactly one line
+with no traceback, and that nothing was lost. Ctrl-C probes run it in a child process (a real SIGINT to
+its process group, as a terminal sends it); the others in this process (``t2t_here``: :func:`t2t.cli.main`,
+what the script calls), which saves an interpreter start and ``import torch`` per probe.
+
+The probes: Ctrl-C in export/predict/bench/train/visualize, outputs that cannot be written, 16-bit
+and palette PNGs against their 8-bit twins, decompression bombs and corrupt images in every reader, a
+head of another class count, ``--classes`` of the wrong size, and a pickle whose ``__reduce__`` would
+create a file, per loader that unpickles.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import t2t_here as t2t
 from tests.conftest import val_images
 
 # --------------------------------------------------------------------------- helpers
@@ -34,12 +38,6 @@ from tests.conftest import val_images
 
 def _env() -> dict[str, str]:
     return dict(os.environ, COLUMNS="200", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-def t2t(*args: str, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "t2t", *args], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=cwd
-    )
 
 
 def one_line(stderr: str) -> str:
@@ -613,8 +611,6 @@ def test_an_evil_pickle_is_refused_without_advising_weights_only_false(loader, d
         real = torch.load(folder / "model-torch.pt", weights_only=True)
         _evil_checkpoint(folder / "model-torch.pt", touched, real)
         argv = ["predict", str(folder / "model-torch.pt"), image, "--no-verify"]
-        if "--no-verify" not in t2t("predict", "--help").stdout:
-            argv.pop()
     else:
         ck = _evil_checkpoint(tmp_path / "evil.pth", touched, {"model": {}, "args": {"model": "t2t_vit_7"}})
         argv = {
@@ -649,10 +645,7 @@ def test_openvino_and_ncnn_load_errors_are_one_sentence(export_digits, tmp_path)
     param.write_text("\n".join(lines) + "\n")
     image = str(val_images(1)[0])
     for artifact, says in ((xml, "is not a loadable OpenVINO IR ("), (param, "could not be parsed by ncnn: ")):
-        argv = ["predict", str(artifact), image]
-        if "--no-verify" in t2t("predict", "--help").stdout:
-            argv.append("--no-verify")
-        res = t2t(*argv)
+        res = t2t("predict", str(artifact), image, "--no-verify")
         assert res.returncode == 2
         line = one_line(res.stderr)
         assert f"{artifact} {says}" in line and "Exception from" not in line and "Check '" not in line
@@ -667,7 +660,7 @@ _DAMAGES = {  # how a manifest is damaged -> what the refusal says
 
 def test_a_damaged_manifest_is_one_sentence_in_every_reader(export_copy, tmp_path) -> None:
     # Every reader goes through deploy.manifest.read, whose refusals tests/test_manifest.py checks one by one;
-    # here each command meets one kind of damage (a command each, so three processes rather than nine).
+    # here each command meets one kind of damage.
     from deploy import manifest as mf
     from t2tvit.errors import ConfigError
 

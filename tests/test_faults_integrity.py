@@ -1,7 +1,10 @@
 """Fault injection: what a hostile-but-ordinary user does to an export folder, and the promised outcome.
 
 Every probe runs for real (real files, real runtimes, real processes killed with SIGKILL) and asserts the
-outcome: the exit status, one sentence and no traceback, and that nothing was lost.
+outcome: the exit status, one sentence and no traceback, and that nothing was lost. A command whose
+outcome is the subject runs in this process (``t2t_here``: :func:`t2t.cli.main`, what the script calls);
+one that must be a process of its own (killed, concurrent, another user, another umask, started after a
+killed export whose leftovers it removes) is a child.
 
 * a tampered, truncated or incomplete artifact (ONNX, .ptl, OpenVINO, ncnn) is refused by ``deploy.open`` /
   ``t2t predict``, is a failed row of ``t2t bench`` (exit 1), and fails ``t2t verify`` (exit 1);
@@ -33,6 +36,7 @@ from deploy import manifest as mf
 from deploy.base import FORMATS
 from deploy.export import export_checkpoint, export_lock, verify_artifacts, verify_folder
 from t2tvit.errors import ConfigError
+from tests.conftest import t2t_here as t2t
 
 IMG = 32
 FORMATS_HERE = [n for n in ("torch", "onnx", "ptl", "openvino", "ncnn") if FORMATS[n].missing() is None]
@@ -44,7 +48,8 @@ def export(export_digits) -> dict[str, Any]:
     return export_digits(",".join(FORMATS_HERE), IMG, parity_images=32, calib_size=16)
 
 
-def t2t(*args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+def child_t2t(*args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
+    """``python -m t2t ARGS`` in a process of its own."""
     env = dict(os.environ, COLUMNS="200")
     return subprocess.run(
         [sys.executable, "-m", "t2t", *args], capture_output=True, text=True, env=env, timeout=timeout, **kw
@@ -266,7 +271,7 @@ def test_a_second_concurrent_export_is_refused_and_a_dead_lock_is_taken_over(exp
     assert exp.manifest.entry("torch-int8") is not None and not lock.exists()
     # and one held now (a real flock of this process) refuses in one sentence
     with export_lock(out.resolve()):
-        res = t2t(*args, "--formats", "torch")
+        res = child_t2t(*args, "--formats", "torch")
     assert res.returncode == 2 and "another export into" in one_sentence(res)
 
 
@@ -348,7 +353,7 @@ def test_kill_9_mid_export_keeps_the_previous_export_and_the_next_one_cleans_up(
     (legacy / "job.pt").write_bytes(b"x" * 1024)
     past = time.time() - 3600
     os.utime(legacy, (past, past))
-    res = t2t(*argv, "--formats", "torch")
+    res = child_t2t(*argv, "--formats", "torch")  # a new process: leftovers older than it are removed
     assert res.returncode == 0, res.stderr
     assert not partial[0].exists() and not _scratch(proc.pid) and not legacy.exists()  # ... the next run removes
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -182,7 +182,9 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) ->
 def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_then_interrupts(tmp_path: Path) -> None:
     # torch.save into a file object calls its write() from C++: a KeyboardInterrupt raised there came out as
     # "RuntimeError: ... unexpected pos" and the interrupt was lost (seen in a Ctrl-C probe of t2t train).
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, as in a terminal (a runner started in the background without job control
+    # inherits SIGINT ignored, and then no Ctrl-C reaches the process at all).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     path = tmp_path / "last.pth"
 
     class CtrlC:
@@ -190,11 +192,14 @@ def test_ctrl_c_during_a_checkpoint_write_lets_it_finish_then_interrupts(tmp_pat
             os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, in the middle of the write
             return (int, (2,))
 
-    with pytest.raises(KeyboardInterrupt):
-        atomic_save({"epoch": CtrlC(), "w": torch.zeros(1_000_000)}, path)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_save({"epoch": CtrlC(), "w": torch.zeros(1_000_000)}, path)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the write
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert torch.load(path, weights_only=False)["epoch"] == 2  # the write finished first (int(2) is a global)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 @pytest.mark.slow
