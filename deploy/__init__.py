@@ -7,6 +7,8 @@
   (:class:`~deploy.manifest.Manifest` of :class:`~deploy.manifest.ArtifactEntry` records, :mod:`deploy.manifest`);
 * :func:`open` -- any artifact file, export folder or training checkpoint as a Predictor, and
   :func:`predict_images` -- image files through it with the model's own preprocessing;
+* :func:`validate` -- top-1/top-5 and per-class accuracy of a checkpoint, an artifact or an export folder on a
+  labelled folder, and each artifact's drop from the fp32 model (``t2t validate``, :mod:`deploy.validation`);
 * :mod:`deploy.profiler` -- latency, memory, MAC rate and accuracy of every artifact (``t2t bench``),
   :mod:`deploy.report` -- its report files;
 * :mod:`deploy.pipeline` -- teacher -> student -> export -> verify -> report (``t2t compress``).
@@ -20,6 +22,7 @@ from .base import FORMATS, Format, Predictor, get_format, resolve_formats
 from .export import Export, export_all, export_checkpoint, verify_artifacts, verify_export, verify_folder
 from .manifest import ArtifactEntry, Manifest
 from .predict import open_predictor, predict_images, read_class_names
+from .validation import ValidationReport, validate
 
 open = open_predictor  # noqa: A001 - deploy.open(path) is the one entry point, like io.open
 
@@ -30,6 +33,7 @@ __all__ = [
     "Format",
     "Manifest",
     "Predictor",
+    "ValidationReport",
     "export_all",
     "export_checkpoint",
     "get_format",
@@ -38,6 +42,7 @@ __all__ = [
     "predict_images",
     "read_class_names",
     "resolve_formats",
+    "validate",
     "verify_artifacts",
     "verify_export",
     "verify_folder",

@@ -46,7 +46,7 @@ def name_clashes(origins: dict[str, str | None] | None = None) -> dict[str, str]
 
 
 # The subcommands in --help order; each is the module t2t.<name>_cmd, whose add_parser(sub) declares it.
-COMMANDS = ("info", "train", "distill", "export", "predict", "bench", "verify", "compress", "visualize")
+COMMANDS = ("info", "train", "distill", "export", "predict", "validate", "bench", "verify", "compress", "visualize")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,7 @@ INTERRUPTED = {
     "export": "the export folder's previous contents are intact (artifacts are staged and swapped in whole)",
     "bench": "no report was written and any previous one is intact; run the same command again",
     "verify": "nothing was written",
+    "validate": "no report was written and any previous one is intact",
     "visualize": "no image folder was written",
     "compress": "finished stages are kept; run the same command again to continue",
     "train": "no checkpoint was written yet",

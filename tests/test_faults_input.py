@@ -285,13 +285,14 @@ def _cli_outputs(tmp: Path, export: Path, ck: str, out: str) -> dict[str, list[s
         "export": ["export", "--checkpoint", ck, "--formats", "torch", "--out", out],
         "bench": ["bench", str(export), "--formats", "onnx", "--duration", "100", "--rounds", "1", "--out", out],
         "visualize": ["visualize", ck, data, "--out", out],
+        "validate": ["validate", ck, data, "--out", out],
         "compress": ["compress", "digits", "--out", out],
         "train": ["train", "digits", "--config", "digits", "--output", out],
         "distill": ["distill", "digits", "--config", "digits", "--output", out],
     }
 
 
-@pytest.mark.parametrize("command", ["export", "bench", "visualize", "compress", "train", "distill"])
+@pytest.mark.parametrize("command", ["export", "bench", "visualize", "validate", "compress", "train", "distill"])
 def test_an_output_through_a_file_is_refused_before_any_work(command, digits_export, export_copy, tmp_path) -> None:
     afile = tmp_path / "afile.txt"
     afile.write_text("a file, not a folder")
@@ -324,7 +325,7 @@ def _unwritable_parent(tmp: Path) -> Path:
     pytest.skip("running as root and no folder refuses root's writes here (root ignores 0555)")
 
 
-@pytest.mark.parametrize("command", ["export", "bench", "visualize", "train"])
+@pytest.mark.parametrize("command", ["export", "bench", "visualize", "validate", "train"])
 def test_an_unwritable_parent_is_refused_before_any_work(command, digits_export, export_copy, tmp_path) -> None:
     parent = _unwritable_parent(tmp_path)
     target = parent / "t2t-out"

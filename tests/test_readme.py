@@ -3,7 +3,8 @@ example, with the ones in ``docs/`` that walk through the same files, runs as wr
 
 The walk-through is the ``python`` blocks that start with ``# example:`` in :data:`WALKTHROUGH`'s
 files, run in its order in one namespace from a scratch folder holding what the pages say they
-follow: ``runs/digits/best.pth`` (the session's digits checkpoint) and an image ``some_digit.png``.
+follow: ``runs/digits/best.pth`` (the session's digits checkpoint), an image ``some_digit.png`` and a
+labelled folder ``my_val/``.
 Each example reads what the ones before it wrote (``artifacts/digits``). The pipeline example (the
 README's) resumes the session's ``t2t compress --demo`` run (every stage done), so it checks the
 function the command calls and its resume path without training again; ``tests/test_compress.py``
@@ -28,6 +29,7 @@ WALKTHROUGH = {
     "export config": "docs/export.md",
     "predict": "docs/predict.md",
     "bench": "docs/bench.md",
+    "validate": "docs/predict.md",
     "pipeline": "README.md",
 }
 
@@ -61,6 +63,9 @@ def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_pa
     (tmp_path / "runs" / "digits").mkdir(parents=True)
     shutil.copy(digits_checkpoint(32)["checkpoint"], tmp_path / "runs" / "digits" / "best.pth")
     shutil.copy(val_images(1)[3], tmp_path / "some_digit.png")  # a three
+    for path in val_images(6):  # my_val: a labelled folder, its classes named as the checkpoint names them
+        (tmp_path / "my_val" / NAMES[int(path.parent.name)]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "my_val" / NAMES[int(path.parent.name)] / path.name)
     demo = tmp_path / "runs" / "compress" / "t2t_vit_7_distilled"  # run_pipeline's default folder
     for rel, text in compress_demo["records"].items():
         (demo / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -78,4 +83,5 @@ def test_python_examples_run_as_written(digits_checkpoint, compress_demo, tmp_pa
     assert image == "some_digit.png" and name in NAMES and 0 < float(probability) <= 1
     assert (tmp_path / "artifacts" / "digits" / "bench" / "report.md").is_file()
     assert out[3].startswith("[('torch', ") and out[3].endswith("True")  # bench: the checks passed
+    assert [line.split()[0] for line in out[4:6]] == ["onnx", "onnx-int8-dynamic"] and out[6] == "True"  # validate
     assert all(f"stage {s}: done earlier" in "\n".join(out) for s in ("teacher", "student", "report"))
