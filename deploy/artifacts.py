@@ -9,6 +9,8 @@ from the most authoritative place available:
 2. what the file says about itself, through its format row's ``describe`` hook (eager ``.pt``: the
    model's name and arguments; TorchScript and ``.ptl``: ``extra/t2t.json``; ONNX: its input shape
    and quantization nodes; a TensorRT engine: its sidecar), else its name (``model-<format><suffix>``);
+   and the class names and preprocessing the export wrote into it (:func:`deploy.manifest.about`) in the
+   formats that have a place for them;
 3. a training checkpoint's recorded ``args`` (model, ``img_size``, the trainer's ``--crop-pct`` and
    ``--interpolation``) and ``classes``.
 """
@@ -113,7 +115,8 @@ def _claims(path: Path, rows: list[Format]) -> tuple[Format, dict[str, Any]] | N
 
 def identify(path: str | Path, want: str | Format | None = None) -> tuple[Format | None, dict[str, Any]]:
     """The format row of a lone artifact file and what it says about itself (``model``, ``img_size``,
-    ``num_classes``, and ``note`` when the format had to be guessed from the suffix).
+    ``num_classes``, ``classes`` and ``preprocessing`` where it records them, and ``note`` when the format
+    had to be guessed from the suffix).
 
     ``want`` (a row name) is checked against what the file says. A file no row recognises that has a
     checkpoint suffix (or ``.pt`` with ``want`` None or ``torch``) is a training checkpoint: ``(None, {})``.
@@ -204,6 +207,8 @@ def _resolve(path: Path, want: Format | None, model: str | None) -> Artifact:
         "file",
         info.get("model") or model,
         _size(info.get("img_size")),
+        classes=info.get("classes"),  # what the file records about itself (deploy.manifest.about), if anything
+        preprocessing=info.get("preprocessing") or {},
         num_classes=info.get("num_classes"),
         note=info.get("note"),
     )

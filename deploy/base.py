@@ -120,6 +120,8 @@ class ExportContext:
     scratch: Path | None = None  # folder for intermediate files that are not artifacts (see scratch_dir)
     # OpenVINO's load-time compute precision, recorded: auto (the loading CPU's fastest native one), f32, bf16, f16
     inference_precision: str = "auto"
+    # what each artifact records about itself where its format has a place (deploy.manifest.about)
+    about: dict[str, Any] = field(default_factory=dict)
 
     def scratch_dir(self) -> Path:
         """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself

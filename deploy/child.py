@@ -36,7 +36,7 @@ from .base import ExportContext, Format
 __all__ = ["die_with", "export_in_child", "run_child"]
 
 # The ExportContext fields a child's conversion may read (the rest are the parent's bookkeeping).
-_CTX_FIELDS = ("img_size", "batch", "qengine", "opset", "jit", "inference_precision")
+_CTX_FIELDS = ("img_size", "batch", "qengine", "opset", "jit", "inference_precision", "about")
 
 
 def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import io
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor
 
 __all__ = ["CoreMLPredictor", "describe", "export", "load", "structure"]
@@ -84,6 +86,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         meta = {"format": fmt.name, "model": spec.get("model"), "img_size": f"{h},{w}"}
         for key, value in {**meta, "num_classes": spec.get("num_classes")}.items():
             ml.user_defined_metadata[_KEY + key] = str(value)
+        ml.user_defined_metadata[mf.ABOUT_KEY] = json.dumps(ctx.about)
         ml.short_description = f"{spec.get('model')} ({fmt.name}), {h}x{w} float32 NCHW images -> logits"
         ml.save(str(path))
     found = structure(path, fmt, ctx.img_size, spec.get("num_classes"))
@@ -182,7 +185,7 @@ def describe(path: Path) -> dict[str, Any] | None:
         return None
     size = meta.get(_KEY + "img_size", "")
     classes = meta.get(_KEY + "num_classes", "")
-    return {
+    return mf.read_about(meta.get(mf.ABOUT_KEY)) | {
         "format": meta.get(_KEY + "format") or "coreml",
         "model": meta.get(_KEY + "model"),
         "img_size": tuple(int(s) for s in size.split(",")) if size.count(",") == 1 else None,

@@ -439,6 +439,9 @@ def export_all(
         raise ConfigError("parity needs at least one real image; pass a folder of images")
     model = model.eval()
     spec = model_spec(model)
+    given = meta or {}
+    preprocessing = given.get("preprocessing") or {k: model.pretrained_cfg.get(k) for k in mf.PREPROCESSING_KEYS}
+    ctx.about = mf.about(spec, given.get("classes"), preprocessing)
     for fmt in fmts:  # a setting a requested format cannot honour here fails before anything is written
         hook = None if fmt.missing() else getattr(fmt.impl(), "check_context", None)
         if hook is not None:

@@ -12,6 +12,10 @@ name, the schema and the fields live in one place:
 * :func:`write` -- written atomically (a temporary file renamed over it), never half a manifest.
 
 An entry's state is its fields (``status``, ``reason``, ``parity``), never read back out of a sentence.
+
+Each artifact file also carries the part of the manifest needed to use it alone (:func:`about`: the model,
+its class names and preprocessing, the toolkit version), stored by its format module under :data:`ABOUT_KEY`
+where the format has a place for it; :func:`read_about` reads it back for ``deploy.open`` of a lone file.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Any
 from t2tvit.errors import ConfigError
 
 __all__ = ["FILE", "PREPROCESSING_KEYS", "SCHEMA", "STATUSES", "ArtifactEntry", "Manifest", "exists", "path", "read"]
-__all__ += ["write"]
+__all__ += ["ABOUT_KEY", "about", "read_about", "write"]
 
 FILE = "manifest.json"
 SCHEMA = "t2t-export/1"
@@ -34,6 +38,57 @@ STATUSES = ("ok", "failed", "skipped")  # built and passed parity / built or che
 
 # The eval preprocessing a manifest records (``t2tvit.data.eval_transform_for``'s keyword overrides).
 PREPROCESSING_KEYS = ("mean", "std", "crop_pct", "interpolation")
+# The name an artifact file keeps its self-description under (ONNX metadata_props, OpenVINO rt_info, ...).
+ABOUT_KEY = "t2t.about"
+
+
+def about(model: dict[str, Any], classes: list[str] | None, preprocessing: dict[str, Any] | None) -> dict[str, Any]:
+    """What every artifact records about itself, so that the file alone can be used: the model (its
+    ``model_spec``: registry name, class count, input size), the class names (index order), the eval
+    preprocessing (:data:`PREPROCESSING_KEYS` that are set) and the toolkit version that wrote it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        toolkit = version("t2tvit-edge")
+    except PackageNotFoundError:
+        toolkit = "unknown"
+    pre = {k: v for k, v in (preprocessing or {}).items() if k in PREPROCESSING_KEYS and v is not None}
+    return {
+        "toolkit": toolkit,
+        "model": model.get("model"),
+        "num_classes": model.get("num_classes"),
+        "img_size": list(model.get("img_size") or []) or None,
+        "classes": [str(c) for c in classes] if classes else None,
+        "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
+    }
+
+
+def read_about(raw: str | bytes | dict[str, Any] | None) -> dict[str, Any]:
+    """An artifact's self-description (its JSON text or dict) as ``describe`` hooks return it: ``classes`` and
+    ``preprocessing`` (and ``model`` / ``img_size`` / ``num_classes`` / ``toolkit`` when recorded); ``{}`` for
+    none, or for one that is not ours (a file edited by other tools must still open)."""
+    try:
+        data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out: dict[str, Any] = {}
+    classes = data.get("classes")
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        out["classes"] = classes
+    pre = data.get("preprocessing")
+    if isinstance(pre, dict):
+        out["preprocessing"] = {k: pre[k] for k in PREPROCESSING_KEYS if pre.get(k) is not None}
+    for key in ("model", "toolkit"):
+        if isinstance(data.get(key), str):
+            out[key] = data[key]
+    if isinstance(data.get("num_classes"), int):
+        out["num_classes"] = data["num_classes"]
+    size = data.get("img_size")
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        out["img_size"] = tuple(size)
+    return out
 
 
 @dataclass

@@ -36,6 +36,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 from .child import die_with
 
@@ -87,7 +88,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         shutil.move(t / "model.bin", path.with_suffix(".bin"))
     spec = model_spec(model)
     side = {"format": fmt.name, "model": spec.get("model"), "img_size": [h, w], "num_classes": spec.get("num_classes")}
-    _side(path).write_text(json.dumps({**side, "fp16_weights": fp16, "batch": 1}) + "\n")
+    _side(path).write_text(json.dumps({**side, "fp16_weights": fp16, "batch": 1, mf.ABOUT_KEY: ctx.about}) + "\n")
     extra.update(
         converter="pnnx (TorchScript trace of deploy.graph.deploy_graph)",
         weights="fp16" if fp16 else "fp32",
@@ -145,7 +146,7 @@ def describe(path: Path) -> dict[str, Any] | None:
     if name not in ("ncnn", "ncnn-fp16"):
         name = "ncnn-fp16" if _fp16_weights(path.with_suffix(".bin")) else "ncnn"
     size = info.get("img_size")
-    return {
+    return mf.read_about(info.get(mf.ABOUT_KEY)) | {
         "format": name,
         "model": info.get("model"),
         "img_size": tuple(size) if isinstance(size, list) and len(size) == 2 else None,

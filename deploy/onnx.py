@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "graph_record", "load", "opset_of"]
@@ -110,16 +112,35 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
 
     mode = fmt.options.get("quantization")
     if mode is None:
-        return export_fp32(model, path, ctx)
-    src = fp32_onnx(model, ctx)
-    if mode == "dynamic":
-        info = quantize_onnx_dynamic(src, path)
-    elif mode == "static":
-        info = quantize_onnx_static(src, path, ctx.calib)
+        info = export_fp32(model, path, ctx)
     else:
-        raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
-    record = graph_record(model, ctx)
-    return {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info, "deploy_graph": record}
+        src = fp32_onnx(model, ctx)
+        if mode == "dynamic":
+            info = quantize_onnx_dynamic(src, path)
+        elif mode == "static":
+            info = quantize_onnx_static(src, path, ctx.calib)
+        else:
+            raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
+        record = graph_record(model, ctx)
+        info = {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info, "deploy_graph": record}
+    write_about(path, ctx.about)
+    return info
+
+
+def write_about(path: Path, about: dict[str, Any]) -> None:
+    """Keep ``about`` (:func:`deploy.manifest.about`) in the file's ``metadata_props`` under
+    :data:`~deploy.manifest.ABOUT_KEY`, as JSON; other tools' entries are kept."""
+    import onnx
+
+    if not about:
+        return
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != mf.ABOUT_KEY]
+    del model.metadata_props[:]
+    for key, value in [*kept, (mf.ABOUT_KEY, json.dumps(about))]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
 
 
 def describe(path: Path) -> dict[str, Any] | None:
@@ -127,7 +148,8 @@ def describe(path: Path) -> dict[str, Any] | None:
     try:
         import onnx
 
-        graph = onnx.load(str(path), load_external_data=False).graph
+        model = onnx.load(str(path), load_external_data=False)
+        graph = model.graph
     except Exception:  # noqa: BLE001 - not a readable ONNX file: the loader says why when it is loaded
         return None
     ops = {n.op_type for n in graph.node}
@@ -138,7 +160,7 @@ def describe(path: Path) -> dict[str, Any] | None:
     inp = next((i for i in graph.input if i.name not in inits), None)
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim] if inp is not None else []
     out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim] if graph.output else []
-    return {
+    return mf.read_about({p.key: p.value for p in model.metadata_props}.get(mf.ABOUT_KEY)) | {
         "format": name,
         "img_size": (dims[2], dims[3]) if len(dims) == 4 and dims[2] > 0 and dims[3] > 0 else None,
         "num_classes": out[-1] if out and out[-1] > 0 else None,

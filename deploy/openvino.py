@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import sys
 import warnings
@@ -46,6 +47,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = [
@@ -277,6 +279,7 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         "model": (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__,
         "img_size": f"{h},{w}",
         "num_classes": str(int(getattr(model, "num_classes", 0) or 0)),
+        mf.ABOUT_KEY: json.dumps(ctx.about),
     }.items():
         ov_model.set_rt_info(str(value), [_RT, key])
     fp16 = bool(fmt.options.get("fp16_weights"))
@@ -312,7 +315,7 @@ def describe(path: Path) -> dict[str, Any] | None:
     size = info.get("img_size", "")
     hw = tuple(int(s) for s in size.split(",")) if size.count(",") == 1 else None
     classes = int(info["num_classes"]) if info.get("num_classes", "").isdigit() else None
-    return {
+    return mf.read_about(info.get(mf.ABOUT_KEY)) | {
         "format": info.get("format") or "openvino",
         "model": info.get("model"),
         "img_size": hw,

@@ -24,6 +24,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
 __all__ = ["TorchPredictor", "describe", "export", "load", "model_spec"]
@@ -46,10 +47,11 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     spec = model_spec(model)
     if fmt.precision == "int8":
         qmodel = quantize_dynamic_int8(model, ctx.qengine)
-        torch.save({"kind": _KIND, "args": spec, "qengine": ctx.qengine, "int8_state_dict": qmodel.state_dict()}, path)
+        state = {"kind": _KIND, "args": spec, mf.ABOUT_KEY: ctx.about, "qengine": ctx.qengine}
+        torch.save(state | {"int8_state_dict": qmodel.state_dict()}, path)
         return {"qengine": ctx.qengine, "quantized": "nn.Linear weights int8 (dynamic activations)"}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    torch.save({"kind": _KIND, "args": spec, "model": state}, path)
+    torch.save({"kind": _KIND, "args": spec, mf.ABOUT_KEY: ctx.about, "model": state}, path)
     return {}
 
 
@@ -103,7 +105,7 @@ def describe(path: Path) -> dict[str, Any] | None:
     if not isinstance(obj, dict) or obj.get("kind") != _KIND:
         return None
     spec = obj.get("args") or {}
-    return {
+    return mf.read_about(obj.get(mf.ABOUT_KEY)) | {
         "format": "torch-int8" if "int8_state_dict" in obj else "torch",
         "model": spec.get("model"),
         "img_size": spec.get("img_size"),

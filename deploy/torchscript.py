@@ -22,6 +22,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, require_artifact
 from .torch_eager import TorchPredictor, _device, _is_torchscript, model_spec
 
@@ -38,6 +39,7 @@ def capture(model: nn.Module, fmt: Format, ctx: ExportContext) -> tuple[torch.ji
     if ctx.jit not in ("trace", "script"):
         raise ConfigError(f"TorchScript capture must be 'trace' or 'script', not {ctx.jit!r}")
     meta: dict[str, Any] = {"format": fmt.name, "precision": fmt.precision, "jit": ctx.jit, "args": model_spec(model)}
+    meta[mf.ABOUT_KEY] = ctx.about
     if fmt.precision == "int8":
         model = quantize_dynamic_int8(model, ctx.qengine)
         meta["qengine"] = ctx.qengine
@@ -83,7 +85,11 @@ def describe(path: Path) -> dict[str, Any] | None:
     base = "ptl" if path.suffix.lower() == ".ptl" else "torchscript"
     name = extra.get("format") or (f"{base}-int8" if extra.get("qengine") else base)
     spec = extra.get("args") or {}
-    return {"format": name, "model": spec.get("model"), "img_size": spec.get("img_size")}
+    return mf.read_about(extra.get(mf.ABOUT_KEY)) | {
+        "format": name,
+        "model": spec.get("model"),
+        "img_size": spec.get("img_size"),
+    }
 
 
 def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:

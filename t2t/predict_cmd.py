@@ -25,7 +25,8 @@ examples:
   t2t predict model-tensorrt-fp16.engine a.jpg --classes labels.txt   # runs on the GPU
 
 Class names come from --classes, else from the manifest (`t2t export --checkpoint` records the
-checkpoint's), else from the checkpoint; without any, class indices are printed. An image that
+checkpoint's), else from the checkpoint, else from a lone artifact file itself (every format but
+.tflite, .pte and TensorRT records them); without any, class indices are printed. An image that
 cannot be read is reported on stderr, the others are still predicted, and the exit status is 1.
 """
 

@@ -141,6 +141,32 @@ def digits_export(digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_f
     return {**trained, "out": out, "img_size": 32}
 
 
+def assert_a_lone_file_describes_itself(folder: Path, name: str, tmp: Path) -> Any:
+    """Artifact ``name`` of export folder ``folder``, copied alone (its companions, no manifest) into ``tmp``,
+    says by itself what the manifest says about using it: format, model, input size, class names and
+    preprocessing (``deploy.manifest.about``). Returns its :class:`deploy.artifacts.Artifact`."""
+    import shutil
+
+    from deploy import manifest as mf
+    from deploy.artifacts import resolve
+    from deploy.base import FORMATS
+
+    fmt, manifest = FORMATS[name], mf.read(folder)
+    tmp.mkdir(parents=True, exist_ok=True)
+    if fmt.bundle:
+        shutil.copytree(folder / fmt.filename, tmp / fmt.filename)
+    else:
+        for f in fmt.files(folder / fmt.filename):
+            if f.is_file():
+                shutil.copy(f, tmp / f.name)
+    art = resolve(tmp / fmt.filename)
+    assert art.source == "file" and art.fmt is not None and art.fmt.name == name
+    assert (art.model, art.img_size) == (manifest.model_name, manifest.img_size), name
+    assert art.classes == manifest.classes and art.classes, name
+    assert art.preprocessing == manifest.transform_keywords() and art.preprocessing, name
+    return art
+
+
 def t2t_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``t2t ARGS`` run in this process through :func:`t2t.cli.main`, the function the ``t2t`` script calls:
     its exit status and what it printed, as ``subprocess.run(..., capture_output=True, text=True)`` gives them

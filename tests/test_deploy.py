@@ -29,6 +29,7 @@ from deploy.export import (
 )
 from t2tvit.data import bundled_dataset_path, eval_transform_for
 from t2tvit.errors import ConfigError
+from tests.conftest import NAMES, assert_a_lone_file_describes_itself
 from tests.conftest import t2t_here as t2t
 
 # The formats this module implements (TensorRT and ExecuTorch have their own test files).
@@ -54,8 +55,9 @@ def trained(digits_checkpoint) -> dict:
 def exported(trained, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("export") / "t2t_vit_7"
     ctx = ExportContext(img_size=(IMG, IMG), calib=trained["calib"])
+    meta = {"classes": NAMES, "preprocessing": {"crop_pct": 0.95, "interpolation": "bilinear"}}  # as a trainer's
     manifest = export_all(
-        trained["model"], CPU_FORMATS, out, ctx, trained["parity"], source_checkpoint=trained["checkpoint"]
+        trained["model"], CPU_FORMATS, out, ctx, trained["parity"], source_checkpoint=trained["checkpoint"], meta=meta
     )
     return {"out": out, "manifest": manifest.to_json(), "entries": {a.format: a.to_json() for a in manifest.artifacts}}
 
@@ -102,6 +104,13 @@ def test_format_round_trips_through_its_own_runtime(exported, trained, name) -> 
     # other batch sizes than the one traced or exported with
     assert predictor(trained["parity"][:1]).shape == (1, 10)
     assert predictor(torch.from_numpy(trained["parity"][:3])).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", CPU_FORMATS)
+def test_a_lone_artifact_file_says_how_to_use_it(exported, name, tmp_path) -> None:
+    # class names and preprocessing travel inside the file (ONNX metadata_props, TorchScript extra files, ...)
+    art = assert_a_lone_file_describes_itself(exported["out"], name, tmp_path)
+    assert art.classes == NAMES and art.preprocessing == {"crop_pct": 0.95, "interpolation": "bilinear"}
 
 
 def test_int8_artifacts_are_small_and_agree(exported) -> None:

@@ -77,3 +77,16 @@ def test_a_manifest_of_another_shape_is_refused_in_one_sentence(damage, said, tm
         mf.read(tmp_path)
     assert str(mf.path(tmp_path)) in str(e.value) and str(e.value).endswith("export again")
     assert "\n" not in str(e.value)
+
+
+def test_an_artifacts_self_description_round_trips_and_foreign_text_reads_as_nothing() -> None:
+    spec = {"model": "t2t_vit_7", "num_classes": 3, "img_size": [32, 32]}
+    pre = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "crop_pct": 0.9, "interpolation": None, "other": 1}
+    about = mf.about(spec, ["cat", "dog", "eel"], pre)
+    assert set(about) == {"toolkit", "model", "num_classes", "img_size", "classes", "preprocessing"}
+    back = mf.read_about(json.dumps(about))  # as a file stores it: JSON text
+    assert back["classes"] == ["cat", "dog", "eel"] and back["img_size"] == (32, 32) and back["model"] == "t2t_vit_7"
+    assert back["preprocessing"] == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 0.9}
+    # a file another tool wrote or edited still opens: what is not ours reads as nothing
+    for foreign in (None, "", "{not json", "[1, 2]", b"\xff\xfe", {"classes": [1, 2]}, {"img_size": "32x32"}):
+        assert mf.read_about(foreign) == {}

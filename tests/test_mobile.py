@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import val_images
+from conftest import assert_a_lone_file_describes_itself, val_images
 
 import deploy
 from deploy.base import FORMATS, ExportContext
@@ -126,6 +126,12 @@ def test_a_damaged_or_missing_ncnn_weights_file_is_caught(mobile, tmp_path) -> N
 
 @needs
 @pytest.mark.skipif(ON_MAC, reason="on macOS Core ML runs, so its parity is checked like any other row")
+@pytest.mark.parametrize("name", MOBILE)
+def test_a_lone_mobile_artifact_says_how_to_use_it(mobile, name, tmp_path) -> None:
+    # ncnn: the .json beside the .param; Core ML: the package's user-defined metadata
+    assert_a_lone_file_describes_itself(mobile["out"], name, tmp_path)
+
+
 def test_coreml_is_built_checked_structurally_and_its_parity_is_skipped_never_passed(mobile, tmp_path) -> None:
     e = mobile["entries"]
     for name in ("coreml", "coreml-int8"):

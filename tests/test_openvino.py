@@ -21,6 +21,7 @@ from deploy.export import export_checkpoint, reference_logits, verify_artifacts
 from deploy.openvino import INFERENCE_PRECISIONS, auto_inference_precision, cpu_inference_precisions
 from t2t.cli import main
 from t2tvit.errors import CheckpointError, ConfigError
+from tests.conftest import assert_a_lone_file_describes_itself
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,6 +34,11 @@ AUTO_HERE = auto_inference_precision()  # what `auto`, the default, runs as on t
 @pytest.fixture(scope="module")
 def ov_export(export_digits) -> dict:
     return export_digits("torch,openvino,openvino-fp16,openvino-int8", IMG, batch=(1, 1, 8), calib_size=64)
+
+
+@pytest.mark.parametrize("name", ["openvino", "openvino-fp16", "openvino-int8"])
+def test_a_lone_ir_says_how_to_use_it(ov_export, name, tmp_path) -> None:
+    assert_a_lone_file_describes_itself(ov_export["out"], name, tmp_path)  # its rt_info holds the manifest's part
 
 
 def test_openvino_rows_build_pass_parity_and_record_their_settings(ov_export) -> None:

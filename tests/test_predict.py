@@ -110,7 +110,7 @@ def test_class_names_from_file_folder_or_digits_else_indices(setup, tmp_path, ca
         r = predict_json(capsys, setup.out, imgs, "--classes", spec)
         assert [p["top"][0]["class"] for p in r["predictions"]] == expect
 
-    # an old export (no classes in its manifest) and a lone file with no manifest: indices
+    # an old export (no classes in its manifest): indices
     old = tmp_path / "old"
     old.mkdir()
     manifest = json.loads(mf.path(setup.out).read_text())
@@ -121,13 +121,19 @@ def test_class_names_from_file_folder_or_digits_else_indices(setup, tmp_path, ca
     lone.mkdir()
     shutil.copy(setup.out / "model-onnx.onnx", lone / "digits.onnx")
     shutil.copy(setup.out / "model-ptl-int8.ptl", lone / "digits.ptl")
-    for path, fmt in [(old, "torch"), (lone / "digits.onnx", "onnx"), (lone / "digits.ptl", "ptl-int8")]:
-        r = predict_json(capsys, path, imgs)
-        assert r["format"] == fmt and r["classes_from"] is None and r["input_size"] == [IMG, IMG]
-        assert [p["top"][0]["index"] for p in r["predictions"]] == ref
-        assert r["predictions"][0]["top"][0]["class"] is None
+    r = predict_json(capsys, old, imgs)
+    assert r["format"] == "torch" and r["classes_from"] is None and r["input_size"] == [IMG, IMG]
+    assert [p["top"][0]["index"] for p in r["predictions"]] == ref
+    assert r["predictions"][0]["top"][0]["class"] is None
     rc, out, _ = predict(capsys, old, imgs[0])
     assert rc == 0 and "class index" in out
+    # a lone file without its manifest: the names the export wrote into the file itself
+    for path, fmt in [(lone / "digits.onnx", "onnx"), (lone / "digits.ptl", "ptl-int8")]:
+        r = predict_json(capsys, path, imgs)
+        assert r["format"] == fmt and r["classes_from"] == "the file" and r["input_size"] == [IMG, IMG]
+        assert [p["top"][0]["class"] for p in r["predictions"]] == [NAMES[i] for i in ref]
+    rc, out, _ = predict(capsys, lone / "digits.onnx", imgs[0])
+    assert rc == 0 and "classes from the file" in out
 
     rc, _, err = predict(capsys, setup.out, imgs[0], "--classes", tmp_path / "nowhere")
     assert rc == 2 and "neither a file, a folder nor 'digits'" in err
