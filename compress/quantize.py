@@ -265,11 +265,14 @@ def _weight_product_nodes(path: Path, op_types: Sequence[str]) -> list[str]:
     return names
 
 
-def quantize_onnx_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> dict[str, Any]:
+def quantize_onnx_dynamic(
+    src: str | Path, dst: str | Path, *, per_channel: bool = False, exclude: Sequence[str] = ()
+) -> dict[str, Any]:
     """Dynamic int8 (int8 weights; activations quantized at run time) of an fp32 ONNX model.
 
     Only MatMul/Gemm are quantized (``MatMulConstBOnly``: products with a constant weight, not
-    the attention's activation-activation products). Returns the settings for the manifest.
+    the attention's activation-activation products); the nodes named in ``exclude`` stay in float
+    (:mod:`compress.budget` chooses them). Returns the settings for the manifest.
     """
     import tempfile
 
@@ -283,9 +286,12 @@ def quantize_onnx_dynamic(src: str | Path, dst: str | Path, *, per_channel: bool
             op_types_to_quantize=op_types,
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
+            # the quantizer first rewrites a Gemm into MatMul + Add, naming the MatMul "<gemm>_MatMul"
+            nodes_to_exclude=[*exclude, *(f"{name}_MatMul" for name in exclude)],
             extra_options={"MatMulConstBOnly": True},
         )
-    return {"quantization": {"mode": "dynamic", "weights": "int8", "per_channel": per_channel, "op_types": op_types}}
+    record = {"mode": "dynamic", "weights": "int8", "per_channel": per_channel, "op_types": op_types}
+    return {"quantization": record | ({"float_nodes": list(exclude)} if exclude else {})}
 
 
 def _static_settings(n_calib: int, op_types: Sequence[str], for_tensorrt: bool) -> dict[str, Any]:

@@ -122,6 +122,9 @@ class ExportContext:
     inference_precision: str = "auto"
     # what each artifact records about itself where its format has a place (deploy.manifest.about)
     about: dict[str, Any] = field(default_factory=dict)
+    # an accuracy budget for the int8 rows that take it: points of top-1 against fp32 on ``val``
+    max_drop: float | None = None
+    val: tuple[np.ndarray, np.ndarray] | None = None  # labelled validation images (normalised) and labels
 
     def scratch_dir(self) -> Path:
         """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself
@@ -446,7 +449,7 @@ FORMATS: dict[str, Format] = {
             False,
             "ONNX Runtime dynamic int8 quantization",
             options={"quantization": "dynamic"},
-            **_ORT,
+            **(_ORT | {"settings": ("opset", "max_drop")}),  # an accuracy budget: compress.budget
         ),
         Format(
             "onnx-int8-static",

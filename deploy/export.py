@@ -733,6 +733,8 @@ def export_checkpoint(
     hw = tuple(int(s) for s in net.img_size)
     parity, calib, data = _split_images(net, hw, overrides, cfg.calib_data, cfg.parity_images, cfg.calib_size)
     ctx = ExportContext(img_size=hw, batch=tuple(cfg.batch), calib=calib, **cfg.format_options())
+    if cfg.max_drop is not None:
+        ctx.val = _val_images(net, hw, overrides, cfg.val_data, classes, data)
     netcfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
         "preprocessing": {k: netcfg.get(k) for k in mf.PREPROCESSING_KEYS},
@@ -769,6 +771,42 @@ def _split_images(
         "calibration_is_parity_set": overlap,
     }
     return parity, calib, data
+
+
+VAL_IMAGES = 500  # at most this many images of --val-data (a fixed sample) measure the accuracy budget
+
+
+def _val_images(
+    net: Any,
+    hw: tuple[int, ...],
+    overrides: dict[str, Any],
+    val_data: str | Path,
+    classes: list[str] | None,
+    data: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled images an accuracy budget is measured on (the model's eval preprocessing, labels as
+    ``t2t validate`` gives them); their folder and count are added to the manifest's ``data`` record."""
+    from t2tvit.data import eval_transform_for, open_rgb
+
+    from .validation import labelled_files
+
+    folder, files, _, _ = labelled_files(val_data, classes, VAL_IMAGES)
+    if Path(folder).resolve() == Path(data["folder"]).resolve():
+        raise ConfigError(
+            f"--val-data {folder} is the folder the calibration images come from; pass a labelled folder kept "
+            "apart from them (e.g. the validation split when calibrating on the training split)"
+        )
+    transform = eval_transform_for(net, hw, **overrides)
+    arrays, labels = [], []
+    for f, label in files:
+        img = open_rgb(f, warn=False)
+        if img is not None:
+            arrays.append(np.asarray(transform(img), dtype=np.float32))
+            labels.append(label)
+    if not arrays:
+        raise ConfigError(f"--val-data {folder} holds no readable images")
+    data["validation"] = {"folder": str(folder), "images": len(arrays)}
+    return np.stack(arrays), np.array(labels)
 
 
 def _recorded(

@@ -25,6 +25,7 @@ FORMAT_OPTIONS = {
     "jit": "--jit",
     "opset": "--opset",
     "inference_precision": "--inference-precision",
+    "max_drop": "--max-drop",
 }
 
 
@@ -47,6 +48,8 @@ class ExportConfig:
     jit: str | None = None  # TorchScript capture of the torchscript and ptl rows: "trace" or "script"
     opset: int | None = None  # ONNX opset requested for the rows built from an ONNX file
     inference_precision: str | None = None  # OpenVINO's compute precision at load: auto, f32, bf16, f16
+    max_drop: float | None = None  # accuracy budget of the int8 rows that take it: top-1 points against fp32
+    val_data: str | Path | None = None  # labelled images (DIR/<class>/<image> or digits) the budget is measured on
 
     @classmethod
     def of(cls, base: ExportConfig | None = None, /, **options: Any) -> ExportConfig:
@@ -84,6 +87,13 @@ class ExportConfig:
                 )
         if any("qengine" in f.settings for f in fmts):  # the engine they will use: the given one, else the default
             check_qengine(self.qengine or ExportContext.qengine)
+        if self.max_drop is not None and (self.val_data is None or self.max_drop < 0):
+            raise ConfigError(
+                "--max-drop takes points of top-1 (0 or more) measured on --val-data, a labelled folder of images "
+                "kept apart from the calibration images; give both"
+            )
+        if self.val_data is not None and self.max_drop is None:
+            raise ConfigError("--val-data is where --max-drop measures top-1; give --max-drop too, or drop it")
         if self.jit is not None and self.jit not in ("trace", "script"):
             raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
         return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)

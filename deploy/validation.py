@@ -212,12 +212,13 @@ def labelled_files(
 
 def _targets(target: Path, formats: str | None, verify: bool, device: str | None, threads: int | None) -> list:
     """The predictors to validate: the checkpoint or file itself, or the chosen (default: every built-ok)
-    artifacts of an export folder."""
+    artifacts of an export folder; one that was built but missed its parity check runs when named."""
     if target.is_dir() and mf.exists(target):
         manifest = mf.read(target)
         ok = [a.format for a in manifest.entries("ok")]
+        built = ok + [a.format for a in manifest.artifacts if a.parity_failed and a.file]
         names = ok if formats is None else [n.strip() for n in formats.split(",") if n.strip()]
-        missing = [n for n in names if n not in ok]
+        missing = [n for n in names if n not in built]
         if missing:
             raise ConfigError(
                 f"{target} has no built artifact {', '.join(missing)}; its ok artifacts are {', '.join(ok) or 'none'}"

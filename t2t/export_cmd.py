@@ -120,6 +120,21 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "parity), f32, bf16, f16 (AVX512_FP16 / AMX-FP16); an explicit one the CPU lacks is refused",
     )
     p.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        metavar="PTS",
+        help="accuracy budget of onnx-int8-dynamic: at most this many points of top-1 lost against fp32 on "
+        "--val-data; the most sensitive layers are kept in float until it holds (listed in the manifest)",
+    )
+    p.add_argument(
+        "--val-data",
+        default=None,
+        metavar="DIR|digits",
+        help="labelled images (DIR/<class>/<image>, a dataset root or digits) --max-drop measures top-1 on, "
+        "apart from --calib-data (a fixed sample of at most 500)",
+    )
+    p.add_argument(
         "--calib-data",
         default=None,
         metavar="DIR",
@@ -196,6 +211,14 @@ def _print_table(manifest: Any, out: Any, formats: list[str] | None = None) -> N
         mobile = a.details.get("optimize_for_mobile")
         if not note and mobile and mobile != "applied":
             note = "optimize_for_mobile unavailable (no XNNPACK in this PyTorch build)"
+        budget = a.details.get("accuracy_budget")
+        if budget and not note:
+            kept = budget["kept_float"]
+            note = (
+                f"top-1 -{budget['drop']:.2f} pts (budget {budget['max_drop']:g}); "
+                + (f"kept float: {', '.join(kept)}" if kept else "every layer int8")
+                + ("" if budget["met"] else "; BUDGET NOT MET")
+            )
         table.add_row(
             a.format,
             a.precision,
