@@ -93,13 +93,23 @@ def _module_path(node: Any) -> str:
 
 
 def _logits(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The model's logits on ``images``, in batches it accepts (a fixed-batch model: zero-padded, padding dropped)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
+    inp = session.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    step = fixed or batch
+    out = []
+    for i in range(0, len(images), step):
+        chunk = images[i : i + step]
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
+        out.append(session.run(None, {inp.name: chunk})[0][:n])
+    return np.concatenate(out)
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -119,8 +129,9 @@ def fit_onnx_budget(
     for a top-1 drop of at most ``max_drop`` points on ``images`` / ``labels`` (see the module docstring).
 
     ``quantize(src, dst, exclude)`` writes the int8 model leaving the nodes named in ``exclude`` in float and
-    returns its manifest fields. Returns the fit and the fields of the quantization that was kept. When even
-    every layer in float would not meet the budget (it cannot: that is the fp32 model), ``met`` is False.
+    returns its manifest fields. Returns the fit and the fields of the quantization that was kept. With every
+    layer back in float the model is the fp32 one, so the search ends within the budget at the latest there;
+    ``met`` says whether the artifact written holds it.
     """
     src, dst, scratch = Path(src), Path(dst), Path(scratch)
     layers = quantizable_layers(src)

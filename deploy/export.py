@@ -439,9 +439,7 @@ def export_all(
         raise ConfigError("parity needs at least one real image; pass a folder of images")
     model = model.eval()
     spec = model_spec(model)
-    given = meta or {}
-    preprocessing = given.get("preprocessing") or {k: model.pretrained_cfg.get(k) for k in mf.PREPROCESSING_KEYS}
-    ctx.about = mf.about(spec, given.get("classes"), preprocessing)
+    ctx.about = _about(model, spec, meta or {})
     for fmt in fmts:  # a setting a requested format cannot honour here fails before anything is written
         hook = None if fmt.missing() else getattr(fmt.impl(), "check_context", None)
         if hook is not None:
@@ -492,6 +490,12 @@ def export_all(
                 ctx.scratch = None
             ctx.built.clear()  # those paths were in the staging folder
     return manifest
+
+
+def _about(model: Any, spec: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What each artifact records about itself: ``meta``'s class names and preprocessing (else the model's)."""
+    preprocessing = meta.get("preprocessing") or {k: model.pretrained_cfg.get(k) for k in mf.PREPROCESSING_KEYS}
+    return mf.about(spec, meta.get("classes"), preprocessing)
 
 
 def _relative(path: str | Path | None, folder: Path) -> str | None:
@@ -862,15 +866,6 @@ class Verification:
         return not self.problems and all(r["ok"] for r in self.results)
 
 
-def _recorded_path(folder: Path, recorded: str | None, from_folder: str | None = None) -> Path | None:
-    """A path the manifest recorded, found again: relative to the export folder (a moved folder), as recorded
-    (absolute, or relative to the working directory), or relative to the folder's parent."""
-    candidates = [folder / from_folder] if from_folder else []
-    if recorded:
-        candidates += [Path(recorded), folder / recorded, folder.parent / recorded]
-    return next((p for p in candidates if p.exists()), None)
-
-
 def verify_folder(
     folder: str | Path,
     *,
@@ -894,7 +889,7 @@ def verify_folder(
         return Verification(folder, verify_artifacts(folder), None, [])
     recorded = manifest.source_checkpoint
     if checkpoint is None and recorded:
-        checkpoint = _recorded_path(folder, recorded, manifest.source_checkpoint_from_folder)
+        checkpoint = mf.recorded_path(folder, recorded, manifest.source_checkpoint_from_folder)
         if checkpoint is None:
             raise ConfigError(
                 f"the checkpoint {recorded} that {folder} was exported from is not found; pass --checkpoint PATH "
@@ -902,7 +897,7 @@ def verify_folder(
             )
     recorded_data = (manifest.data or {}).get("folder")
     if data is None:
-        found = _recorded_path(folder, recorded_data) if recorded_data else None
+        found = mf.recorded_path(folder, recorded_data) if recorded_data else None
         data = found if found is not None else "digits"
         if recorded_data and found is None:
             raise ConfigError(

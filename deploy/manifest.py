@@ -30,7 +30,7 @@ from typing import Any
 from t2tvit.errors import ConfigError
 
 __all__ = ["FILE", "PREPROCESSING_KEYS", "SCHEMA", "STATUSES", "ArtifactEntry", "Manifest", "exists", "path", "read"]
-__all__ += ["ABOUT_KEY", "about", "read_about", "write"]
+__all__ += ["ABOUT_KEY", "about", "read_about", "recorded_path", "write"]
 
 FILE = "manifest.json"
 SCHEMA = "t2t-export/1"
@@ -224,6 +224,15 @@ def read(folder: str | Path) -> Manifest:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{where} is not valid JSON ({e}); export again") from None
     return Manifest.from_json(data, str(where))
+
+
+def recorded_path(folder: Path, recorded: str | None, from_folder: str | None = None) -> Path | None:
+    """A path the manifest recorded, found again: relative to the export folder (a moved folder), as recorded
+    (absolute, or relative to the working directory), or relative to the folder's parent."""
+    candidates = [folder / from_folder] if from_folder else []
+    if recorded:
+        candidates += [Path(recorded), folder / recorded, folder.parent / recorded]
+    return next((p for p in candidates if p.exists()), None)
 
 
 def write(folder: str | Path, manifest: Manifest) -> Path:

@@ -11,6 +11,7 @@ takes it is refused in one sentence (Ultralytics' ``validate_args`` idea), never
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,16 @@ class ExportConfig:
             )
         if self.val_data is not None and self.max_drop is None:
             raise ConfigError("--val-data is where --max-drop measures top-1; give --max-drop too, or drop it")
+        if self.max_drop is not None:
+            unbudgeted = [f.name for f in fmts if f.precision == "int8" and "max_drop" not in f.settings]
+            if unbudgeted:  # the chosen rows that take it get it; these are quantized as before, and said so
+                takers = ", ".join(f.name for f in FORMATS.values() if "max_drop" in f.settings)
+                warnings.warn(
+                    f"--max-drop applies to {takers} only; {', '.join(unbudgeted)} are quantized without "
+                    "an accuracy budget (check them with t2t validate --max-drop)",
+                    UserWarning,
+                    stacklevel=2,
+                )
         if self.jit is not None and self.jit not in ("trace", "script"):
             raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
         return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)

@@ -234,8 +234,6 @@ def _targets(target: Path, formats: str | None, verify: bool, device: str | None
 def _reference(target: Path, first: Predictor, device: str | None, threads: int | None) -> Predictor | None:
     """The checkpoint the artifacts were exported from, as ``t2t verify`` finds it; None for a checkpoint, a
     lone file without a manifest, or an export of random weights."""
-    from .export import _recorded_path
-
     if first.artifact.fmt is None:  # a checkpoint is its own fp32 model
         return None
     folder = target if target.is_dir() and mf.exists(target) else target.parent
@@ -244,7 +242,7 @@ def _reference(target: Path, first: Predictor, device: str | None, threads: int 
     manifest = mf.read(folder)
     if not manifest.source_checkpoint:
         return None
-    found = _recorded_path(folder, manifest.source_checkpoint, manifest.source_checkpoint_from_folder)
+    found = mf.recorded_path(folder, manifest.source_checkpoint, manifest.source_checkpoint_from_folder)
     if found is None:
         raise ConfigError(
             f"the checkpoint {manifest.source_checkpoint} that {folder} was exported from is not found; "
@@ -293,6 +291,69 @@ class _Tally:
             self.max_diff = max(self.max_diff, float(np.abs(logits - ref).max()))
 
 
+@dataclass
+class _Run:
+    """What one pass over the folder counted: per predictor, for the reference, and the unreadable files."""
+
+    tallies: list[_Tally]
+    reference: _Tally | None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    seen: int = 0
+
+
+def _run(
+    predictors: list[Predictor],
+    ref: Predictor | None,
+    files: list[tuple[Path, int]],
+    transform: Any,
+    what: str,
+    progress: bool,
+    batch_size: int = 32,
+) -> _Run:
+    """Every readable file of ``files`` once, in batches, through every predictor and the reference."""
+    from t2tvit.progress import Progress
+
+    run = _Run([_Tally() for _ in predictors], _Tally() if ref is not None else None)
+    shown = progress and sys.stderr.isatty()  # a bar on a terminal only: a log or a pipe gets the report
+    with quiet_runtimes(), Progress(len(files), what, enabled=shown) as bar:
+        for start in range(0, len(files), batch_size):
+            arrays, labels = [], []
+            for f, label in files[start : start + batch_size]:
+                img, why = _read_image(f)
+                if img is None:
+                    run.skipped.append({"image": str(f), "error": why or "cannot be decoded"})
+                    continue
+                arrays.append(np.asarray(transform(img), dtype=np.float32))
+                labels.append(label)
+            if arrays:
+                x, y = np.stack(arrays), np.array(labels)
+                ref_logits = _logits(ref, x) if ref is not None else None
+                if run.reference is not None:
+                    run.reference.add(ref_logits, y, None)
+                for p, tally in zip(predictors, run.tallies, strict=True):
+                    tally.add(_logits(p, x), y, ref_logits)
+                run.seen += len(x)
+            bar.update(min(start + batch_size, len(files)), f"{run.seen} images")
+    return run
+
+
+def _accuracy(
+    p: Predictor, t: _Tally, seen: int, names: dict[int, str], top5: bool, ref_top1: float | None
+) -> ArtifactAccuracy:
+    """One predictor's figures from its counts (agreement, logit error and drop when there is a reference)."""
+    top1 = 100.0 * t.correct1 / seen
+    r = ArtifactAccuracy(
+        format=p.artifact.fmt.name if p.artifact.fmt is not None else "checkpoint",
+        file=str(p.artifact.path),
+        top1=top1,
+        top5=100.0 * t.correct5 / seen if top5 else None,
+        per_class=[ClassAccuracy(names[i], i, n, 100.0 * ok / n) for i, (n, ok) in sorted(t.per_class.items())],
+    )
+    if ref_top1 is not None:
+        r.agreement, r.max_abs_logit_diff, r.drop = 100.0 * t.agree / seen, t.max_diff, ref_top1 - top1
+    return r
+
+
 def validate(
     target: str | Path,
     data: str | Path,
@@ -318,7 +379,6 @@ def validate(
     """
     from t2tvit.data import eval_transform_for
     from t2tvit.models.variants import DEFAULT_MODEL
-    from t2tvit.progress import Progress
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
@@ -339,60 +399,26 @@ def validate(
             "pass the validation folder of the dataset it was trained on"
         )
     transform = eval_transform_for(art.model or DEFAULT_MODEL, art.img_size, **art.preprocessing)
-    tallies = [_Tally() for _ in predictors]
-    ref_tally = _Tally() if ref is not None else None
-    skipped: list[dict[str, str]] = []
-    seen = 0
-    # a bar on a terminal only: a log or a pipe gets the report, not a line per batch
-    shown = progress and sys.stderr.isatty()
-    with quiet_runtimes(), Progress(len(files), f"validating on {folder.name}", enabled=shown) as bar:
-        for start in range(0, len(files), batch_size):
-            arrays, labels = [], []
-            for f, label in files[start : start + batch_size]:
-                img, why = _read_image(f)
-                if img is None:
-                    skipped.append({"image": str(f), "error": why or "cannot be decoded"})
-                    continue
-                arrays.append(np.asarray(transform(img), dtype=np.float32))
-                labels.append(label)
-            if arrays:
-                x, y = np.stack(arrays), np.array(labels)
-                ref_logits = _logits(ref, x) if ref is not None else None
-                if ref_tally is not None:
-                    ref_tally.add(ref_logits, y, None)
-                for p, tally in zip(predictors, tallies, strict=True):
-                    tally.add(_logits(p, x), y, ref_logits)
-                seen += len(x)
-            bar.update(min(start + batch_size, len(files)), f"{seen} images")
-    if not seen:
+    run = _run(predictors, ref, files, transform, f"validating on {folder.name}", progress, batch_size)
+    if not run.seen:
         raise ConfigError(f"data folder {folder} holds no readable images; every file failed to decode")
-    ref_top1 = 100.0 * ref_tally.correct1 / seen if ref_tally is not None else None
+    ref_top1 = 100.0 * run.reference.correct1 / run.seen if run.reference is not None else None
     names = {i: c for c, i in index.items()}
-    results = []
-    for p, t in zip(predictors, tallies, strict=True):
-        top1 = 100.0 * t.correct1 / seen
-        r = ArtifactAccuracy(
-            format=p.artifact.fmt.name if p.artifact.fmt is not None else "checkpoint",
-            file=str(p.artifact.path),
-            top1=top1,
-            top5=100.0 * t.correct5 / seen if (num_classes or len(index)) >= 5 else None,
-            per_class=[ClassAccuracy(names[i], i, n, 100.0 * ok / n) for i, (n, ok) in sorted(t.per_class.items())],
-        )
-        if ref is not None:
-            r.agreement, r.max_abs_logit_diff, r.drop = 100.0 * t.agree / seen, t.max_diff, ref_top1 - top1
-        if min_top1 is not None and top1 < min_top1:
-            r.failures.append(f"{r.format}: top-1 {top1:.2f}% is under --min-top1 {min_top1:g}%")
+    top5 = (num_classes or len(index)) >= 5
+    results = [_accuracy(p, t, run.seen, names, top5, ref_top1) for p, t in zip(predictors, run.tallies, strict=True)]
+    for r in results:
+        if min_top1 is not None and r.top1 < min_top1:
+            r.failures.append(f"{r.format}: top-1 {r.top1:.2f}% is under --min-top1 {min_top1:g}%")
         if max_drop is not None and r.drop is not None and r.drop > max_drop:
             r.failures.append(f"{r.format}: top-1 dropped {r.drop:.2f} points from fp32, over --max-drop {max_drop:g}")
-        results.append(r)
     return ValidationReport(
         target=str(target),
         model=art.model,
         data=str(folder),
-        images=seen,
+        images=run.seen,
         classes=list(index),
         labels=how,
-        skipped=skipped,
+        skipped=run.skipped,
         reference=str(ref.artifact.path) if ref is not None else None,
         reference_top1=ref_top1,
         results=results,

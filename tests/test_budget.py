@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from deploy.export import export_checkpoint
+from deploy.settings import ExportConfig
 from deploy.validation import validate
 from t2tvit.data import dataset_split
 from t2tvit.errors import ConfigError
@@ -82,6 +83,9 @@ def test_a_budget_needs_labelled_images_apart_from_calibration(sensitive, tmp_pa
     with pytest.raises(ConfigError, match="is the folder the calibration images come from"):
         export_checkpoint(sensitive, formats="onnx-int8-dynamic", out=tmp_path / "c", max_drop=1.0,
                           val_data="digits", progress=False)  # fmt: skip
+    # an int8 row without a budget search is quantized as before, and the user is told which
+    with pytest.warns(UserWarning, match="torch-int8 are quantized without an accuracy budget"):
+        ExportConfig(formats="onnx-int8-dynamic,torch-int8", max_drop=1.0, val_data="digits").check()
     res = t2t_here("export", "--checkpoint", str(sensitive), "--formats", "onnx,torch-int8", "--max-drop", "1",
                    "--val-data", "digits", "--out", str(tmp_path / "d"))  # fmt: skip
     assert res.returncode == 2 and "--max-drop is an option of onnx-int8-dynamic" in res.stderr
