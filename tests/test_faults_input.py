@@ -247,13 +247,15 @@ def test_a_loader_worker_is_quiet_when_the_interrupted_main_process_hangs_up() -
 
 def test_ctrl_c_in_visualize_leaves_no_half_drawn_folder(digits_export, tmp_path) -> None:
     out = tmp_path / "vis"
-    images = [str(p) for p in val_images(2)]
+    # 60 images: the drawing after the first PNG takes long enough that the Ctrl-C lands in it (with 20, an
+    # idle CI machine once finished the last image between the first PNG and the signal)
+    images = [str(p) for p in val_images(6)]
 
     def drawing(_: str, __: str) -> bool:
         return out.is_dir() and any(out.glob(".visualize-partial-*/000-*/*.png"))
 
     rc, stdout, err = interrupt(
-        ["visualize", str(digits_export["checkpoint"]), *images, "--out", str(out), "--limit", "20"], drawing, tmp_path
+        ["visualize", str(digits_export["checkpoint"]), *images, "--out", str(out), "--limit", "60"], drawing, tmp_path
     )
     assert rc == 130
     assert one_line(err) == "t2t visualize: interrupted; no image folder was written"
