@@ -102,17 +102,18 @@ class Variant:
 
     def run(self, steps: int) -> float:
         """Seconds per step over ``steps`` steps of the trainer's loop."""
-        from t2tvit.engine import train_one_epoch
+        from t2tvit.engine import TrainStep, train_one_epoch
 
         loader = [self.batches[i % 2] for i in range(steps)]
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
-        train_one_epoch(
-            self.run_model, loader, self.criterion, self.optimizer, epoch=0, device=self.device,
-            amp_dtype=AMP[self.precision], scaler=self.scaler, guard=self.guard, log=self.log,
+        step = TrainStep(
+            self.run_model, self.criterion, self.optimizer, self.device, amp_dtype=AMP[self.precision],
+            scaler=self.scaler, guard=self.guard, log=self.log,
         )  # fmt: skip
+        train_one_epoch(step, loader, epoch=0)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20

@@ -148,7 +148,7 @@ def numerics(a: argparse.Namespace) -> int:
 def nan_guard(a: argparse.Namespace) -> int:
     """A real model under fp16 autocast whose gradients are made inf at every scale: the guard must stop it."""
     import t2tvit
-    from t2tvit.engine import LabelLoss, NonFiniteGuard, StepLog, TrainingDiverged, train_one_epoch
+    from t2tvit.engine import LabelLoss, NonFiniteGuard, TrainingDiverged, TrainStep, train_one_epoch
 
     device = torch.device(a.device)
     torch.manual_seed(0)
@@ -175,10 +175,11 @@ def nan_guard(a: argparse.Namespace) -> int:
     guard = NonFiniteGuard(a.max_nonfinite, min_scale=1.0)
     stopped, message = False, ""
     try:
-        train_one_epoch(
-            Diverged(model), batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.AdamW(model.parameters()),
-            epoch=0, device=device, amp_dtype=torch.float16, scaler=scaler, guard=guard, log=StepLog(False),
+        step = TrainStep(
+            Diverged(model), LabelLoss(nn.CrossEntropyLoss()), torch.optim.AdamW(model.parameters()), device,
+            amp_dtype=torch.float16, scaler=scaler, guard=guard,
         )  # fmt: skip
+        train_one_epoch(step, batches, epoch=0)
     except TrainingDiverged as e:
         stopped, message = True, str(e)
     unchanged = all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

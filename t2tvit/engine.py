@@ -36,6 +36,7 @@ __all__ = [
     "SkipGuard",
     "StepLog",
     "TooManySkipped",
+    "TrainStep",
     "TrainingDiverged",
     "accuracy_counts",
     "autocast",
@@ -356,67 +357,78 @@ def _progress_info(loss_sum: float, seen: int, optimizer: torch.optim.Optimizer,
     return f"loss {loss_sum / max(seen, 1):.4f} lr {lr:.2e} {seen / max(elapsed, 1e-9):.1f} img/s"
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor],
-    optimizer: torch.optim.Optimizer,
-    *,
-    epoch: int,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    mixup_fn: Callable | None = None,
-    model_ema: Any = None,
-    clip_grad: float | None = None,
-    lr_scheduler: Any = None,
-    guard: NonFiniteGuard | None = None,
-    log: StepLog | None = None,
-    num_updates: int = 0,
-    max_steps: int | None = None,
-    skip_guard: SkipGuard | None = None,
-) -> dict[str, float]:
-    """Train for one pass over ``loader``; returns rank-averaged metrics and the update count.
+@dataclass
+class TrainStep:
+    """What every optimisation step of a run uses: the model and its loss, optimizer and precision, what
+    follows an update (EMA, per-update schedule), and the run's watchers (non-finite steps, skipped samples,
+    progress). The same object serves every epoch of the run.
 
-    ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); a step whose gradients overflow is
-    skipped by the scaler and counted in ``overflow_steps`` (and by ``guard`` once the scale collapses).
-    A non-finite loss, or a batch with no usable sample on any rank, is agreed on by all ranks and the
-    step skipped everywhere (so DDP's collective backward never hangs); non-finite ones are reported
-    through ``guard``. Skipped samples are counted by reason, named once and limited by ``skip_guard``.
+    ``scaler`` is a GradScaler for fp16 autocast (bf16 needs none); ``criterion(images, outputs, targets)``
+    (:class:`LabelLoss` wraps a plain loss; ``compress.distill`` gives the distillation one).
     """
+
+    model: nn.Module
+    criterion: Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    mixup_fn: Callable | None = None
+    model_ema: Any = None
+    clip_grad: float | None = None
+    lr_scheduler: Any = None  # stepped per update (``step_update``), when it has one
+    guard: NonFiniteGuard = field(default_factory=NonFiniteGuard)
+    skip_guard: SkipGuard = field(default_factory=SkipGuard)
+    log: StepLog = field(default_factory=lambda: StepLog(False))
+
+
+def train_one_epoch(
+    step: TrainStep, loader: Iterable, *, epoch: int, num_updates: int = 0, max_steps: int | None = None
+) -> dict[str, float]:
+    """Train for one pass over ``loader`` (at most ``max_steps`` batches) with ``step``'s parts; returns
+    rank-averaged metrics and the update count after it (``num_updates`` before it).
+
+    A step whose fp16 gradients overflow is skipped by the scaler and counted in ``overflow_steps`` (and by
+    ``step.guard`` once the scale collapses). A non-finite loss, or a batch with no usable sample on any rank,
+    is agreed on by all ranks and the step skipped everywhere (so DDP's collective backward never hangs);
+    non-finite ones are reported through ``step.guard``. Skipped samples are counted by reason, named once and
+    limited by ``step.skip_guard``.
+    """
+    model, optimizer, device, guard, skip_guard, log = (
+        step.model, step.optimizer, step.device, step.guard, step.skip_guard, step.log
+    )  # fmt: skip
     model.train()
-    guard, skip_guard, log = guard or NonFiniteGuard(), skip_guard or SkipGuard(), log or StepLog(False)
     total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
     log.start(f"epoch {epoch}", total)
     loss_sum, seen, overflow, nonfinite = 0.0, 0, 0, 0
     skips = _EpochSkips(skip_guard, f"training epoch {epoch}")
     memory = _PeakMemory(device)
     t0 = time.perf_counter()
-    for step, (images, targets, dropped) in enumerate(loader, start=1):
-        if max_steps is not None and step > max_steps:
+    for n_step, (images, targets, dropped) in enumerate(loader, start=1):
+        if max_steps is not None and n_step > max_steps:
             break
         any_empty = skips.agree(dropped, len(images), device)
         optimizer.zero_grad(set_to_none=True)
         if any_empty:
             continue
-        loss, n_images = _forward_loss(model, criterion, images, targets, device, amp_dtype, mixup_fn)
+        loss, n_images = _forward_loss(model, step.criterion, images, targets, device, step.amp_dtype, step.mixup_fn)
         value = float(loss.detach())
         # A non-finite loss on any rank skips the backward everywhere, so DDP's collective backward
         # never waits for a rank that skipped it.
         (any_bad,) = _all_reduce([0.0 if math.isfinite(value) else 1.0], device)
         if any_bad:
             nonfinite += 1
-            guard.observe(False, epoch, step, f"loss {value}")
+            guard.observe(False, epoch, n_step, f"loss {value}")
             continue
-        result = _backward_step(loss, model, optimizer, scaler, clip_grad, guard, epoch, step)
+        result = _backward_step(loss, model, optimizer, step.scaler, step.clip_grad, guard, epoch, n_step)
         overflow += result in ("overflow", "diverging")
         if result in ("nonfinite", "diverging"):
             nonfinite += 1
             continue
-        num_updates = _after_update(model, model_ema, lr_scheduler, num_updates + 1)
+        num_updates = _after_update(model, step.model_ema, step.lr_scheduler, num_updates + 1)
         loss_sum += value * n_images
         seen += n_images
-        log.update(step, _progress_info(loss_sum, seen, optimizer, time.perf_counter() - t0))
+        log.update(n_step, _progress_info(loss_sum, seen, optimizer, time.perf_counter() - t0))
     log.stop()
     elapsed = time.perf_counter() - t0
     loss_sum, seen_all, overflow, *skipped = _all_reduce(

@@ -810,7 +810,7 @@ def _epochs(
 ) -> Any:
     """The epoch loop: train, evaluate (EMA too), checkpoint, log; returns the non-finite guard."""
     from .data import set_epoch
-    from .engine import NonFiniteGuard, SkipGuard, StepLog, evaluate, train_one_epoch
+    from .engine import NonFiniteGuard, SkipGuard, StepLog, TrainStep, evaluate, train_one_epoch
 
     train_model = _wrap(t.model, args, d)
     writer = _tensorboard(args, d, out)
@@ -819,26 +819,15 @@ def _epochs(
     skip_guard = SkipGuard(args.max_skipped_fraction)  # one per run: each skipped file is named once
     log = StepLog(d.main, args.log_interval)
     amp_dtype = _amp_dtype(args)
+    step = TrainStep(
+        train_model, t.criterion, t.optimizer, d.device, amp_dtype=amp_dtype, scaler=t.scaler, mixup_fn=t.mixup_fn,
+        model_ema=t.model_ema, clip_grad=args.clip_grad, lr_scheduler=t.lr_scheduler, guard=guard,
+        skip_guard=skip_guard, log=log,
+    )  # fmt: skip
     for epoch in range(t.start_epoch, t.num_epochs):
         set_epoch(train_loader, epoch)
         stats = train_one_epoch(
-            train_model,
-            train_loader,
-            t.criterion,
-            t.optimizer,
-            epoch=epoch,
-            device=d.device,
-            amp_dtype=amp_dtype,
-            scaler=t.scaler,
-            mixup_fn=t.mixup_fn,
-            model_ema=t.model_ema,
-            clip_grad=args.clip_grad,
-            lr_scheduler=t.lr_scheduler,
-            guard=guard,
-            log=log,
-            num_updates=t.num_updates,
-            max_steps=args.steps_per_epoch,
-            skip_guard=skip_guard,
+            step, train_loader, epoch=epoch, num_updates=t.num_updates, max_steps=args.steps_per_epoch
         )
         t.num_updates = int(stats.pop("num_updates"))
         t.lr_scheduler.step(epoch + 1)

@@ -18,7 +18,7 @@ from torch import nn
 
 import t2tvit.train
 from t2tvit.data import SkippedSample, collate_skip
-from t2tvit.engine import LabelLoss, SkipGuard, StepLog, TooManySkipped, train_one_epoch
+from t2tvit.engine import LabelLoss, SkipGuard, TooManySkipped, TrainStep, train_one_epoch
 from t2tvit.train import main
 
 QUICK = ["--config", "digits", "-j", "0", "--log-interval", "1000"]
@@ -101,10 +101,8 @@ def _batches(pattern: str) -> list:
 
 def _epoch(model: nn.Module, batches: list, guard: SkipGuard) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return train_one_epoch(
-        model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
-        log=StepLog(False), skip_guard=guard,
-    )  # fmt: skip
+    step = TrainStep(model, LabelLoss(nn.CrossEntropyLoss()), opt, torch.device("cpu"), skip_guard=guard)
+    return train_one_epoch(step, batches, epoch=0)
 
 
 def test_skip_guard_waits_for_enough_samples_then_stops_a_broken_epoch() -> None:

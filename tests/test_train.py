@@ -19,7 +19,7 @@ from torch import nn
 
 import t2tvit
 from t2tvit.data import bundled_dataset_path
-from t2tvit.engine import NonFiniteGuard, StepLog, TrainingDiverged, train_one_epoch
+from t2tvit.engine import NonFiniteGuard, TrainingDiverged, TrainStep, train_one_epoch
 from t2tvit.errors import ConfigError
 from t2tvit.train import atomic_save, build_parser, main, param_groups, parse_args
 
@@ -259,8 +259,8 @@ def test_nonfinite_losses_are_reported_then_stop_the_run(capsys) -> None:
     before = model.net.weight.detach().clone()
     with pytest.raises(TrainingDiverged, match=r"3 consecutive non-finite steps \(last: loss nan at epoch 0 step 6\)"):
         train_one_epoch(
-            model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
-            guard=NonFiniteGuard(3), log=StepLog(False),
+            TrainStep(model, LabelLoss(nn.CrossEntropyLoss()), opt, torch.device("cpu"), guard=NonFiniteGuard(3)),
+            batches, epoch=0,
         )  # fmt: skip
     assert "non-finite loss nan at epoch 0 step 4" in capsys.readouterr().out
     assert torch.isfinite(model.net.weight).all() and not torch.equal(model.net.weight, before)
@@ -296,10 +296,10 @@ def test_nonfinite_gradient_skips_the_step_without_touching_the_weights(capsys) 
     before = net.weight.detach().clone()
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(2)]
     guard = NonFiniteGuard(5)
+    opt = torch.optim.AdamW(model.parameters())
     stats = train_one_epoch(
-        model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.AdamW(model.parameters()), epoch=0,
-        device=torch.device("cpu"), guard=guard, log=StepLog(False),
-    )  # fmt: skip
+        TrainStep(model, LabelLoss(nn.CrossEntropyLoss()), opt, torch.device("cpu"), guard=guard), batches, epoch=0
+    )
     assert stats["nonfinite_steps"] == 2 and guard.consecutive == 2
     assert torch.equal(net.weight, before)
     assert "non-finite gradient norm nan at epoch 0 step 1" in capsys.readouterr().out
@@ -314,9 +314,10 @@ def test_a_batch_with_no_readable_image_is_skipped() -> None:
     good, bad = (torch.randn(3, 2, 2), 1), SkippedSample("a.png", "unreadable", "OSError: truncated")
     batches = [collate_skip([good, good]), collate_skip([bad, None]), collate_skip([good, bad])]
     with pytest.warns(RuntimeWarning) as caught:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
         stats = train_one_epoch(
-            model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
-            device=torch.device("cpu"), log=StepLog(False), skip_guard=SkipGuard(max_fraction=1.0),
+            TrainStep(model, LabelLoss(nn.CrossEntropyLoss()), opt, torch.device("cpu"), skip_guard=SkipGuard(1.0)),
+            batches, epoch=0,
         )  # fmt: skip
     assert stats["skipped_images"] == stats["skipped_unreadable"] == 3 and stats["skipped_transform"] == 0
     assert stats["train_images"] == 3 and stats["num_updates"] == 2
@@ -488,8 +489,8 @@ def _fp16_epoch(model: nn.Module, guard: NonFiniteGuard, steps: int = 30, init_s
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(steps)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     stats = train_one_epoch(
-        model, batches, LabelLoss(nn.CrossEntropyLoss()), opt, epoch=0, device=torch.device("cpu"),
-        scaler=scaler, guard=guard, log=StepLog(False),
+        TrainStep(model, LabelLoss(nn.CrossEntropyLoss()), opt, torch.device("cpu"), scaler=scaler, guard=guard),
+        batches, epoch=0,
     )  # fmt: skip
     return stats, scaler
 
@@ -632,10 +633,12 @@ def test_fp16_guard_with_the_real_scaler_on_cuda() -> None:
     scaler = torch.amp.GradScaler("cuda", init_scale=16.0)
     batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,)), 0) for _ in range(30)]
     with pytest.raises(TrainingDiverged, match="loss scale 0.125 < 1"):
-        train_one_epoch(
-            model, batches, LabelLoss(nn.CrossEntropyLoss()), torch.optim.SGD(model.parameters(), lr=0.1), epoch=0,
-            device=device, amp_dtype=torch.float16, scaler=scaler, guard=NonFiniteGuard(3), log=StepLog(False),
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = TrainStep(
+            model, LabelLoss(nn.CrossEntropyLoss()), opt, device, amp_dtype=torch.float16, scaler=scaler,
+            guard=NonFiniteGuard(3),
         )  # fmt: skip
+        train_one_epoch(step, batches, epoch=0)
 
 
 @pytest.mark.gpu
