@@ -1,21 +1,28 @@
-"""An accuracy budget for int8: the fewest layers kept in float so that an int8 ONNX model loses at most
+"""An accuracy budget for int8: the fewest layers kept in float so that an int8 model loses at most
 ``max_drop`` points of top-1 against its fp32 source on labelled validation images.
 
-:func:`fit_onnx_budget` quantizes the whole model first; when that already meets the budget nothing is kept
-in float. Otherwise it ranks every quantizable layer (a ``MatMul``/``Gemm`` with a constant weight, what the
-int8 rows quantize) by the error that quantizing *that layer alone* causes -- the mean absolute logit change
-against fp32, relative to the fp32 logits' mean magnitude -- and returns the most sensitive layers to float
-one at a time, most sensitive first, until the top-1 drop is within the budget. The result
-(:class:`BudgetFit`) names the layers kept in float by their PyTorch module path (the exporter's
-``pkg.torch.onnx.name_scopes``), the drop before and after, and the ranking, for the manifest.
+:func:`fit_budget` is the search, the same for every int8 row that can leave named layers in float (ONNX
+Runtime's ``nodes_to_exclude``, PyTorch's per-module qconfig): it quantizes the whole model first; when that
+already meets the budget nothing is kept in float. Otherwise it ranks every quantizable layer by the error
+that quantizing *that layer alone* causes -- the mean absolute logit change against fp32, relative to the
+fp32 logits' mean magnitude -- and returns the most sensitive layers to float one at a time, most sensitive
+first, until the top-1 drop is within the budget. With every layer back in float the model is the fp32 one,
+so the search ends within the budget at the latest there. The row supplies ``run(keep_float) -> logits``.
 
-The quantizer is passed in (``quantize(src, dst, exclude)``), so the search is the same for every ONNX
-Runtime int8 row that can leave named nodes in float.
+:class:`BudgetFit` is what the manifest records (``details.accuracy_budget``): the layers kept in float by
+their PyTorch module path, the drop before and after, the ranking, and the speed the fallback costs
+(:func:`latency_ms`: fp32, all-int8 and the fitted artifact timed interleaved at batch 1 on the export host).
+:func:`write_sensitivity` writes the ranking as a table and a plot (``t2t export --sensitivity``).
+OpenVINO's row uses NNCF's own accuracy-aware quantization instead (``deploy/openvino.py``).
 """
 
 from __future__ import annotations
 
 import ast
+import csv
+import functools
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,12 +30,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BudgetFit", "LayerSensitivity", "fit_onnx_budget", "quantizable_layers"]
+from t2tvit.data import in_batches
+
+__all__ = [
+    "BudgetFit",
+    "LayerSensitivity",
+    "fit_budget",
+    "fit_module_budget",
+    "fit_onnx_budget",
+    "latency_ms",
+    "quantizable_layers",
+    "write_sensitivity",
+]
+
+Run = Callable[[Sequence[str]], np.ndarray]  # the int8 model's logits on the images, these layers kept float
 
 
 @dataclass
 class LayerSensitivity:
-    """One quantizable layer: its ONNX node, module path, and the error of quantizing it alone."""
+    """One quantizable layer: its id in the quantizer (ONNX node, module name), module path, and the error of
+    quantizing it alone."""
 
     node: str
     layer: str
@@ -38,18 +59,20 @@ class LayerSensitivity:
 
 @dataclass
 class BudgetFit:
-    """What :func:`fit_onnx_budget` found and wrote."""
+    """What :func:`fit_budget` found (``max_drop`` None: a sensitivity ranking without a budget)."""
 
-    max_drop: float
+    max_drop: float | None
     images: int
     fp32_top1: float
     int8_top1: float  # every layer in int8 (the row's default)
     top1: float  # the artifact written
     kept_float: list[str] = field(default_factory=list)  # module paths, most sensitive first
-    kept_nodes: list[str] = field(default_factory=list)  # their ONNX node names
+    kept_nodes: list[str] = field(default_factory=list)  # their ids in the quantizer
     quantizable: int = 0
     met: bool = True
     ranking: list[LayerSensitivity] = field(default_factory=list)  # empty when int8 met the budget as it was
+    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32 / int8 / budget, batch 1, interleaved
+    sensitivity: dict[str, str] = field(default_factory=dict)  # the table and plot files, when written
 
     @property
     def drop(self) -> float:
@@ -62,6 +85,73 @@ class BudgetFit:
         out["int8_drop"] = self.fp32_top1 - self.int8_top1
         out["ranking"] = out["ranking"][:20]  # the most sensitive; the full table is the sensitivity report's
         return out
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean() * 100)
+
+
+def rank_layers(
+    layers: Sequence[tuple[str, str]], run: Run, ref: np.ndarray, labels: np.ndarray
+) -> list[LayerSensitivity]:
+    """Every layer's error when it alone is int8 (``run`` with all the others kept float), most sensitive first."""
+    scale = float(np.abs(ref).mean()) or 1.0
+    fp32_top1 = _top1(ref, labels)
+    nodes = [n for n, _ in layers]
+    ranking = []
+    for node, layer in layers:
+        out = run([m for m in nodes if m != node])
+        error = float(np.abs(out - ref).mean()) / scale
+        ranking.append(LayerSensitivity(node, layer, error, fp32_top1 - _top1(out, labels)))
+    return sorted(ranking, key=lambda s: (-s.error, s.node))
+
+
+def fit_budget(
+    layers: Sequence[tuple[str, str]],
+    run: Run,
+    ref: np.ndarray,
+    labels: np.ndarray,
+    max_drop: float | None,
+    *,
+    rank: bool = False,
+) -> BudgetFit:
+    """The fewest, most sensitive of ``layers`` (``(id, module path)``) to keep in float for a top-1 drop of
+    at most ``max_drop`` points against the fp32 logits ``ref`` (see the module docstring). ``rank`` ranks
+    the layers even when the all-int8 model meets the budget (or no budget is given)."""
+    fp32_top1 = _top1(ref, labels)
+    int8_top1 = _top1(run([]), labels)
+    fit = BudgetFit(max_drop, len(labels), fp32_top1, int8_top1, int8_top1, quantizable=len(layers))
+    within = max_drop is None or fp32_top1 - int8_top1 <= max_drop
+    if rank or not within:
+        fit.ranking = rank_layers(layers, run, ref, labels)
+    if within:
+        return fit
+    for k in range(1, len(fit.ranking) + 1):  # the most sensitive back to float, one more at a time
+        keep = [s.node for s in fit.ranking[:k]]
+        top1 = _top1(run(keep), labels)
+        if fp32_top1 - top1 <= max_drop or k == len(fit.ranking):
+            fit.top1, fit.kept_nodes = top1, keep
+            fit.kept_float = [s.layer for s in fit.ranking[:k]]
+            fit.met = fp32_top1 - top1 <= max_drop
+            break
+    return fit
+
+
+def latency_ms(calls: dict[str, Callable[[], Any]], rounds: int = 15) -> dict[str, float]:
+    """Median milliseconds of each call, timed in interleaved rounds (one warm-up each) so that the machine's
+    drift falls on every call alike."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: round(statistics.median(t), 3) for name, t in times.items()}
+
+
+# ---- ONNX: the products with a weight, ONNX Runtime sessions ----
 
 
 def quantizable_layers(path: str | Path, op_types: Sequence[str] = ("MatMul", "Gemm")) -> list[tuple[str, str]]:
@@ -92,28 +182,19 @@ def _module_path(node: Any) -> str:
     return node.name
 
 
-def _logits(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    """The model's logits on ``images``, in batches it accepts (a fixed-batch model: zero-padded, padding dropped)."""
+def _session(path: Path) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    session = _session(path)
     inp = session.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
-    step = fixed or batch
-    out = []
-    for i in range(0, len(images), step):
-        chunk = images[i : i + step]
-        n = len(chunk)
-        if fixed and n < fixed:
-            chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), chunk.dtype)])
-        out.append(session.run(None, {inp.name: chunk})[0][:n])
-    return np.concatenate(out)
-
-
-def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean() * 100)
+    return in_batches(lambda x: session.run(None, {inp.name: x})[0], images, fixed or 32, min_batch=fixed or 1)
 
 
 def fit_onnx_budget(
@@ -122,44 +203,109 @@ def fit_onnx_budget(
     quantize: Callable[[Path, Path, list[str]], dict[str, Any]],
     images: np.ndarray,
     labels: np.ndarray,
-    max_drop: float,
+    max_drop: float | None,
     scratch: str | Path,
+    *,
+    rank: bool = False,
 ) -> tuple[BudgetFit, dict[str, Any]]:
     """Write to ``dst`` the int8 of fp32 ONNX ``src`` that keeps the fewest, most sensitive layers in float
-    for a top-1 drop of at most ``max_drop`` points on ``images`` / ``labels`` (see the module docstring).
-
-    ``quantize(src, dst, exclude)`` writes the int8 model leaving the nodes named in ``exclude`` in float and
-    returns its manifest fields. Returns the fit and the fields of the quantization that was kept. With every
-    layer back in float the model is the fp32 one, so the search ends within the budget at the latest there;
-    ``met`` says whether the artifact written holds it.
-    """
+    for ``max_drop`` (:func:`fit_budget`). ``quantize(src, dst, exclude)`` writes the int8 model leaving the
+    nodes named in ``exclude`` in float and returns its manifest fields; returned with the fit."""
     src, dst, scratch = Path(src), Path(dst), Path(scratch)
-    layers = quantizable_layers(src)
-    ref = _logits(src, images)
-    fp32_top1 = _top1(ref, labels)
-    info = quantize(src, dst, [])
-    int8_top1 = _top1(_logits(dst, images), labels)
-    fit = BudgetFit(max_drop, len(images), fp32_top1, int8_top1, int8_top1, quantizable=len(layers))
-    if fp32_top1 - int8_top1 <= max_drop:
-        return fit, info
-    scale = float(np.abs(ref).mean()) or 1.0
     trial = scratch / "budget-trial.onnx"
-    nodes = [n for n, _ in layers]
-    for node, layer in layers:  # each layer alone in int8
-        quantize(src, trial, [m for m in nodes if m != node])
-        out = _logits(trial, images)
-        fit.ranking.append(
-            LayerSensitivity(node, layer, float(np.abs(out - ref).mean()) / scale, fp32_top1 - _top1(out, labels))
-        )
-    fit.ranking.sort(key=lambda s: (-s.error, s.node))
-    for k in range(1, len(fit.ranking) + 1):  # the most sensitive back to float, one more at a time
-        keep = [s.node for s in fit.ranking[:k]]
-        info = quantize(src, trial, keep)
-        top1 = _top1(_logits(trial, images), labels)
-        if fp32_top1 - top1 <= max_drop or k == len(fit.ranking):
-            trial.replace(dst)
-            fit.top1, fit.kept_nodes = top1, keep
-            fit.kept_float = [s.layer for s in fit.ranking[:k]]
-            fit.met = fp32_top1 - top1 <= max_drop
-            break
+
+    def run(keep: Sequence[str]) -> np.ndarray:
+        quantize(src, trial, list(keep))
+        return _onnx_logits(trial, images)
+
+    fit = fit_budget(quantizable_layers(src), run, _onnx_logits(src, images), labels, max_drop, rank=rank)
+    info = quantize(src, dst, fit.kept_nodes)
+    if fit.kept_nodes:  # what the fallback costs: fp32, all-int8 and this artifact, side by side
+        quantize(src, trial, [])
+        x = images[:1]
+        sessions = {"fp32": _session(src), "int8": _session(trial), "budget": _session(dst)}
+        fit.latency_ms = latency_ms({k: _bound(s, x) for k, s in sessions.items()})
     return fit, info
+
+
+def _bound(session: Any, x: np.ndarray) -> Callable[[], Any]:
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+# ---- PyTorch: nn.Linear modules by name ----
+
+
+def fit_module_budget(
+    model: Any,
+    quantize: Callable[[Sequence[str]], Any],
+    images: np.ndarray,
+    labels: np.ndarray,
+    max_drop: float | None,
+    *,
+    rank: bool = False,
+) -> BudgetFit:
+    """:func:`fit_budget` over the ``nn.Linear`` modules of the fp32 ``model``; ``quantize(keep_float)``
+    returns its int8 copy with the named modules left float (run under the caller's quantized engine)."""
+    import torch
+    from torch import nn
+
+    def logits(module: Any) -> Callable[[np.ndarray], np.ndarray]:
+        def forward(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(x)).float().numpy()
+
+        return forward
+
+    layers = [(name, name) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    ref = in_batches(logits(model.eval()), images, 32)
+    run = lambda keep: in_batches(logits(quantize(keep)), images, 32)  # noqa: E731
+    fit = fit_budget(layers, run, ref, labels, max_drop, rank=rank)
+    if fit.kept_nodes:
+        x = images[:1]
+        forwards = {"fp32": logits(model), "int8": logits(quantize([])), "budget": logits(quantize(fit.kept_nodes))}
+        fit.latency_ms = latency_ms({k: functools.partial(f, x) for k, f in forwards.items()})
+    return fit
+
+
+# ---- the sensitivity report ----
+
+
+def write_sensitivity(fit: BudgetFit, stem: Path, title: str) -> dict[str, str]:
+    """``<stem>.sensitivity.csv`` (every layer, most sensitive first) and ``<stem>.sensitivity.png`` (error and
+    top-1 drop per layer); returns their file names for the manifest."""
+    csv_path = stem.with_name(stem.name + ".sensitivity.csv")
+    png_path = stem.with_name(stem.name + ".sensitivity.png")
+    kept = set(fit.kept_nodes)
+    with csv_path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "layer", "node", "int8_error", "top1_drop_alone", "kept_float"])
+        for i, s in enumerate(fit.ranking, 1):
+            w.writerow([i, s.layer, s.node, f"{s.error:.6g}", f"{s.top1_drop:.2f}", s.node in kept])
+    _plot(fit, png_path, title)
+    return {"table": csv_path.name, "plot": png_path.name}
+
+
+def _plot(fit: BudgetFit, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = fit.ranking[:40]
+    kept = set(fit.kept_nodes)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.22 * len(rows) + 1.6), sharey=True)
+    y = np.arange(len(rows))
+    colors = ["tab:red" if s.node in kept else "tab:blue" for s in rows]
+    ax1.barh(y, [s.error for s in rows], color=colors)
+    ax1.set_yticks(y, [s.layer for s in rows], fontsize=7)
+    ax1.invert_yaxis()
+    if rows and min(s.error for s in rows) > 0:
+        ax1.set_xscale("log")  # one outlier layer would flatten every other bar
+    ax1.set_xlabel("logit error, this layer alone int8 (relative)")
+    ax2.barh(y, [s.top1_drop for s in rows], color=colors)
+    ax2.set_xlabel("top-1 drop, this layer alone int8 (points)")
+    fig.suptitle(f"{title}: {len(fit.ranking)} layers, {fit.images} images (red: kept float)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -102,14 +102,20 @@ def quiet_quantization_warnings() -> Iterator[None]:
         yield
 
 
-def quantize_dynamic_int8(model: nn.Module, engine: str = "qnnpack") -> nn.Module:
-    """A copy of ``model`` (eval mode) with every ``nn.Linear`` dynamically quantized to int8 for ``engine``.
+def quantize_dynamic_int8(model: nn.Module, engine: str = "qnnpack", float_layers: Sequence[str] = ()) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every ``nn.Linear`` dynamically quantized to int8 for ``engine``,
+    but those named in ``float_layers`` (module paths, :mod:`compress.budget` chooses them).
 
     The original is left untouched (it is the fp32 reference of the parity checks).
     """
     model = copy.deepcopy(model).eval()
+    spec: Any = {nn.Linear}
+    if float_layers:
+        keep = set(float_layers)
+        qconfig = torch.ao.quantization.default_dynamic_qconfig
+        spec = {n: qconfig for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in keep}
     with qengine(engine), quiet_quantization_warnings():
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, spec, dtype=torch.qint8)
 
 
 def load_images(
@@ -334,6 +340,7 @@ def quantize_onnx_static(
     batch_size: int = 8,
     preprocess: bool = True,
     for_tensorrt: bool = False,
+    exclude: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Static int8 of an fp32 ONNX model in QDQ format, calibrated on real images.
 
@@ -343,12 +350,9 @@ def quantize_onnx_static(
     inference and graph optimisation, which the quantizer recommends); if that fails for a graph
     the original model is quantized as it is, and the manifest says so.
 
-    Only products with a constant weight are quantized unless ``activation_products``: the
-    products of two activations (attention scores and attention-weighted values, the Performer's
-    random-feature kernels) carry input-dependent ranges. With the Performer's earlier exp-based
-    kernel, quantizing them dropped top-1 agreement with fp32 from 1.0 to 0.90 on the digits
-    model; with the current softmax-based one all variants agree 1.0
-    (``benchmarks/export_sizes.py``), and the weight-only default is kept as the conservative one.
+    Only products with a constant weight are quantized unless ``activation_products``: the products
+    of two activations carry input-dependent ranges (``benchmarks/export_sizes.py`` measures both).
+    The nodes named in ``exclude`` stay in float (:mod:`compress.budget` chooses them).
 
     ``for_tensorrt`` adds :data:`TENSORRT_QDQ_OPTIONS` (biases stay float) and checks the written
     file has no INT32 ``DequantizeLinear`` input (:func:`int32_dequantize_inputs`), which TensorRT
@@ -372,7 +376,9 @@ def quantize_onnx_static(
                 raise ConfigError(f"the model's batch is fixed at {static}: pass at least {static} calibration images")
             batch_size, calib = static, calib[: len(calib) // static * static]
             info["quantization"]["calibration_images"] = len(calib)
-        nodes = None if activation_products else _weight_product_nodes(model_in, op_types)
+        nodes = (
+            None if activation_products else [n for n in _weight_product_nodes(model_in, op_types) if n not in exclude]
+        )
         info["quantization"]["activation_products"] = activation_products
         if nodes is not None:
             info["quantization"]["quantized_nodes"] = len(nodes)
@@ -383,6 +389,7 @@ def quantize_onnx_static(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             nodes_to_quantize=nodes,
+            nodes_to_exclude=list(exclude),
             per_channel=True,
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -394,14 +401,20 @@ def quantize_onnx_static(
                 **(TENSORRT_QDQ_OPTIONS if for_tensorrt else {}),
             },
         )
+    if exclude:
+        info["quantization"]["float_nodes"] = list(exclude)
     if for_tensorrt:
-        bad = int32_dequantize_inputs(dst)
-        if bad:
-            raise ConfigError(
-                f"the TensorRT-bound QDQ model still dequantizes INT32 tensors ({', '.join(bad[:3])}); "
-                "TensorRT cannot parse them: check that onnxruntime honours QuantizeBias=False"
-            )
+        _check_tensorrt_bound(dst)
     return info
+
+
+def _check_tensorrt_bound(path: Path) -> None:
+    bad = int32_dequantize_inputs(path)
+    if bad:
+        raise ConfigError(
+            f"the TensorRT-bound QDQ model still dequantizes INT32 tensors ({', '.join(bad[:3])}); "
+            "TensorRT cannot parse them: check that onnxruntime honours QuantizeBias=False"
+        )
 
 
 def int32_dequantize_inputs(path: str | Path) -> list[str]:

@@ -124,7 +124,9 @@ class ExportContext:
     about: dict[str, Any] = field(default_factory=dict)
     # an accuracy budget for the int8 rows that take it: points of top-1 against fp32 on ``val``
     max_drop: float | None = None
+    sensitivity: bool = False  # also rank every quantizable layer and write the table and plot (deploy.budget)
     val: tuple[np.ndarray, np.ndarray] | None = None  # labelled validation images (normalised) and labels
+    fits: dict[str, Any] = field(default_factory=dict)  # budget fits made this run, shared by rows (deploy.budget)
 
     def scratch_dir(self) -> Path:
         """A folder for intermediate files (e.g. the fp32 ONNX behind an int8 ONNX when ``onnx`` itself
@@ -337,7 +339,8 @@ _PTL: dict[str, Any] = {
 }
 _EAGER: dict[str, Any] = {"runtime": "PyTorch eager"}
 _TS: dict[str, Any] = {"runtime": "TorchScript", "settings": ("jit",)}
-_QENGINE = ("jit", "qengine")  # the TorchScript and .ptl int8 rows quantize for the PyTorch engine first
+_BUDGET = ("max_drop", "sensitivity")  # the int8 rows that keep an accuracy budget (deploy.budget)
+_QENGINE = ("jit", "qengine", *_BUDGET)  # the TorchScript and .ptl int8 rows quantize for the PyTorch engine first
 _ORT: dict[str, Any] = {
     "settings": ("opset",),
     "tools": ("torch", "onnx", "onnxscript", "onnxruntime"),
@@ -414,7 +417,7 @@ FORMATS: dict[str, Format] = {
             True,
             False,
             "PyTorch eager, dynamic int8 quantization of nn.Linear",
-            settings=("qengine",),
+            settings=("qengine", *_BUDGET),
             **_EAGER,
         ),
         Format("torchscript", "deploy.torchscript", "fp32", ".pt", True, True, "TorchScript, frozen, fp32", **_TS),
@@ -449,7 +452,7 @@ FORMATS: dict[str, Format] = {
             False,
             "ONNX Runtime dynamic int8 quantization",
             options={"quantization": "dynamic"},
-            **(_ORT | {"settings": ("opset", "max_drop")}),  # an accuracy budget: compress.budget
+            **(_ORT | {"settings": ("opset", *_BUDGET)}),
         ),
         Format(
             "onnx-int8-static",
@@ -460,7 +463,7 @@ FORMATS: dict[str, Format] = {
             True,
             "ONNX Runtime static int8 (QDQ, symmetric, per-channel weights, calibrated on real images)",
             options={"quantization": "static"},
-            **_ORT,
+            **(_ORT | {"settings": ("opset", *_BUDGET)}),
         ),
         Format(
             "openvino",
@@ -494,7 +497,7 @@ FORMATS: dict[str, Format] = {
             options={"int8": True, "t2t_form": "channel_major"},  # measured: deploy/openvino.py INT8_KEEP_FLOAT
             # its second recipe, tried when the first misses parity (why: deploy/openvino.py, INT8_KEEP_FLOAT)
             fallback_options={"t2t_form": "one_hot", "keep_float": ("soft_split",)},
-            **_OV,
+            **(_OV | {"settings": ("inference_precision", "max_drop")}),  # NNCF's accuracy control
         ),
         Format(
             "tflite",

@@ -8,7 +8,7 @@ conversion runs here calls :func:`export_in_child` from its ``export`` and ends 
 is the in-process conversion, run by the child on a model rebuilt from its registry name and weights.
 
 What crosses the process boundary is a ``torch.save`` file read back with ``weights_only=True``: the
-model's spec and state dict, the calibration images, the row's fields and the export settings. The
+model's spec and state dict, the calibration and validation images, the row's fields and the export settings. The
 child's manifest fields come back as JSON. A :class:`~t2tvit.errors.ConfigError` in the child is
 exit status 2 and is raised again in the parent with its one-line message.
 """
@@ -36,7 +36,17 @@ from .base import ExportContext, Format
 __all__ = ["die_with", "export_in_child", "run_child"]
 
 # The ExportContext fields a child's conversion may read (the rest are the parent's bookkeeping).
-_CTX_FIELDS = ("img_size", "batch", "qengine", "opset", "jit", "inference_precision", "about")
+_CTX_FIELDS = (
+    "img_size",
+    "batch",
+    "qengine",
+    "opset",
+    "jit",
+    "inference_precision",
+    "about",
+    "max_drop",
+    "sensitivity",
+)
 
 
 def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
@@ -54,6 +64,7 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
                 "spec": spec,
                 "state": model.state_dict(),
                 "calib": None if ctx.calib is None else torch.from_numpy(np.ascontiguousarray(ctx.calib)),
+                "val": None if ctx.val is None else [torch.from_numpy(np.ascontiguousarray(a)) for a in ctx.val],
                 "row": json.dumps(row),
                 "ctx": json.dumps({k: getattr(ctx, k) for k in _CTX_FIELDS}),
             },
@@ -120,7 +131,8 @@ def run_child(write: Writer, argv: list[str] | None = None) -> int:
     fmt = Format(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items()})
     c = json.loads(job["ctx"])
     calib = job["calib"].numpy() if job["calib"] is not None else None
-    ctx = ExportContext(**{**c, "img_size": tuple(c["img_size"]), "batch": tuple(c["batch"])}, calib=calib)
+    val = tuple(a.numpy() for a in job["val"]) if job.get("val") is not None else None
+    ctx = ExportContext(**{**c, "img_size": tuple(c["img_size"]), "batch": tuple(c["batch"])}, calib=calib, val=val)
     try:
         extra = write(model.eval(), Path(out), fmt, ctx)
     except ConfigError as e:

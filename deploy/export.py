@@ -369,13 +369,15 @@ def _link_tree(src: Path, dst: Path, skip: set[str]) -> None:
 
 
 def _entry_files(entry: ArtifactEntry) -> set[str]:
-    """The top-level names an entry's artifact occupies in its folder (the file, its companions)."""
+    """The top-level names an entry's artifact occupies in its folder (the file, its companions, its
+    sensitivity report)."""
     if not entry.file:
         return set()
+    report = set(((entry.details.get("accuracy_budget") or {}).get("sensitivity") or {}).values())
     fmt = FORMATS.get(entry.format)
     if fmt is None:
-        return {entry.file}
-    return {p.name for p in fmt.files(Path(entry.file))}
+        return {entry.file} | report
+    return {p.name for p in fmt.files(Path(entry.file))} | report
 
 
 def _merge_entries(old: list[ArtifactEntry], new: list[ArtifactEntry]) -> tuple[list[ArtifactEntry], set[str]]:
@@ -737,7 +739,7 @@ def export_checkpoint(
     hw = tuple(int(s) for s in net.img_size)
     parity, calib, data = _split_images(net, hw, overrides, cfg.calib_data, cfg.parity_images, cfg.calib_size)
     ctx = ExportContext(img_size=hw, batch=tuple(cfg.batch), calib=calib, **cfg.format_options())
-    if cfg.max_drop is not None:
+    if cfg.val_data is not None:  # an accuracy budget or a sensitivity ranking (deploy.budget)
         ctx.val = _val_images(net, hw, overrides, cfg.val_data, classes, data)
     netcfg = net.pretrained_cfg | overrides
     meta: dict[str, Any] = {
@@ -790,9 +792,9 @@ def _val_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The labelled images an accuracy budget is measured on (the model's eval preprocessing, labels as
     ``t2t validate`` gives them); their folder and count are added to the manifest's ``data`` record."""
-    from t2tvit.data import eval_transform_for, open_rgb
+    from t2tvit.data import eval_transform_for
 
-    from .validation import labelled_files
+    from .validation import labelled_files, read_labelled
 
     folder, files, _, _ = labelled_files(val_data, classes, VAL_IMAGES)
     if Path(folder).resolve() == Path(data["folder"]).resolve():
@@ -800,17 +802,11 @@ def _val_images(
             f"--val-data {folder} is the folder the calibration images come from; pass a labelled folder kept "
             "apart from them (e.g. the validation split when calibrating on the training split)"
         )
-    transform = eval_transform_for(net, hw, **overrides)
-    arrays, labels = [], []
-    for f, label in files:
-        img = open_rgb(f, warn=False)
-        if img is not None:
-            arrays.append(np.asarray(transform(img), dtype=np.float32))
-            labels.append(label)
-    if not arrays:
+    images, labels = read_labelled(files, eval_transform_for(net, hw, **overrides), [])
+    if not len(images):
         raise ConfigError(f"--val-data {folder} holds no readable images")
-    data["validation"] = {"folder": str(folder), "images": len(arrays)}
-    return np.stack(arrays), np.array(labels)
+    data["validation"] = {"folder": str(folder), "images": len(images)}
+    return images, labels
 
 
 def _recorded(

@@ -29,6 +29,7 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import budget
 from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
@@ -115,38 +116,17 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         info = export_fp32(model, path, ctx)
     else:
         src = fp32_onnx(model, ctx)
-        if mode == "dynamic" and ctx.max_drop is not None:
-            info = _within_budget(src, path, ctx)
-        elif mode == "dynamic":
-            info = quantize_onnx_dynamic(src, path)
+        if mode == "dynamic":
+            quantize = lambda s, d, exclude: quantize_onnx_dynamic(s, d, exclude=exclude)  # noqa: E731
         elif mode == "static":
-            info = quantize_onnx_static(src, path, ctx.calib)
+            quantize = lambda s, d, exclude: quantize_onnx_static(s, d, ctx.calib, exclude=exclude)  # noqa: E731
         else:
             raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
+        info = budget.onnx_int8(src, path, fmt, ctx, quantize) if budget.asked(ctx) else quantize(src, path, [])
         record = graph_record(model, ctx)
         info = {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info, "deploy_graph": record}
     write_about(path, ctx.about)
     return info
-
-
-def _within_budget(src: Path, path: Path, ctx: ExportContext) -> dict[str, Any]:
-    """Dynamic int8 with the fewest layers kept in float for ``ctx.max_drop`` (:mod:`compress.budget`)."""
-    from compress.budget import fit_onnx_budget
-    from compress.quantize import quantize_onnx_dynamic
-
-    if ctx.val is None:
-        raise ConfigError("--max-drop needs --val-data, a labelled folder of images")
-    images, labels = ctx.val
-    fit, info = fit_onnx_budget(
-        src,
-        path,
-        lambda s, d, exclude: quantize_onnx_dynamic(s, d, exclude=exclude),
-        images,
-        labels,
-        ctx.max_drop,
-        ctx.scratch_dir(),
-    )
-    return {**info, "accuracy_budget": fit.record()}
 
 
 def write_about(path: Path, about: dict[str, Any]) -> None:

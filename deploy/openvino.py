@@ -199,39 +199,14 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
     MatMuls (NNCF's default for transformers when absent; a negative value turns it off); ``per_channel``, False
     for per-tensor weight scales (NNCF's default, per-channel, when absent)."""
     import nncf
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-        QuantizationParameters,
-    )
 
     if calib is None or len(calib) == 0:
         raise ConfigError("openvino-int8 needs calibration images; pass --calib-data with a folder of real images")
     items = [np.ascontiguousarray(calib[i : i + 1], dtype=np.float32) for i in range(len(calib))]
     asked = tuple(options.get("keep_float", INT8_KEEP_FLOAT))
-    # A pattern that names no layer of this model (a CNN or DeiT has no ``tokens_to_token``) keeps nothing
-    # float: the whole model is quantized, and the manifest says which patterns applied.
-    names = [op.get_friendly_name() for op in ov_model.get_ops()]
-    keep = tuple(p for p in asked if any(p in n for n in names))
-    ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
-    advanced = None
-    sq, per_channel = options.get("smooth_quant"), options.get("per_channel")
-    if sq is not None or per_channel is not None:
-        kw: dict[str, Any] = {}
-        if sq is not None:
-            kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(sq))
-        if per_channel is not None:
-            kw["weights_quantization_params"] = QuantizationParameters(per_channel=bool(per_channel))
-        advanced = AdvancedQuantizationParameters(**kw)
+    keep, settings = _nncf_settings(ov_model, asked, options)
     with _quiet():
-        q = nncf.quantize(
-            ov_model,
-            nncf.Dataset(items),
-            model_type=nncf.ModelType.TRANSFORMER,
-            subset_size=len(items),
-            ignored_scope=ignored,
-            advanced_parameters=advanced,
-        )
+        q = nncf.quantize(ov_model, nncf.Dataset(items), subset_size=len(items), **settings)
     kept_weights = options.get("kept_weights", "int8")
     if asked and kept_weights == "int8":  # what quantize left float gets int8 weights (computed in float)
         with _quiet():
@@ -246,6 +221,149 @@ def _quantize(ov_model: Any, calib: np.ndarray | None, options: dict[str, Any]) 
         "per_channel_weights": options.get("per_channel", "NNCF default (per-channel)"),
     }
     return q, info
+
+
+def _nncf_settings(ov_model: Any, asked: tuple[str, ...], options: dict[str, Any]) -> tuple[tuple[str, ...], dict]:
+    """The patterns of ``asked`` that name layers of ``ov_model``, and the keyword arguments of ``nncf.quantize``
+    (and of its accuracy-controlled twin) for the row's ``options``."""
+    import nncf
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        QuantizationParameters,
+    )
+
+    # A pattern that names no layer of this model (a CNN or DeiT has no ``tokens_to_token``) keeps nothing
+    # float: the whole model is quantized, and the manifest says which patterns applied.
+    names = [op.get_friendly_name() for op in ov_model.get_ops()]
+    keep = tuple(p for p in asked if any(p in n for n in names))
+    ignored = nncf.IgnoredScope(patterns=[f".*{p}.*" for p in keep], validate=False)
+    advanced = None
+    sq, per_channel = options.get("smooth_quant"), options.get("per_channel")
+    if sq is not None or per_channel is not None:
+        kw: dict[str, Any] = {}
+        if sq is not None:
+            kw["smooth_quant_alphas"] = AdvancedSmoothQuantParameters(matmul=float(sq))
+        if per_channel is not None:
+            kw["weights_quantization_params"] = QuantizationParameters(per_channel=bool(per_channel))
+        advanced = AdvancedQuantizationParameters(**kw)
+    return keep, {"model_type": nncf.ModelType.TRANSFORMER, "ignored_scope": ignored, "advanced_parameters": advanced}
+
+
+def _within_budget(
+    fp32: Any, q: Any, info: dict[str, Any], ctx: ExportContext, options: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """``q`` if it loses at most ``ctx.max_drop`` points of top-1 against ``fp32`` on ``ctx.val``; else NNCF's
+    accuracy-aware quantization (``nncf.quantize_with_accuracy_control``: it ranks the quantized operations by
+    their output error and reverts the worst to float until the drop holds), weights of what it reverts kept
+    float. Both measured here in the inference precision the artifact records."""
+    import nncf
+
+    from compress.budget import BudgetFit, latency_ms
+
+    images, labels = ctx.val if ctx.val is not None else (None, None)
+    if images is None:
+        raise ConfigError("--max-drop needs --val-data, a labelled folder of images")
+    compiled = {"fp32": _compiled(fp32, ctx), "int8": _compiled(q, ctx)}
+    top1 = {k: _top1(c, images, labels) for k, c in compiled.items()}
+    fit = BudgetFit(ctx.max_drop, len(labels), top1["fp32"], top1["int8"], top1["int8"])
+    fit.quantizable = len(_weighted_ops(q))
+    if fit.drop > ctx.max_drop:
+        keep, settings = _nncf_settings(fp32, tuple(options.get("keep_float", INT8_KEEP_FLOAT)), options)
+        settings["advanced_quantization_parameters"] = settings.pop("advanced_parameters")
+        calib = nncf.Dataset([np.ascontiguousarray(ctx.calib[i : i + 1]) for i in range(len(ctx.calib))])
+        val = nncf.Dataset(_val_items(images, labels, ctx.batch), lambda item: item[0])
+        with _quiet():
+            q = nncf.quantize_with_accuracy_control(
+                fp32, calib, val, _nncf_top1, max_drop=float(ctx.max_drop), subset_size=len(ctx.calib), **settings
+            )
+        compiled["budget"] = _compiled(q, ctx)
+        fit.top1 = _top1(compiled["budget"], images, labels)
+        fit.kept_float = fit.kept_nodes = float_layers(q)
+        fit.met = fit.drop <= ctx.max_drop
+        x = np.ascontiguousarray(images[: max(1, ctx.batch[0])])
+        fit.latency_ms = latency_ms({k: (lambda c=c: c(x)) for k, c in compiled.items()})
+        info = {**info, "quantizer": "nncf.quantize_with_accuracy_control(model_type=TRANSFORMER)"}
+        info["kept_float_weights"] = "float"
+    precision = auto_inference_precision() if ctx.inference_precision == AUTO else ctx.inference_precision
+    return q, {**info, "accuracy_budget": fit.record() | {"measured_in": precision}}
+
+
+def _compiled(model: Any, ctx: ExportContext) -> Any:
+    """``model`` compiled for this CPU in the inference precision the artifact records (``auto``: this CPU's)."""
+    precision = auto_inference_precision() if ctx.inference_precision == AUTO else ctx.inference_precision
+    return _core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+
+
+def _val_items(images: np.ndarray, labels: np.ndarray, batch: tuple[int, int, int]) -> list[tuple[Any, Any]]:
+    """The validation images as NNCF's items: one image each (a fixed-batch model: batches of its size, the last
+    zero-padded with label -1, which no prediction matches and :func:`_nncf_top1` does not count)."""
+    n = batch[0] if batch[0] == batch[2] else 1
+    items = []
+    for start in range(0, len(images), n):
+        x, y = images[start : start + n], labels[start : start + n]
+        if len(x) < n:
+            x = np.concatenate([x, np.zeros((n - len(x), *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, -np.ones(n - len(y), y.dtype)])
+        items.append((np.ascontiguousarray(x, dtype=np.float32), y))
+    return items
+
+
+def _nncf_top1(compiled: Any, items: Any) -> float:
+    """NNCF's ``validation_fn``: top-1 in percent (so its absolute ``max_drop`` is in points, as ours)."""
+    right = seen = 0
+    for x, y in items:
+        pred = np.asarray(compiled(x)[0]).argmax(1)
+        right += int((pred == y).sum())
+        seen += int((y >= 0).sum())
+    return 100.0 * right / max(seen, 1)
+
+
+def _top1(compiled: Any, images: np.ndarray, labels: np.ndarray) -> float:
+    from t2tvit.data import in_batches
+
+    fixed = compiled.input(0).get_partial_shape()[0]
+    n = fixed.get_length() if fixed.is_static else 0
+    logits = in_batches(lambda x: compiled(x)[0], images, n or 32, min_batch=n or 1)
+    return float((logits.argmax(1) == labels).mean() * 100)
+
+
+_WEIGHTED = ("MatMul", "Convolution", "GroupConvolution")
+_SHAPE_ONLY = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
+
+
+def _weighted_ops(model: Any) -> list[tuple[Any, bool]]:
+    """Every product of an activation with a weight in ``model`` and whether its activation is quantized (read
+    from a ``FakeQuantize`` on its input), in graph order."""
+
+    def is_constant(node: Any, depth: int = 0) -> bool:  # a Constant, or computed from Constants only
+        if node.get_type_name() == "Constant":
+            return True
+        if depth > 6 or node.get_input_size() == 0:  # a weight's path (Convert, Multiply, ...) is short
+            return False
+        return all(is_constant(v.get_node(), depth + 1) for v in node.input_values())
+
+    out = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in _WEIGHTED and op.get_input_size() == 2:
+            act, weight = (v.get_node() for v in op.input_values())
+            if is_constant(weight) and not is_constant(act):
+                while act.get_type_name() in _SHAPE_ONLY:  # NNCF quantizes before a reshape of the input
+                    act = act.input_value(0).get_node()
+                out.append((op, act.get_type_name() == "FakeQuantize"))
+    return out
+
+
+def float_layers(model: Any) -> list[str]:
+    """The module paths (``blocks.3.attn.proj``) of the weighted layers of an NNCF-quantized IR whose activations
+    stay in floating point."""
+    names = []
+    for op, quantized in _weighted_ops(model):
+        if not quantized:
+            name = op.get_friendly_name().removeprefix("__module.").split("/")[0]
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
@@ -270,7 +388,11 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     ov_model = _convert(graph, ctx)
     extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)", "deploy_graph": record}
     if fmt.options.get("int8"):
+        fp32 = ov_model.clone()
         ov_model, info = _quantize(ov_model, ctx.calib, fmt.options)
+        if ctx.max_drop is not None:
+            ov_model, info = _within_budget(fp32, ov_model, info, ctx, fmt.options)
+        info["float_layers"] = float_layers(ov_model)
         extra.update(info)
     h, w = ctx.img_size
     for key, value in {

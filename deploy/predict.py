@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from t2tvit.data import in_batches
 from t2tvit.errors import ConfigError, T2TError
 from t2tvit.models.variants import DEFAULT_MODEL  # whose preprocessing a file naming no model gets
 
@@ -213,10 +214,7 @@ def _predict_batch(
         good.append(f)
     if not arrays:
         return
-    x = np.stack(arrays)
-    if len(x) < min_batch:
-        x = np.concatenate([x, np.zeros((min_batch - len(x), *x.shape[1:]), np.float32)])
-    logits = np.asarray(predictor(x), dtype=np.float64)[: len(good)]
+    logits = in_batches(predictor, np.stack(arrays), len(arrays), min_batch=min_batch)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = z / z.sum(axis=1, keepdims=True)
     k = min(topk, probs.shape[1])

@@ -43,12 +43,12 @@ def mobile_optimization(module: torch.jit.ScriptModule) -> tuple[torch.jit.Scrip
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
-    module, meta = capture(model, fmt, ctx)
+    module, meta = capture(model, path, fmt, ctx)
     with qengine(meta.get("qengine", torch.backends.quantized.engine)), quiet_quantization_warnings():
         optimized, status = mobile_optimization(module)
         meta["optimize_for_mobile"] = status
         optimized._save_for_lite_interpreter(str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
-    return {k: meta[k] for k in ("jit", "qengine") if k in meta} | {"optimize_for_mobile": status}
+    return {k: meta[k] for k in ("jit", "qengine", "accuracy_budget") if k in meta} | {"optimize_for_mobile": status}
 
 
 class LitePredictor(Predictor):

@@ -4,7 +4,8 @@
 The common options apply to every format. The **format options** (:data:`FORMAT_OPTIONS`) belong to the
 rows that declare them in their :attr:`deploy.base.Format.settings`: ``qengine`` to the PyTorch int8 rows,
 ``jit`` to the TorchScript and ``.ptl`` rows, ``opset`` to the rows built from an ONNX file,
-``inference_precision`` to the OpenVINO rows. A format option left ``None`` takes its default (the
+``inference_precision`` to the OpenVINO rows, ``max_drop`` and ``sensitivity`` to the int8 rows that keep an
+accuracy budget (:mod:`deploy.budget`). A format option left ``None`` takes its default (the
 :class:`~deploy.base.ExportContext` field of the same name); one given when none of the chosen formats
 takes it is refused in one sentence (Ultralytics' ``validate_args`` idea), never silently ignored.
 """
@@ -27,6 +28,7 @@ FORMAT_OPTIONS = {
     "opset": "--opset",
     "inference_precision": "--inference-precision",
     "max_drop": "--max-drop",
+    "sensitivity": "--sensitivity",
 }
 
 
@@ -50,6 +52,7 @@ class ExportConfig:
     opset: int | None = None  # ONNX opset requested for the rows built from an ONNX file
     inference_precision: str | None = None  # OpenVINO's compute precision at load: auto, f32, bf16, f16
     max_drop: float | None = None  # accuracy budget of the int8 rows that take it: top-1 points against fp32
+    sensitivity: bool | None = None  # rank the int8 rows' layers on val_data; write the table and plot
     val_data: str | Path | None = None  # labelled images (DIR/<class>/<image> or digits) the budget is measured on
 
     @classmethod
@@ -62,8 +65,9 @@ class ExportConfig:
         return replace(base or cls(), **options)
 
     def format_options(self) -> dict[str, Any]:
-        """The format options given (not None), by name: what the :class:`~deploy.base.ExportContext` takes."""
-        return {k: getattr(self, k) for k in FORMAT_OPTIONS if getattr(self, k) is not None}
+        """The format options given (not None, not False), by name: what the :class:`~deploy.base.ExportContext`
+        takes."""
+        return {k: v for k in FORMAT_OPTIONS if (v := getattr(self, k)) is not None and v is not False}
 
     def check(self) -> list[Any]:
         """The chosen formats (:func:`deploy.base.resolve_formats`), after refusing bad values and format
@@ -88,12 +92,23 @@ class ExportConfig:
                 )
         if any("qengine" in f.settings for f in fmts):  # the engine they will use: the given one, else the default
             check_qengine(self.qengine or ExportContext.qengine)
+        self._check_budget(fmts)
+        if self.jit is not None and self.jit not in ("trace", "script"):
+            raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
+        return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)
+
+    def _check_budget(self, fmts: list[Any]) -> None:
+        """--max-drop / --sensitivity need --val-data and the reverse; int8 rows they do not reach are named."""
+        from .base import FORMATS
+
         if self.max_drop is not None and (self.val_data is None or self.max_drop < 0):
             raise ConfigError(
                 "--max-drop takes points of top-1 (0 or more) measured on --val-data, a labelled folder of images "
                 "kept apart from the calibration images; give both"
             )
-        if self.val_data is not None and self.max_drop is None:
+        if self.sensitivity and self.val_data is None:
+            raise ConfigError("--sensitivity ranks layers by int8 error on --val-data, a labelled folder; give it")
+        if self.val_data is not None and self.max_drop is None and not self.sensitivity:
             raise ConfigError("--val-data is where --max-drop measures top-1; give --max-drop too, or drop it")
         if self.max_drop is not None:
             unbudgeted = [f.name for f in fmts if f.precision == "int8" and "max_drop" not in f.settings]
@@ -103,8 +118,5 @@ class ExportConfig:
                     f"--max-drop applies to {takers} only; {', '.join(unbudgeted)} are quantized without "
                     "an accuracy budget (check them with t2t validate --max-drop)",
                     UserWarning,
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-        if self.jit is not None and self.jit not in ("trace", "script"):
-            raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
-        return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)

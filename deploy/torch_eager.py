@@ -7,8 +7,9 @@ from the registry:
 * ``torch`` is one of our own checkpoints (``{"model": state_dict, "args": {...}}``), so
   ``t2tvit.create_model(name, checkpoint=file)`` and ``t2t info --checkpoint`` read it too;
 * ``torch-int8`` stores the quantized state dict (int8 weights with their scales) and the
-  quantized engine it was packed for. Loading rebuilds the fp32 model, applies the same dynamic
-  quantization (which only swaps module types) and loads the int8 state dict into it.
+  quantized engine it was packed for, and the ``nn.Linear`` modules an accuracy budget kept float
+  (:mod:`deploy.budget`). Loading rebuilds the fp32 model, applies the same dynamic quantization (which
+  only swaps module types) and loads the int8 state dict into it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import budget
 from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
@@ -46,10 +48,12 @@ def model_spec(model: nn.Module) -> dict[str, Any]:
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
     spec = model_spec(model)
     if fmt.precision == "int8":
-        qmodel = quantize_dynamic_int8(model, ctx.qengine)
-        state = {"kind": _KIND, "args": spec, mf.ABOUT_KEY: ctx.about, "qengine": ctx.qengine}
+        keep, extra = budget.module_float_layers(model, path, fmt, ctx) if budget.asked(ctx) else ([], {})
+        qmodel = quantize_dynamic_int8(model, ctx.qengine, float_layers=keep)
+        state = {"kind": _KIND, "args": spec, mf.ABOUT_KEY: ctx.about, "qengine": ctx.qengine, "float_layers": keep}
         torch.save(state | {"int8_state_dict": qmodel.state_dict()}, path)
-        return {"qengine": ctx.qengine, "quantized": "nn.Linear weights int8 (dynamic activations)"}
+        extra = {"accuracy_budget": extra} if extra else {}
+        return {"qengine": ctx.qengine, "quantized": "nn.Linear weights int8 (dynamic activations)", **extra}
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     torch.save({"kind": _KIND, "args": spec, mf.ABOUT_KEY: ctx.about, "model": state}, path)
     return {}
@@ -132,8 +136,8 @@ def load(path: Path, fmt: Format, device: str = "cpu") -> TorchPredictor:
         # even though the int8 state dict then replaces them.
         engine = obj["qengine"]
         model = build_model(args["model"], **build).eval()
+        qmodel = quantize_dynamic_int8(model, engine, float_layers=obj.get("float_layers") or ())
         with qengine(engine), quiet_quantization_warnings():
-            qmodel = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
             qmodel.load_state_dict(obj["int8_state_dict"])
         return TorchPredictor(qmodel.eval(), fmt, path, device, engine)
     with torch.device("meta"):  # every tensor comes from the file: skip the random init

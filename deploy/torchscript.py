@@ -22,6 +22,7 @@ from torch import nn
 from compress.quantize import qengine, quantize_dynamic_int8, quiet_quantization_warnings
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import budget
 from . import manifest as mf
 from .base import ExportContext, Format, require_artifact
 from .torch_eager import TorchPredictor, _device, _is_torchscript, model_spec
@@ -31,8 +32,11 @@ __all__ = ["EXTRA_FILE", "capture", "describe", "export", "load", "read_extra"]
 EXTRA_FILE = "t2t.json"  # metadata stored inside TorchScript / .ptl zip archives
 
 
-def capture(model: nn.Module, fmt: Format, ctx: ExportContext) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Trace or script ``model`` (quantized first for an int8 ``fmt``), in eval mode; not yet frozen.
+def capture(
+    model: nn.Module, path: Path, fmt: Format, ctx: ExportContext
+) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Trace or script ``model`` (quantized first for an int8 ``fmt``, within ``ctx.max_drop`` when asked:
+    :mod:`deploy.budget`), in eval mode; not yet frozen. ``path`` is the artifact to be written.
 
     Returns the module and the metadata to store with it.
     """
@@ -41,7 +45,10 @@ def capture(model: nn.Module, fmt: Format, ctx: ExportContext) -> tuple[torch.ji
     meta: dict[str, Any] = {"format": fmt.name, "precision": fmt.precision, "jit": ctx.jit, "args": model_spec(model)}
     meta[mf.ABOUT_KEY] = ctx.about
     if fmt.precision == "int8":
-        model = quantize_dynamic_int8(model, ctx.qengine)
+        keep: list[str] = []
+        if budget.asked(ctx):
+            keep, meta["accuracy_budget"] = budget.module_float_layers(model, path, fmt, ctx)
+        model = quantize_dynamic_int8(model, ctx.qengine, float_layers=keep)
         meta["qengine"] = ctx.qengine
     model = model.eval()
     with torch.no_grad(), qengine(meta.get("qengine", torch.backends.quantized.engine)), warnings.catch_warnings():
@@ -54,11 +61,11 @@ def capture(model: nn.Module, fmt: Format, ctx: ExportContext) -> tuple[torch.ji
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
-    module, meta = capture(model, fmt, ctx)
+    module, meta = capture(model, path, fmt, ctx)
     with qengine(meta.get("qengine", torch.backends.quantized.engine)), quiet_quantization_warnings():
         frozen = torch.jit.freeze(module)
         torch.jit.save(frozen, str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
-    return {k: meta[k] for k in ("jit", "qengine") if k in meta} | {"frozen": True}
+    return {k: meta[k] for k in ("jit", "qengine", "accuracy_budget") if k in meta} | {"frozen": True}
 
 
 def read_extra(path: Path) -> dict[str, Any]:

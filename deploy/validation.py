@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from t2tvit.data import in_batches
 from t2tvit.errors import ConfigError
 
 from . import manifest as mf
 from .base import Predictor
 from .predict import _read_image, open_predictor, quiet_runtimes
 
-__all__ = ["ArtifactAccuracy", "ClassAccuracy", "ValidationReport", "validate"]
+__all__ = ["ArtifactAccuracy", "ClassAccuracy", "ValidationReport", "labelled_files", "read_labelled", "validate"]
 
 FILES = ("validate.json", "validate.csv", "validate.md")
 
@@ -257,14 +258,7 @@ def _logits(predictor: Predictor, x: np.ndarray) -> np.ndarray:
     """``predictor`` on ``x`` in chunks it accepts (a fixed-batch artifact: zero-padded, padding dropped)."""
     art = predictor.artifact
     lo = max(art.batch[0] if art.batch else 1, int(predictor.min_batch))
-    hi = max(art.batch[2] if art.batch else len(x), lo)
-    out = []
-    for start in range(0, len(x), hi):
-        chunk = x[start : start + hi]
-        if len(chunk) < lo:
-            chunk = np.concatenate([chunk, np.zeros((lo - len(chunk), *chunk.shape[1:]), np.float32)])
-        out.append(np.asarray(predictor(chunk), dtype=np.float64)[: min(hi, len(x) - start)])
-    return np.concatenate(out)
+    return in_batches(predictor, x, max(art.batch[2] if art.batch else len(x), lo), min_batch=lo)
 
 
 @dataclass
@@ -301,6 +295,22 @@ class _Run:
     seen: int = 0
 
 
+def read_labelled(
+    files: Sequence[tuple[Path, int]], transform: Any, skipped: list[dict[str, str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The readable images of ``files`` (``(path, label)``) through ``transform`` as one float32 array, and
+    their labels; each unreadable one is appended to ``skipped`` (``{"image", "error"}``)."""
+    arrays, labels = [], []
+    for f, label in files:
+        img, why = _read_image(f)
+        if img is None:
+            skipped.append({"image": str(f), "error": why or "cannot be decoded"})
+            continue
+        arrays.append(np.asarray(transform(img), dtype=np.float32))
+        labels.append(label)
+    return (np.stack(arrays) if arrays else np.zeros((0,), np.float32)), np.array(labels, dtype=np.int64)
+
+
 def _run(
     predictors: list[Predictor],
     ref: Predictor | None,
@@ -317,16 +327,8 @@ def _run(
     shown = progress and sys.stderr.isatty()  # a bar on a terminal only: a log or a pipe gets the report
     with quiet_runtimes(), Progress(len(files), what, enabled=shown) as bar:
         for start in range(0, len(files), batch_size):
-            arrays, labels = [], []
-            for f, label in files[start : start + batch_size]:
-                img, why = _read_image(f)
-                if img is None:
-                    run.skipped.append({"image": str(f), "error": why or "cannot be decoded"})
-                    continue
-                arrays.append(np.asarray(transform(img), dtype=np.float32))
-                labels.append(label)
-            if arrays:
-                x, y = np.stack(arrays), np.array(labels)
+            x, y = read_labelled(files[start : start + batch_size], transform, run.skipped)
+            if len(x):
                 ref_logits = _logits(ref, x) if ref is not None else None
                 if run.reference is not None:
                     run.reference.add(ref_logits, y, None)

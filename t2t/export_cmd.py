@@ -124,14 +124,22 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="PTS",
-        help="accuracy budget of onnx-int8-dynamic: at most this many points of top-1 lost against fp32 on "
-        "--val-data; the most sensitive layers are kept in float until it holds (listed in the manifest)",
+        help="accuracy budget of the int8 rows (onnx-int8-dynamic/-static, torch/torchscript/ptl-int8, openvino-int8): "
+        "at most this many points of top-1 lost against fp32 on --val-data; the most sensitive layers are kept in "
+        "float until it holds (named in the manifest and the table, with the latency it costs)",
+    )
+    p.add_argument(
+        "--sensitivity",
+        action="store_true",
+        default=None,
+        help="also rank every quantizable layer of those rows (but openvino-int8) by its int8 error on --val-data "
+        "and write <artifact>.sensitivity.csv and .png beside it",
     )
     p.add_argument(
         "--val-data",
         default=None,
         metavar="DIR|digits",
-        help="labelled images (DIR/<class>/<image>, a dataset root or digits) --max-drop measures top-1 on, "
+        help="labelled images (DIR/<class>/<image>, a dataset root or digits) --max-drop and --sensitivity measure on, "
         "apart from --calib-data (a fixed sample of at most 500)",
     )
     p.add_argument(
@@ -211,14 +219,10 @@ def _print_table(manifest: Any, out: Any, formats: list[str] | None = None) -> N
         mobile = a.details.get("optimize_for_mobile")
         if not note and mobile and mobile != "applied":
             note = "optimize_for_mobile unavailable (no XNNPACK in this PyTorch build)"
-        budget = a.details.get("accuracy_budget")
-        if budget and not note:
-            kept = budget["kept_float"]
-            note = (
-                f"top-1 -{budget['drop']:.2f} pts (budget {budget['max_drop']:g}); "
-                + (f"kept float: {', '.join(kept)}" if kept else "every layer int8")
-                + ("" if budget["met"] else "; BUDGET NOT MET")
-            )
+        if not note and a.details.get("accuracy_budget"):
+            from deploy.budget import summary
+
+            note = summary(a.details["accuracy_budget"])
         table.add_row(
             a.format,
             a.precision,

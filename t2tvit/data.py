@@ -48,6 +48,7 @@ __all__ = [
     "dataset_path",
     "dataset_split",
     "image_folder",
+    "in_batches",
     "collate_skip",
     "eval_transform_for",
     "find_split",
@@ -62,6 +63,20 @@ __all__ = [
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BUNDLED_IMG_SIZE = 64  # side of the written digit images; the trainer resizes to --img-size
 _BUNDLED_VERSION = "digits-v1"  # bump when the written layout changes, so old caches are rebuilt
+
+
+def in_batches(fn: Callable[[np.ndarray], Any], images: np.ndarray, size: int, *, min_batch: int = 1) -> np.ndarray:
+    """``fn`` (images -> logits) over ``images`` in chunks of at most ``size``, as float64; a chunk smaller than
+    ``min_batch`` (a fixed-batch artifact's last one) is zero-padded and the padding's outputs dropped."""
+    size = max(int(size), int(min_batch), 1)
+    out = []
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        n = len(chunk)
+        if n < min_batch:
+            chunk = np.concatenate([chunk, np.zeros((min_batch - n, *chunk.shape[1:]), chunk.dtype)])
+        out.append(np.asarray(fn(chunk), dtype=np.float64)[:n])
+    return np.concatenate(out)
 
 
 def _cache_root() -> Path:

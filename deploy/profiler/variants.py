@@ -149,6 +149,11 @@ def _from_entry(
         v.fail(status if status in ("failed", "skipped") else "failed", entry.reason or f"status {status}")
     elif fmt is None:
         v.fail("failed", f"unknown format {name!r} in the manifest")
+    budget = entry.details.get("accuracy_budget")
+    if budget:  # the layers int8 kept in float, at what drop and latency (deploy.budget)
+        from ..budget import summary
+
+        v.notes.append(f"accuracy budget: {summary(budget)}")
     return v
 
 
