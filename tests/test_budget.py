@@ -54,6 +54,19 @@ def sensitive(digits_checkpoint, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def val(tmp_path_factory) -> str:
+    """12 validation digits per class (120): each budget search quantizes and runs the model once per layer."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("val")
+    for folder in sorted(Path(dataset_split("digits", "val")).iterdir()):
+        (root / folder.name).mkdir()
+        for image in sorted(folder.iterdir())[:12]:
+            shutil.copy(image, root / folder.name / image.name)
+    return str(root)
+
+
 def _export(checkpoint: Path, out: Path, formats: str = "onnx-int8-dynamic", **budget):
     return export_checkpoint(
         checkpoint, formats=formats, out=out, calib_data=dataset_split("digits", "train"),
@@ -61,13 +74,13 @@ def _export(checkpoint: Path, out: Path, formats: str = "onnx-int8-dynamic", **b
     )  # fmt: skip
 
 
-def test_the_budget_keeps_the_sensitive_layers_in_float_and_holds(sensitive, tmp_path, one_thread) -> None:
+def test_the_budget_keeps_the_sensitive_layers_in_float_and_holds(sensitive, val, tmp_path, one_thread) -> None:
     plain = _export(sensitive, tmp_path / "plain")
     assert plain.manifest.entry("onnx-int8-dynamic").parity_failed  # the default int8 misses its parity check
-    before = validate(plain.folder, "digits", formats="onnx-int8-dynamic", progress=False).results[0]
+    before = validate(plain.folder, val, formats="onnx-int8-dynamic", progress=False).results[0]
     assert before.drop > 20, f"default int8 of the sensitive model lost only {before.drop:.1f} points"
 
-    fitted = _export(sensitive, tmp_path / "fitted", max_drop=2.0, val_data="digits")
+    fitted = _export(sensitive, tmp_path / "fitted", max_drop=2.0, val_data=val)
     entry = fitted.manifest.entry("onnx-int8-dynamic")
     assert entry.status == "ok", entry.reason
     budget = entry.details["accuracy_budget"]
@@ -76,7 +89,7 @@ def test_the_budget_keeps_the_sensitive_layers_in_float_and_holds(sensitive, tmp
     assert "head" in kept and len(kept) <= 3, kept  # the layer with the outlier input, not the model
     assert budget["ranking"][0]["layer"] in kept and budget["ranking"][0]["error"] > budget["ranking"][-1]["error"]
     assert entry.details["quantization"]["float_nodes"] == budget["kept_nodes"]
-    report = validate(fitted.folder, "digits", progress=False)  # measured again, independently
+    report = validate(fitted.folder, val, progress=False)  # measured again, independently
     after = report.results[0]
     assert after.drop <= 2.0 and after.drop == pytest.approx(budget["drop"])
     assert budget["images"] == report.images == fitted.manifest.data["validation"]["images"]
@@ -104,10 +117,10 @@ def test_a_budget_needs_labelled_images_apart_from_calibration(sensitive, tmp_pa
     assert not (tmp_path / "d").exists()
 
 
-def test_every_onnx_and_pytorch_int8_row_keeps_the_budget_and_ranks_its_layers(sensitive, tmp_path, one_thread) -> None:
+def test_every_onnx_and_pytorch_int8_row_keeps_the_budget_and_ranks_its_layers(sensitive, val, tmp_path, one_thread):
     rows = ("onnx-int8-static", "torch-int8", "ptl-int8")
-    fitted = _export(sensitive, tmp_path / "out", ",".join(rows), max_drop=2.0, val_data="digits", sensitivity=True)
-    report = validate(fitted.folder, "digits", progress=False)  # every artifact measured again, loaded back
+    fitted = _export(sensitive, tmp_path / "out", ",".join(rows), max_drop=2.0, val_data=val, sensitivity=True)
+    report = validate(fitted.folder, val, progress=False)  # every artifact measured again, loaded back
     for row, after in zip(rows, report.results, strict=True):
         entry = fitted.manifest.entry(row)
         assert entry.status == "ok", (row, entry.reason)
@@ -129,15 +142,15 @@ def test_every_onnx_and_pytorch_int8_row_keeps_the_budget_and_ranks_its_layers(s
     assert not (tmp_path / "out" / torch_fit["sensitivity"]["table"]).exists()
 
 
-def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(sensitive, tmp_path, monkeypatch) -> None:
+def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(sensitive, val, tmp_path, monkeypatch) -> None:
     row = FORMATS["openvino-int8"]
     monkeypatch.setitem(FORMATS, row.name, dataclasses.replace(row, options={**row.options, "smooth_quant": -1}))
-    fitted = _export(sensitive, tmp_path / "out", row.name, max_drop=2.0, val_data="digits")
+    fitted = _export(sensitive, tmp_path / "out", row.name, max_drop=2.0, val_data=val)
     entry = fitted.manifest.entry(row.name)
     assert entry.status == "ok", entry.reason
     budget = entry.details["accuracy_budget"]
     assert budget["int8_drop"] > 20 and budget["met"] and "head" in budget["kept_float"], budget
     assert entry.details["float_layers"] == budget["kept_float"]  # read back from the IR's FakeQuantize nodes
     assert entry.details["quantizer"].startswith("nncf.quantize_with_accuracy_control")
-    after = validate(fitted.folder, "digits", progress=False).results[0]
+    after = validate(fitted.folder, val, progress=False).results[0]
     assert after.drop <= 2.0
