@@ -272,7 +272,7 @@ def _within_budget(
     fit = BudgetFit(ctx.max_drop, len(labels), top1["fp32"], top1["int8"], top1["int8"])
     fit.quantizable = len(_weighted_ops(q))
     if fit.drop > ctx.max_drop:
-        keep, settings = _nncf_settings(fp32, tuple(options.get("keep_float", INT8_KEEP_FLOAT)), options)
+        _, settings = _nncf_settings(fp32, tuple(options.get("keep_float", INT8_KEEP_FLOAT)), options)
         settings["advanced_quantization_parameters"] = settings.pop("advanced_parameters")
         calib = nncf.Dataset([x for x, _ in _val_items(ctx.calib, np.zeros(len(ctx.calib), np.int64), n)])
         val = nncf.Dataset(_val_items(images, labels, n), lambda item: item[0])
@@ -401,7 +401,7 @@ def _write(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     ov_model = _convert(graph, ctx)
     extra: dict[str, Any] = {"converter": "openvino.convert_model (PyTorch frontend)", "deploy_graph": record}
     if fmt.options.get("int8"):
-        fp32 = ov_model.clone()
+        fp32 = ov_model.clone() if ctx.max_drop is not None else None  # the budget's reference and NNCF's input
         ov_model, info = _quantize(ov_model, ctx.calib, fmt.options)
         if ctx.max_drop is not None:
             ov_model, info = _within_budget(fp32, ov_model, info, ctx, fmt.options)
