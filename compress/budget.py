@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import csv
 import functools
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "fit_onnx_budget",
     "latency_ms",
     "quantizable_layers",
+    "top1",
     "write_sensitivity",
 ]
 
@@ -87,7 +89,8 @@ class BudgetFit:
         return out
 
 
-def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy of ``logits`` against ``labels``, in percent."""
     return float((logits.argmax(1) == labels).mean() * 100)
 
 
@@ -96,13 +99,13 @@ def rank_layers(
 ) -> list[LayerSensitivity]:
     """Every layer's error when it alone is int8 (``run`` with all the others kept float), most sensitive first."""
     scale = float(np.abs(ref).mean()) or 1.0
-    fp32_top1 = _top1(ref, labels)
+    fp32_top1 = top1(ref, labels)
     nodes = [n for n, _ in layers]
     ranking = []
     for node, layer in layers:
         out = run([m for m in nodes if m != node])
         error = float(np.abs(out - ref).mean()) / scale
-        ranking.append(LayerSensitivity(node, layer, error, fp32_top1 - _top1(out, labels)))
+        ranking.append(LayerSensitivity(node, layer, error, fp32_top1 - top1(out, labels)))
     return sorted(ranking, key=lambda s: (-s.error, s.node))
 
 
@@ -118,8 +121,8 @@ def fit_budget(
     """The fewest, most sensitive of ``layers`` (``(id, module path)``) to keep in float for a top-1 drop of
     at most ``max_drop`` points against the fp32 logits ``ref`` (see the module docstring). ``rank`` ranks
     the layers even when the all-int8 model meets the budget (or no budget is given)."""
-    fp32_top1 = _top1(ref, labels)
-    int8_top1 = _top1(run([]), labels)
+    fp32_top1 = top1(ref, labels)
+    int8_top1 = top1(run([]), labels)
     fit = BudgetFit(max_drop, len(labels), fp32_top1, int8_top1, int8_top1, quantizable=len(layers))
     within = max_drop is None or fp32_top1 - int8_top1 <= max_drop
     if rank or not within:
@@ -128,11 +131,11 @@ def fit_budget(
         return fit
     for k in range(1, len(fit.ranking) + 1):  # the most sensitive back to float, one more at a time
         keep = [s.node for s in fit.ranking[:k]]
-        top1 = _top1(run(keep), labels)
-        if fp32_top1 - top1 <= max_drop or k == len(fit.ranking):
-            fit.top1, fit.kept_nodes = top1, keep
+        kept_top1 = top1(run(keep), labels)
+        if fp32_top1 - kept_top1 <= max_drop or k == len(fit.ranking):
+            fit.top1, fit.kept_nodes = kept_top1, keep
             fit.kept_float = [s.layer for s in fit.ranking[:k]]
-            fit.met = fp32_top1 - top1 <= max_drop
+            fit.met = fp32_top1 - kept_top1 <= max_drop
             break
     return fit
 
@@ -212,18 +215,22 @@ def fit_onnx_budget(
     for ``max_drop`` (:func:`fit_budget`). ``quantize(src, dst, exclude)`` writes the int8 model leaving the
     nodes named in ``exclude`` in float and returns its manifest fields; returned with the fit."""
     src, dst, scratch = Path(src), Path(dst), Path(scratch)
-    trial = scratch / "budget-trial.onnx"
+    int8, trial = scratch / "budget-int8.onnx", scratch / "budget-trial.onnx"
+    made: dict[Path, tuple[list[str], dict[str, Any]]] = {}  # file -> the layers it keeps float, its fields
 
     def run(keep: Sequence[str]) -> np.ndarray:
-        quantize(src, trial, list(keep))
-        return _onnx_logits(trial, images)
+        out = trial if keep else int8  # the all-int8 model stays for the artifact or the latency reference
+        made[out] = (list(keep), quantize(src, out, list(keep)))
+        return _onnx_logits(out, images)
 
     fit = fit_budget(quantizable_layers(src), run, _onnx_logits(src, images), labels, max_drop, rank=rank)
-    info = quantize(src, dst, fit.kept_nodes)
+    kept, info = made[trial if fit.kept_nodes else int8]
+    if kept != fit.kept_nodes:  # the search's last trial was another one (a ranking after the fit)
+        info = quantize(src, trial, fit.kept_nodes)
+    shutil.copyfile(trial if fit.kept_nodes else int8, dst)
     if fit.kept_nodes:  # what the fallback costs: fp32, all-int8 and this artifact, side by side
-        quantize(src, trial, [])
         x = images[:1]
-        sessions = {"fp32": _session(src), "int8": _session(trial), "budget": _session(dst)}
+        sessions = {"fp32": _session(src), "int8": _session(int8), "budget": _session(dst)}
         fit.latency_ms = latency_ms({k: _bound(s, x) for k, s in sessions.items()})
     return fit, info
 

@@ -22,7 +22,7 @@ from t2tvit.errors import ConfigError
 
 from .base import ExportContext, Format
 
-__all__ = ["asked", "module_float_layers", "onnx_int8", "summary"]
+__all__ = ["asked", "module_float_layers", "onnx_int8", "summary", "val_images"]
 
 
 def asked(ctx: ExportContext) -> bool:
@@ -30,7 +30,8 @@ def asked(ctx: ExportContext) -> bool:
     return ctx.max_drop is not None or ctx.sensitivity
 
 
-def _val(ctx: ExportContext) -> tuple[Any, Any]:
+def val_images(ctx: ExportContext) -> tuple[Any, Any]:
+    """The labelled validation images and labels a budget is measured on (one sentence when there are none)."""
     if ctx.val is None:
         raise ConfigError("--max-drop and --sensitivity need --val-data, a labelled folder of images")
     return ctx.val
@@ -51,7 +52,7 @@ def onnx_int8(
     and ``accuracy_budget``."""
     from compress.budget import fit_onnx_budget
 
-    images, labels = _val(ctx)
+    images, labels = val_images(ctx)
     fit, info = fit_onnx_budget(
         src, path, quantize, images, labels, ctx.max_drop, ctx.scratch_dir(), rank=ctx.sensitivity
     )
@@ -67,7 +68,7 @@ def module_float_layers(model: Any, path: Path, fmt: Format, ctx: ExportContext)
     key = f"torch-dynamic-int8:{ctx.qengine}"
     fit = ctx.fits.get(key)
     if fit is None:
-        images, labels = _val(ctx)
+        images, labels = val_images(ctx)
 
         def quantize(keep: Sequence[str]) -> Any:
             return quantize_dynamic_int8(model, ctx.qengine, float_layers=keep)

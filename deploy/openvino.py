@@ -263,9 +263,9 @@ def _within_budget(
 
     from compress.budget import BudgetFit, latency_ms
 
-    images, labels = ctx.val if ctx.val is not None else (None, None)
-    if images is None:
-        raise ConfigError("--max-drop needs --val-data, a labelled folder of images")
+    from .budget import val_images
+
+    images, labels = val_images(ctx)
     n = ctx.batch[0] if ctx.batch[0] == ctx.batch[2] else 1  # the items' batch: what a static model takes
     compiled = {"fp32": _compiled(fp32, n, ctx), "int8": _compiled(q, n, ctx)}
     top1 = {k: _top1(c, images, labels, n) for k, c in compiled.items()}
@@ -291,8 +291,7 @@ def _within_budget(
         fit.latency_ms = latency_ms({k: (lambda c=c: c(x)) for k, c in compiled.items()})
         info = {**info, "quantizer": "nncf.quantize_with_accuracy_control(model_type=TRANSFORMER)"}
         info["kept_float_weights"] = "float"
-    precision = auto_inference_precision() if ctx.inference_precision == AUTO else ctx.inference_precision
-    return q, {**info, "accuracy_budget": fit.record() | {"measured_in": precision}}
+    return q, {**info, "accuracy_budget": fit.record() | {"measured_in": _precision(ctx)}}
 
 
 def _static(model: Any, n: int) -> Any:
@@ -306,9 +305,13 @@ def _static(model: Any, n: int) -> Any:
 
 def _compiled(model: Any, n: int, ctx: ExportContext) -> Any:
     """``model`` compiled for this CPU for a static batch of ``n`` (as :class:`OpenVINOPredictor` compiles) in the
-    inference precision the artifact records (``auto``: this CPU's)."""
-    precision = auto_inference_precision() if ctx.inference_precision == AUTO else ctx.inference_precision
-    return _core().compile_model(_static(model, n), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    inference precision the artifact records."""
+    return _core().compile_model(_static(model, n), "CPU", {"INFERENCE_PRECISION_HINT": _precision(ctx)})
+
+
+def _precision(ctx: ExportContext) -> str:
+    """The inference precision the artifact records, resolved on this CPU (``auto``: its fastest native one)."""
+    return auto_inference_precision() if ctx.inference_precision == AUTO else ctx.inference_precision
 
 
 def _val_items(images: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[Any, Any]]:
@@ -335,10 +338,10 @@ def _nncf_top1(compiled: Any, items: Any) -> float:
 
 
 def _top1(compiled: Any, images: np.ndarray, labels: np.ndarray, n: int) -> float:
+    from compress.budget import top1
     from t2tvit.data import in_batches
 
-    logits = in_batches(lambda x: compiled(x)[0], images, n, min_batch=n)
-    return float((logits.argmax(1) == labels).mean() * 100)
+    return top1(in_batches(lambda x: compiled(x)[0], images, n, min_batch=n), labels)
 
 
 _WEIGHTED = ("MatMul", "Convolution", "GroupConvolution")
