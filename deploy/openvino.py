@@ -258,7 +258,7 @@ def _within_budget(
     their output error and reverts the worst to float until the drop holds), weights of what it reverts kept
     float. Both measured here in the inference precision the artifact records, compiled for a static batch as
     the Predictor compiles it: the same int8 IR compiled with a dynamic batch answered differently (OpenVINO
-    2026.4, trained digits student: 91.4% against 96.1% top-1), so NNCF searches on a static-batch copy too."""
+    2026.4, trained digits student, bf16: 91.1% against 96.1% top-1), so NNCF searches on a static-batch copy too."""
     import nncf
 
     from compress.budget import BudgetFit, latency_ms
