@@ -14,15 +14,21 @@ inside the functions below, so importing this module never fails without it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deploy import manifest as mf
 from deploy.base import ExportContext, Format, Predictor, get_format, tool_versions
 from t2tvit.errors import ConfigError
 
-__all__ = ["ExecuTorchPredictor", "export", "load"]
+__all__ = ["ExecuTorchPredictor", "describe", "export", "load"]
+
+_MAGIC = b"ET12"  # the program flatbuffer's file identifier at bytes 4..8 of a .pte
+# Constant methods (ExecuTorch's place for values that travel with a program) holding the self-description.
+ABOUT_METHOD, FORMAT_METHOD = "t2t_about", "t2t_format"
 
 # torch.export treats a dimension whose example size is 0 or 1 as static, so the example batch
 # used for capture is at least this (when the batch range allows it).
@@ -103,6 +109,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         edge = to_edge_transform_and_lower(
             program,
             partitioner=[_partitioner(fmt.precision)],
+            constant_methods={ABOUT_METHOD: json.dumps(ctx.about), FORMAT_METHOD: fmt.name} if ctx.about else None,
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
         )
         info = get_delegation_info(edge.exported_program().graph_module)
@@ -138,6 +145,28 @@ def _partitioner(precision: str) -> Any:
     if precision == "int8":
         return XnnpackPartitioner(configs=[c for c in ALL_PARTITIONER_CONFIGS if c is not ConstantPadConfig])
     return XnnpackPartitioner()
+
+
+def describe(path: Path) -> dict[str, Any] | None:
+    """The format row hook: a ``.pte`` written by :func:`export` names its row, class names and preprocessing
+    in its constant methods (:data:`ABOUT_METHOD`, :data:`FORMAT_METHOD`); its input size is the forward
+    method's. Another program (no such methods) says nothing, so its row comes from the file name."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8)[4:8] != _MAGIC:
+                return None
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(Path(path))
+        if FORMAT_METHOD not in program.method_names:
+            return None
+        row = program.load_method(FORMAT_METHOD).execute([])[0]
+        about = program.load_method(ABOUT_METHOD).execute([])[0]
+        sizes = tuple(program.load_method("forward").metadata.input_tensor_meta(0).sizes())
+    except Exception:  # noqa: BLE001 - unreadable or damaged: the loader says why when it is loaded
+        return None
+    size = (int(sizes[2]), int(sizes[3])) if len(sizes) == 4 else None
+    return mf.read_about(about) | {"format": row, "img_size": size}
 
 
 class ExecuTorchPredictor(Predictor):

@@ -38,9 +38,10 @@ from torch import nn
 
 from t2tvit.errors import CheckpointError, ConfigError
 
+from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
-__all__ = ["LiteRTPredictor", "describe", "export", "load"]
+__all__ = ["LiteRTPredictor", "describe", "export", "load", "read_about", "write_about"]
 
 _MAGIC = b"TFL3"  # the flatbuffer file identifier at bytes 4..8 of every .tflite
 QUANTIZE_MODES = ("fp16", "dynamic", "static")
@@ -56,7 +57,9 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     if mode == "static" and (ctx.calib is None or len(ctx.calib) == 0):
         raise ConfigError(f"{fmt.name} needs calibration images; pass --calib-data with a folder of real images")
     if mode is None:
-        return _convert(model, path, ctx)
+        info = _convert(model, path, ctx)
+        write_about(path, ctx.about)
+        return info
     src = Path(ctx.built.get("tflite", ctx.scratch_dir() / "model-fp32.tflite"))
     extra = {"converter": "litert-torch " + _version("litert-torch-nightly", "litert-torch"), "batch": 1}
     if not src.is_file():
@@ -66,7 +69,49 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
 
         extra["deploy_graph"] = checked_graph(model, "litert", ctx)[1]
     extra.update(_quantize(src, path, mode, ctx.calib), weights="fp16" if mode == "fp16" else "int8")
+    write_about(path, ctx.about)
     return {**extra, "from": "fp32 LiteRT program of the same model"}
+
+
+def write_about(path: Path, about: dict[str, Any]) -> None:
+    """Keep ``about`` (:func:`deploy.manifest.about`) in the flatbuffer's own ``metadata`` table: an entry
+    named :data:`~deploy.manifest.ABOUT_KEY` whose buffer holds the JSON (the table where the converter keeps
+    ``min_runtime_version``; the interpreter ignores entries it does not know). Other entries are kept."""
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    if not about:
+        return
+    model = flatbuffer_utils.read_model(str(path))
+    model.metadata = [m for m in model.metadata or [] if _name(m.name) != mf.ABOUT_KEY]
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(about).encode(), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = mf.ABOUT_KEY, len(model.buffers) - 1
+    model.metadata.append(entry)
+    flatbuffer_utils.write_model(model, str(path))
+
+
+def read_about(data: bytes) -> dict[str, Any]:
+    """The self-description :func:`write_about` stored in the ``.tflite`` bytes ``data`` (``{}`` if none)."""
+    from ai_edge_litert.schema_py_generated import Model
+
+    try:
+        model = Model.GetRootAs(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if _name(entry.Name()) == mf.ABOUT_KEY:
+                return mf.read_about(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    except Exception:  # noqa: BLE001 - a damaged table describes nothing; the interpreter says what is wrong
+        return {}
+    return {}
+
+
+def _name(raw: str | bytes | None) -> str | None:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
 def _convert(model: nn.Module, path: Path, ctx: ExportContext) -> dict[str, Any]:
@@ -151,7 +196,8 @@ def _interpreter(path: Path, threads: int | None = None) -> Any:
 
 
 def describe(path: Path) -> dict[str, Any] | None:
-    """The format row hook: a ``.tflite`` says its row by its weight types, its input size and class count."""
+    """The format row hook: a ``.tflite`` says its row by its weight types, its input size and class count, and
+    its class names and preprocessing by :func:`write_about`'s metadata entry."""
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -161,13 +207,14 @@ def describe(path: Path) -> dict[str, Any] | None:
         return None
     try:
         it = _interpreter(path)
+        about = read_about(path.read_bytes())
     except (CheckpointError, ImportError):
         return {"format": None, "img_size": None, "num_classes": None}
     types = {np.dtype(t["dtype"]) for t in it.get_tensor_details()}
     name = "tflite-int8" if np.dtype(np.int8) in types else "tflite-fp16" if np.dtype(np.float16) in types else "tflite"
     shape = it.get_input_details()[0]["shape"]
     out = it.get_output_details()[0]["shape"]
-    return {
+    return about | {
         "format": name,
         "img_size": (int(shape[2]), int(shape[3])) if len(shape) == 4 else None,
         "num_classes": int(out[-1]) if len(out) else None,

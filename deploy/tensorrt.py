@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy import manifest as mf
 from deploy.base import ExportContext, Format, Predictor, get_format, sha256_file
 from deploy.onnx import graph_record
 from t2tvit.errors import ConfigError
@@ -270,9 +271,12 @@ def sidecar(
     gpu: str,
     plan: dict[str, Any],
     timing_cache: str = "none",
+    about: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON written next to an engine: what it is and what it was built from."""
+    """The JSON written next to an engine: what it is and what it was built from, and ``about``
+    (:func:`deploy.manifest.about`: class names, preprocessing) since an engine has no place of its own for it."""
     return {
+        mf.ABOUT_KEY: about or {},
         "tensorrt_version": trt_version,
         "precision": precision,
         "input": INPUT,
@@ -295,13 +299,15 @@ def sidecar_path(engine: Path) -> Path:
 
 
 def describe(path: Path) -> dict[str, Any] | None:
-    """The format row hook: an engine's sidecar names its precision (engines themselves are opaque)."""
+    """The format row hook: an engine's sidecar names its precision (engines themselves are opaque), class
+    names and preprocessing."""
     try:
-        precision = json.loads(sidecar_path(Path(path)).read_text()).get("precision")
+        meta = json.loads(sidecar_path(Path(path)).read_text())
+        precision = meta.get("precision")
     except (OSError, ValueError, AttributeError):
         return None
     name = {"fp32": "tensorrt", "fp16": "tensorrt-fp16", "int8": "tensorrt-int8"}.get(precision)
-    return {"format": name} if name else None
+    return mf.read_about(meta.get(mf.ABOUT_KEY)) | {"format": name} if name else None
 
 
 # --------------------------------------------------------------------------- fp16 ONNX
@@ -697,6 +703,14 @@ def attach_timing_cache(config: Any, data: bytes, source: str = "timing cache") 
     return cache, status
 
 
+def _save_timing_cache(config: Any, cache_file: Path) -> None:
+    """The builder's timing cache written to ``cache_file`` whole or not at all (through a temporary file)."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_name(cache_file.name + ".tmp")
+    tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    tmp.replace(cache_file)
+
+
 def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) -> dict[str, Any]:
     """Build and write the engine ``path`` plus its sidecar; returns manifest fields."""
     import tensorrt as trt
@@ -742,10 +756,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         raise ConfigError(f"TensorRT failed to build the {fmt.name} engine; see the TensorRT log above")
     path.write_bytes(bytes(serialized))
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(cache_file.name + ".tmp")
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-        tmp.replace(cache_file)
+        _save_timing_cache(config, cache_file)
 
     try:
         counts = _inspect(path, shapes[1], trt, logger)
@@ -763,6 +774,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         gpu=_gpu_name(),
         plan=plan,
         timing_cache=cache_status,
+        about=ctx.about,
     )
     sidecar_path(path).write_text(json.dumps(meta, indent=2) + "\n")
     return {

@@ -9,10 +9,12 @@ import pytest
 import timm
 import torch
 
+import deploy
 import t2tvit  # noqa: F401  - registers the T2T-ViT models with timm
 from deploy.base import FORMATS, ExportContext
 from deploy.executorch import _calibration_batches, _capture_args, load
 from t2tvit.errors import ConfigError
+from tests.conftest import assert_a_lone_file_describes_itself
 
 HAS_EXECUTORCH = importlib.util.find_spec("executorch") is not None
 needs_executorch = pytest.mark.skipif(
@@ -106,3 +108,15 @@ def test_int8_without_calibration_images_is_a_clear_error(model, tmp_path) -> No
     fmt = FORMATS["executorch-int8"]
     with pytest.raises(ConfigError, match="calibration"):
         fmt.impl().export(model, tmp_path / fmt.filename, fmt, ExportContext(img_size=(IMG, IMG)))
+
+
+@needs_executorch
+@pytest.mark.slow
+def test_a_lone_pte_says_how_to_use_it(export_digits, tmp_path) -> None:
+    # the .pte's constant methods hold the manifest's part and its row; the program runs as before
+    exp = export_digits("executorch,executorch-int8", calib_size=16)
+    for name in ("executorch", "executorch-int8"):
+        assert exp["entries"][name]["status"] == "ok", exp["entries"][name]["reason"]
+        art = assert_a_lone_file_describes_itself(exp["out"], name, tmp_path / name)
+        renamed = art.path.rename(art.path.with_name("mine.pte"))  # the row comes from the file, not its name
+        assert deploy.open(renamed).format == name

@@ -25,6 +25,7 @@ from deploy.export import export_checkpoint, reference_logits, verify_artifacts
 from deploy.graph import GRAPH_TOLERANCE, deploy_graph, graph_check
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.models.layers import SoftSplit
+from tests.conftest import assert_a_lone_file_describes_itself
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,6 +106,16 @@ def test_tflite_runs_at_batch_one_and_five_and_opens_renamed_through_deploy_open
             assert (five.argmax(1) == ref.argmax(1)).mean() >= 0.8
     with pytest.raises(ConfigError, match="takes"):
         pred(np.zeros((1, 3, IMG + 8, IMG + 8), np.float32))
+
+
+@needs_litert
+@pytest.mark.parametrize("name", ["tflite", "tflite-int8"])
+def test_a_lone_tflite_says_how_to_use_it(tfl_export, name, tmp_path) -> None:
+    # the flatbuffer's metadata table holds the manifest's part; the interpreter still runs the file
+    art = assert_a_lone_file_describes_itself(tfl_export["out"], name, tmp_path)
+    x = np.zeros((1, 3, IMG, IMG), np.float32)
+    ref = deploy.open(tfl_export["out"] / FORMATS[name].filename, threads=1)(x)
+    np.testing.assert_array_equal(deploy.open(art.path, threads=1)(x), ref)
 
 
 @needs_litert

@@ -26,6 +26,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import deploy.tensorrt as trtmod
 from compress.quantize import int32_dequantize_inputs, load_images, quantize_onnx_static
+from deploy import manifest as mf
+from deploy.artifacts import resolve
 from deploy.base import FORMATS, ExportContext
 from deploy.export import PARITY, check_parity, reference_logits
 from deploy.onnx import export_fp32
@@ -222,11 +224,17 @@ def test_profile_shapes_and_sidecar(tmp_path) -> None:
         gpu="NVIDIA H100",
         plan=build_plan(11, "fp16"),
         timing_cache="reused",
+        about=mf.about({"model": "t2t_vit_7", "num_classes": 2, "img_size": [224, 224]}, ["cat", "dog"], None),
     )
     assert meta["profile"] == {"min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}
     assert meta["typing"] == "strong" and meta["source_onnx"] == "fp16" and meta["timing_cache"] == "reused"
     json.dumps(meta)  # serialisable as is
-    assert sidecar_path(tmp_path / "model-tensorrt-fp16.engine").name == "model-tensorrt-fp16.engine.json"
+    engine = tmp_path / "mine.engine"
+    assert sidecar_path(engine).name == "mine.engine.json"
+    engine.write_bytes(b"opaque")
+    sidecar_path(engine).write_text(json.dumps(meta))
+    art = resolve(engine)  # a lone engine names its row, classes and model from its sidecar
+    assert (art.fmt.name, art.classes, art.model) == ("tensorrt-fp16", ["cat", "dog"], "t2t_vit_7")
 
 
 def test_tensorrt_rows_are_skipped_here_with_a_reason() -> None:
