@@ -189,23 +189,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from deploy.profiler import ProfileConfig, profile_folder
     from deploy.report import print_table, write_report
+    from t2tvit.config import from_flags
 
-    config = ProfileConfig(
-        batch_sizes=batch_sizes,
-        threads=args.threads,
-        duration=args.duration,
-        min_runs=args.min_runs,
-        warmup=args.warmup,
-        rounds=args.rounds,
-        data=args.data,
-        max_images=args.max_images,
-        memory=not args.no_memory,
-        device=args.device,
-        formats=args.formats,
-        checks=checks_from(args),
-        time_unverified=args.time_unverified,
+    config = from_flags(
+        ProfileConfig, args, batch_sizes=batch_sizes, memory=not args.no_memory, checks=checks_from(args),
         verify=not args.no_verify,
-    )
+    )  # fmt: skip
     command = shlex.join(["t2t", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("t2t", "__main__.py") else None
     if comparing:
         out = Path(args.out) if args.out else (Path(args.work) / "bench" if args.models else Path("bench"))
