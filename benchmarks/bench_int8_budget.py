@@ -10,9 +10,11 @@ images the budget was fitted on: the drop it promises) and timed in one process,
 round by round by the product's profiler (``deploy.profiler``, p50). Results: ``<out>.json`` and ``<out>.md``,
 with the host's CPU class.
 
-``--outlier`` first makes the checkpoint sensitive on purpose, as ``tests/test_budget.py`` does: one channel of the
-final LayerNorm scaled x1000 and the heads' weights for it divided back (the same fp32 function; the outlier
-pattern of trained ViTs' activations).
+``--outlier activation`` first makes the checkpoint sensitive on purpose, as ``tests/test_budget.py`` does: one
+channel of the final LayerNorm scaled x1000 and the heads' weights for it divided back (the same fp32 function;
+the outlier pattern of trained ViTs' activations). ``--outlier weight`` does the reverse (the channel /1000, the
+heads' weights for it x1000): an outlier column in the weights, which LiteRT's dynamic range int8 (per-row
+activations, per-channel weights) cannot carry while it rides out the activation outlier.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from typing import Any
 
 from benchmarks.bench_cpu_formats import cpu_flags, host_class
 
-ROWS = ("onnx-int8-dynamic", "onnx-int8-static", "torch-int8", "openvino-int8")
-FP32_OF = {"onnx-int8-dynamic": "onnx", "onnx-int8-static": "onnx", "torch-int8": "torch", "openvino-int8": "openvino"}
+ROWS = ("onnx-int8-dynamic", "onnx-int8-static", "torch-int8", "openvino-int8", "tflite-int8")
+FP32_OF = {
+    "onnx-int8-dynamic": "onnx", "onnx-int8-static": "onnx", "torch-int8": "torch", "openvino-int8": "openvino",
+    "tflite-int8": "tflite",
+}  # fmt: skip
+OUTLIERS = {"activation": 1000.0, "weight": 1 / 1000.0}  # --outlier KIND: the LayerNorm channel's scale
 
 
 def _export(checkpoint: str, out: Path, rows: list[str], args: argparse.Namespace, budget: bool) -> Any:
@@ -43,8 +49,9 @@ def _export(checkpoint: str, out: Path, rows: list[str], args: argparse.Namespac
     )  # fmt: skip
 
 
-def _with_outlier(checkpoint: str, work: Path, channel: int = 7, scale: float = 1000.0) -> str:
-    """A copy of ``checkpoint`` whose head input carries one outlier channel (same fp32 function)."""
+def _with_outlier(checkpoint: str, work: Path, scale: float, channel: int = 7) -> str:
+    """A copy of ``checkpoint`` whose head input channel ``channel`` is scaled by ``scale`` and the heads' weights
+    for it divided back (same fp32 function)."""
     import torch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     rows = [r for r in args.rows.split(",") if r]
     work = Path(args.work or tempfile.mkdtemp(prefix="t2t-budget-bench-"))
-    checkpoint = _with_outlier(args.checkpoint, work) if args.outlier else args.checkpoint
+    checkpoint = _with_outlier(args.checkpoint, work, OUTLIERS[args.outlier]) if args.outlier else args.checkpoint
     default = _export(checkpoint, work / "default", rows, args, budget=False)
     fitted = _export(checkpoint, work / "budget", rows, args, budget=True)
     top1 = {}
@@ -126,7 +133,8 @@ def _markdown(res: dict[str, Any], host: str, cpu: str) -> str:
         f"# int8 with and without `--max-drop {res['max_drop']:g}`", "",
         f"Host: {cpu} ({host}); {res['threads']} threads, batch 1, "
         f"p50 of the profiler's {res['rounds']} interleaved rounds.",
-        f"Checkpoint `{res['checkpoint']}`" + (" made sensitive (`--outlier`)" if res["outlier"] else "")
+        f"Checkpoint `{res['checkpoint']}`"
+        + (f" made sensitive (`--outlier {res['outlier']}`)" if res["outlier"] else "")
         + (f", exported at {res['img_size']} px" if res["img_size"] else "")
         + f"; budget fitted and measured on `{res['val_data']}` "
         f"({res['validation_images']} images), calibration on `{res['calib_data']}`; fp32 top-1 "
@@ -155,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-drop", type=float, default=1.0)
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--img-size", type=int, default=None, help="export at this size (default: the checkpoint's)")
-    p.add_argument("--outlier", action="store_true", help="make the checkpoint sensitive on purpose first")
+    p.add_argument("--outlier", choices=sorted(OUTLIERS), default=None,
+                   help="make the checkpoint sensitive first (an activation or a weight outlier)")  # fmt: skip
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="the profiler's interleaved rounds")
     p.add_argument("--work", default=None, help="folder for the two exports (default: a temporary one)")

@@ -34,11 +34,13 @@ import numpy as np
 from t2tvit.data import in_batches
 
 __all__ = [
+    "ONNX_RUNTIME",
     "BudgetFit",
+    "FileRuntime",
     "LayerSensitivity",
     "fit_budget",
+    "fit_file_budget",
     "fit_module_budget",
-    "fit_onnx_budget",
     "latency_ms",
     "quantizable_layers",
     "top1",
@@ -200,10 +202,31 @@ def _onnx_logits(path: Path, images: np.ndarray) -> np.ndarray:
     return in_batches(lambda x: session.run(None, {inp.name: x})[0], images, fixed or 32, min_batch=fixed or 1)
 
 
-def fit_onnx_budget(
+def _onnx_call(path: Path, x: np.ndarray) -> Callable[[], Any]:
+    session = _session(path)
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+@dataclass(frozen=True)
+class FileRuntime:
+    """How the budget search reads and runs one kind of model file (ONNX Runtime here, LiteRT in
+    ``deploy/litert.py``)."""
+
+    suffix: str
+    layers: Callable[[Path, Path], list[tuple[str, str]]]  # (fp32 file, its all-int8 file) -> (id, module path)
+    logits: Callable[[Path, np.ndarray], np.ndarray]  # the file's logits on the images
+    call: Callable[[Path, np.ndarray], Callable[[], Any]]  # one call of the file on these images, ready to time
+
+
+ONNX_RUNTIME = FileRuntime(".onnx", lambda src, _int8: quantizable_layers(src), _onnx_logits, _onnx_call)
+
+
+def fit_file_budget(
     src: str | Path,
     dst: str | Path,
     quantize: Callable[[Path, Path, list[str]], dict[str, Any]],
+    runtime: FileRuntime,
     images: np.ndarray,
     labels: np.ndarray,
     max_drop: float | None,
@@ -211,33 +234,29 @@ def fit_onnx_budget(
     *,
     rank: bool = False,
 ) -> tuple[BudgetFit, dict[str, Any]]:
-    """Write to ``dst`` the int8 of fp32 ONNX ``src`` that keeps the fewest, most sensitive layers in float
-    for ``max_drop`` (:func:`fit_budget`). ``quantize(src, dst, exclude)`` writes the int8 model leaving the
-    nodes named in ``exclude`` in float and returns its manifest fields; returned with the fit."""
+    """Write to ``dst`` the int8 of the fp32 model file ``src`` that keeps the fewest, most sensitive layers in
+    float for ``max_drop`` (:func:`fit_budget`). ``quantize(src, dst, exclude)`` writes the int8 model leaving
+    the layers named in ``exclude`` in float and returns its manifest fields; returned with the fit. The
+    search's own all-int8 file and last trial become the artifact and its latency reference."""
     src, dst, scratch = Path(src), Path(dst), Path(scratch)
-    int8, trial = scratch / "budget-int8.onnx", scratch / "budget-trial.onnx"
-    made: dict[Path, tuple[list[str], dict[str, Any]]] = {}  # file -> the layers it keeps float, its fields
+    int8, trial = scratch / f"budget-int8{runtime.suffix}", scratch / f"budget-trial{runtime.suffix}"
+    made = {int8: ([], quantize(src, int8, []))}  # file -> the layers it keeps float, its fields
 
     def run(keep: Sequence[str]) -> np.ndarray:
-        out = trial if keep else int8  # the all-int8 model stays for the artifact or the latency reference
-        made[out] = (list(keep), quantize(src, out, list(keep)))
-        return _onnx_logits(out, images)
+        if keep:
+            made[trial] = (list(keep), quantize(src, trial, list(keep)))
+        return runtime.logits(trial if keep else int8, images)
 
-    fit = fit_budget(quantizable_layers(src), run, _onnx_logits(src, images), labels, max_drop, rank=rank)
+    ref = runtime.logits(src, images)
+    fit = fit_budget(runtime.layers(src, int8), run, ref, labels, max_drop, rank=rank)
     kept, info = made[trial if fit.kept_nodes else int8]
     if kept != fit.kept_nodes:  # the search's last trial was another one (a ranking after the fit)
         info = quantize(src, trial, fit.kept_nodes)
     shutil.copyfile(trial if fit.kept_nodes else int8, dst)
     if fit.kept_nodes:  # what the fallback costs: fp32, all-int8 and this artifact, side by side
-        x = images[:1]
-        sessions = {"fp32": _session(src), "int8": _session(int8), "budget": _session(dst)}
-        fit.latency_ms = latency_ms({k: _bound(s, x) for k, s in sessions.items()})
+        files = {"fp32": src, "int8": int8, "budget": dst}
+        fit.latency_ms = latency_ms({k: runtime.call(f, images[:1]) for k, f in files.items()})
     return fit, info
-
-
-def _bound(session: Any, x: np.ndarray) -> Callable[[], Any]:
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: x})
 
 
 # ---- PyTorch: nn.Linear modules by name ----

@@ -529,6 +529,7 @@ FORMATS: dict[str, Format] = {
             False,
             "LiteRT flatbuffer, dynamic-range int8 (int8 weights, activations quantized at run time)",
             options={"quantize": "dynamic"},
+            settings=_BUDGET,
             **_LITERT,
         ),
         Format(

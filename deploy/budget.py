@@ -1,8 +1,9 @@
 """The accuracy budget and sensitivity report of the int8 rows (``t2t export --max-drop PTS --val-data DIR``,
 ``--sensitivity``): what a row's ``export`` calls to quantize within the budget, and the manifest record.
 
-* ONNX Runtime rows (``onnx-int8-dynamic``, ``onnx-int8-static``): :func:`onnx_int8` runs
-  :func:`compress.budget.fit_onnx_budget` with the row's quantizer and its ``nodes_to_exclude``;
+* ONNX Runtime rows (``onnx-int8-dynamic``, ``onnx-int8-static``) and ``tflite-int8``: :func:`file_int8` runs
+  :func:`compress.budget.fit_file_budget` with the row's quantizer and its skip list (ONNX Runtime's
+  ``nodes_to_exclude``, ai-edge-quantizer's ``NO_QUANTIZE`` recipe entries);
 * PyTorch rows (``torch-int8``, ``torchscript-int8``, ``ptl-int8``): :func:`module_float_layers` runs
   :func:`compress.budget.fit_module_budget` once per quantized engine and export run (the three rows share
   the eager dynamic quantization, so they share its fit), and the row quantizes with those modules float;
@@ -22,7 +23,7 @@ from t2tvit.errors import ConfigError
 
 from .base import ExportContext, Format
 
-__all__ = ["asked", "module_float_layers", "onnx_int8", "summary", "val_images"]
+__all__ = ["asked", "file_int8", "module_float_layers", "summary", "val_images"]
 
 
 def asked(ctx: ExportContext) -> bool:
@@ -45,17 +46,24 @@ def _record(fit: Any, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, 
     return fit.record()
 
 
-def onnx_int8(
-    src: Path, path: Path, fmt: Format, ctx: ExportContext, quantize: Callable[[Path, Path, list[str]], dict[str, Any]]
+def file_int8(
+    src: Path,
+    path: Path,
+    fmt: Format,
+    ctx: ExportContext,
+    quantize: Callable[[Path, Path, list[str]], dict[str, Any]],
+    runtime: Any = None,
 ) -> dict[str, Any]:
-    """``quantize(src, dst, exclude)`` of the fp32 ONNX ``src`` into ``path`` within ``ctx.max_drop``; its fields
-    and ``accuracy_budget``."""
-    from compress.budget import fit_onnx_budget
+    """``quantize(src, dst, exclude)`` of the fp32 model file ``src`` into ``path`` within ``ctx.max_drop``, run
+    by ``runtime`` (a :class:`compress.budget.FileRuntime`; ONNX Runtime by default); its fields and
+    ``accuracy_budget``."""
+    from compress.budget import ONNX_RUNTIME, fit_file_budget
 
     images, labels = val_images(ctx)
-    fit, info = fit_onnx_budget(
-        src, path, quantize, images, labels, ctx.max_drop, ctx.scratch_dir(), rank=ctx.sensitivity
-    )
+    fit, info = fit_file_budget(
+        src, path, quantize, runtime or ONNX_RUNTIME, images, labels, ctx.max_drop, ctx.scratch_dir(),
+        rank=ctx.sensitivity,
+    )  # fmt: skip
     return {**info, "accuracy_budget": _record(fit, path, fmt, ctx)}
 
 

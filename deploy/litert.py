@@ -29,7 +29,12 @@ in the LiteRT interpreter (``ai_edge_litert``), which runs here on x86 with XNNP
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +46,7 @@ from t2tvit.errors import CheckpointError, ConfigError
 from . import manifest as mf
 from .base import ExportContext, Format, Predictor, require_artifact
 
-__all__ = ["LiteRTPredictor", "describe", "export", "load", "read_about", "write_about"]
+__all__ = ["LiteRTPredictor", "budget_runtime", "describe", "export", "load", "read_about", "write_about"]
 
 _MAGIC = b"TFL3"  # the flatbuffer file identifier at bytes 4..8 of every .tflite
 QUANTIZE_MODES = ("fp16", "dynamic", "static")
@@ -68,7 +73,8 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         from .graph import checked_graph
 
         extra["deploy_graph"] = checked_graph(model, "litert", ctx)[1]
-    extra.update(_quantize(src, path, mode, ctx.calib), weights="fp16" if mode == "fp16" else "int8")
+    extra.update(_int8(model, src, path, fmt, ctx) if mode != "fp16" else _quantize(src, path, mode, ctx.calib))
+    extra["weights"] = "fp16" if mode == "fp16" else "int8"
     write_about(path, ctx.about)
     return {**extra, "from": "fp32 LiteRT program of the same model"}
 
@@ -151,12 +157,79 @@ def _version(*packages: str) -> str:
     return "unknown"
 
 
-def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None) -> dict[str, Any]:
-    """ai-edge-quantizer on the fp32 flatbuffer ``src``, written to ``dst``."""
+def _int8(model: nn.Module, src: Path, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    """The int8 row's quantization of ``src`` into ``path``: within ``ctx.max_drop`` when a budget is asked
+    (:func:`deploy.budget.file_int8` over the ops ai-edge-quantizer made int8), else every op it supports."""
+    from . import budget
+
+    mode = fmt.options["quantize"]
+    if not budget.asked(ctx):
+        return _quantize(src, path, mode, ctx.calib)
+    modules = [name for name, _ in model.named_modules()]
+    quantize = lambda s, d, exclude: _quantize(s, d, mode, ctx.calib, exclude)  # noqa: E731
+    return budget.file_int8(src, path, fmt, ctx, quantize, budget_runtime(modules))
+
+
+def budget_runtime(modules: Sequence[str] = ()) -> Any:
+    """How the accuracy budget reads and runs ``.tflite`` files (:class:`compress.budget.FileRuntime`): its
+    layers are the ops with an int8 weight in the all-int8 file, by op scope (ai-edge-quantizer's name for
+    an op: its output tensors' names), named by the PyTorch module in ``modules`` they came from."""
+    from compress.budget import FileRuntime
+
+    return FileRuntime(".tflite", functools.partial(_int8_layers, modules=list(modules)), _logits, _call)
+
+
+def _int8_layers(src: Path, int8: Path, modules: list[str]) -> list[tuple[str, str]]:
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+    from ai_edge_quantizer.utils.tfl_flatbuffer_utils import get_op_scope
+
+    model = flatbuffer_utils.read_model(str(int8))
+    graph, out = model.subgraphs[0], []
+    for op in graph.operators:
+        weights = [
+            graph.tensors[i]
+            for i in op.inputs
+            if i >= 0
+            and graph.tensors[i].type == schema.TensorType.INT8
+            and model.buffers[graph.tensors[i].buffer].data is not None
+        ]
+        if weights:
+            named = next((graph.tensors[i].name for i in op.outputs if "/" in _name(graph.tensors[i].name)), None)
+            out.append((get_op_scope(op, graph.tensors), _module_of(_name(named or weights[0].name), modules)))
+    return out
+
+
+def _module_of(tensor: str, modules: list[str]) -> str:
+    """The module path of a tensor that litert-torch named ``Root/pkg.Class_attr/pkg.Class_attr;n`` (a
+    ``ModuleList``'s own name is not in it: ``Block_0`` is matched to ``blocks.0`` through ``modules``)."""
+    attrs = [seg.rsplit(".", 1)[-1].split("_", 1)[-1] for seg in tensor.split(";")[0].split("/")[1:]]
+    path = ".".join(attrs)
+    found = [m for m in modules if m == path or m.endswith("." + path)]
+    return found[0] if len(found) == 1 else path or tensor
+
+
+def _logits(path: Path, images: np.ndarray) -> np.ndarray:
+    from .base import get_format
+
+    return LiteRTPredictor(_interpreter(path), get_format("tflite-int8"), path)(images)
+
+
+def _call(path: Path, x: np.ndarray) -> Any:
+    from .base import get_format
+
+    predictor = LiteRTPredictor(_interpreter(path), get_format("tflite-int8"), path)
+    return lambda: predictor(x)
+
+
+def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """ai-edge-quantizer on the fp32 flatbuffer ``src``, written to ``dst``; the ops whose scope is in
+    ``exclude`` stay float (a ``NO_QUANTIZE`` entry each, the last matching entry of a recipe winning)."""
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.qtyping import TFLOperationName
 
+    Path(dst).unlink(missing_ok=True)  # a budget search rewrites its trial file: no "overwriting" log each time
     if mode == "fp16":
         q = quantizer.Quantizer(str(src))
         q.add_weight_only_config(
@@ -168,19 +241,44 @@ def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None) -> dict
         info: dict[str, Any] = {"quantization": "fp16 weights (float casting), fp32 compute"}
     elif mode == "dynamic":
         q = quantizer.Quantizer(str(src), recipe.dynamic_wi8_afp32())
+        _keep_float(q, exclude)
         info = {"quantization": "dynamic range: int8 per-channel weights, activations quantized at run time"}
     else:
         from ai_edge_litert.interpreter import Interpreter
 
         q = quantizer.Quantizer(str(src), recipe.static_wi8_ai8())
+        _keep_float(q, exclude)
         signature, names = next(iter(Interpreter(model_path=str(src)).get_signature_list().items()))
         items = [{names["inputs"][0]: np.ascontiguousarray(calib[i : i + 1])} for i in range(len(calib))]
         result = q.calibrate({signature: items})
         info = {"quantization": "full integer: int8 weights and activations", "calibration_images": len(items)}
-        q.quantize(result, enable_progress_bar=False, enable_progress_report=False).export_model(dst, overwrite=True)
+        with _no_progress_bar():
+            q.quantize(result, enable_progress_bar=False, enable_progress_report=False).export_model(
+                dst, overwrite=True
+            )
         return info
-    q.quantize(enable_progress_bar=False, enable_progress_report=False).export_model(dst, overwrite=True)
+    with _no_progress_bar():
+        q.quantize(enable_progress_bar=False, enable_progress_report=False).export_model(dst, overwrite=True)
     return info
+
+
+def _no_progress_bar() -> Any:
+    """ai-edge-quantizer draws a progress bar on stderr for a model of 100 tensors or more even when told not
+    to (its ``quantize`` does not pass ``enable_progress_bar`` on to the model modifier); a budget search
+    quantizes once per layer, so the bar would print a line per trial."""
+    return contextlib.redirect_stderr(io.StringIO())
+
+
+def _keep_float(q: Any, scopes: Sequence[str]) -> None:
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    for scope in scopes:
+        q.update_quantization_recipe(
+            regex="^" + re.escape(scope) + "$",
+            operation_name=TFLOperationName.ALL_SUPPORTED,
+            algorithm_key=AlgorithmName.NO_QUANTIZE,
+        )
 
 
 def _interpreter(path: Path, threads: int | None = None) -> Any:

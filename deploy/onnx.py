@@ -122,7 +122,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
             quantize = lambda s, d, exclude: quantize_onnx_static(s, d, ctx.calib, exclude=exclude)  # noqa: E731
         else:
             raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
-        info = budget.onnx_int8(src, path, fmt, ctx, quantize) if budget.asked(ctx) else quantize(src, path, [])
+        info = budget.file_int8(src, path, fmt, ctx, quantize) if budget.asked(ctx) else quantize(src, path, [])
         record = graph_record(model, ctx)
         info = {"opset": opset_of(path), "from": "fp32 ONNX of the same model", **info, "deploy_graph": record}
     write_about(path, ctx.about)

@@ -124,7 +124,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="PTS",
-        help="accuracy budget of the int8 rows (onnx-int8-dynamic/-static, torch/torchscript/ptl-int8, openvino-int8): "
+        help="accuracy budget of the int8 rows (onnx-int8-dynamic/-static, torch/torchscript/ptl-int8, openvino-int8, "
+        "tflite-int8): "
         "at most this many points of top-1 lost against fp32 on --val-data; the most sensitive layers are kept in "
         "float until it holds (named in the manifest and the table, with the latency it costs)",
     )
@@ -184,11 +185,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def export_config(args: argparse.Namespace) -> Any:
     """The :class:`deploy.settings.ExportConfig` of parsed ``t2t export`` flags."""
-    from dataclasses import fields
-
     from deploy.settings import ExportConfig
+    from t2tvit.config import from_flags
 
-    return ExportConfig(**{f.name: getattr(args, f.name) for f in fields(ExportConfig)})
+    return from_flags(ExportConfig, args)
 
 
 def _print_table(manifest: Any, out: Any, formats: list[str] | None = None) -> None:
