@@ -189,7 +189,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from deploy.profiler import ProfileConfig, profile_folder
     from deploy.report import print_table, write_report
-    from t2tvit.config import from_flags
+    from t2t.flags import from_flags
 
     config = from_flags(
         ProfileConfig, args, batch_sizes=batch_sizes, memory=not args.no_memory, checks=checks_from(args),

@@ -186,7 +186,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def export_config(args: argparse.Namespace) -> Any:
     """The :class:`deploy.settings.ExportConfig` of parsed ``t2t export`` flags."""
     from deploy.settings import ExportConfig
-    from t2tvit.config import from_flags
+    from t2t.flags import from_flags
 
     return from_flags(ExportConfig, args)
 

@@ -23,7 +23,6 @@ from .errors import ConfigError
 __all__ = ["Config", "config_parser", "option", "parse_command", "parse_config", "recipe_text", "with_default"]
 
 C = TypeVar("C", bound="Config")
-T = TypeVar("T")
 
 
 def option(
@@ -99,13 +98,6 @@ class Config:
         """The settings as plain values (what a run folder's ``args.json`` and a checkpoint keep)."""
         plain = (str, int, float, bool, list, type(None))
         return {k: v for k, v in dataclasses.asdict(self).items() if isinstance(v, plain)}
-
-
-def from_flags(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
-    """The settings dataclass ``cls`` (any, not only a :class:`Config`) from parsed flags: each field from the
-    flag of its name, ``overrides`` for the fields whose flag says it another way (``--no-memory``)."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    return cls(**(given | overrides))
 
 
 def _names(cls: type) -> set[str]:
