@@ -569,7 +569,7 @@ FORMATS: dict[str, Format] = {
             ("tensorrt",),
             _TRT_HINT,
             needs_gpu=True,
-            **_TRT,
+            **(_TRT | {"settings": ("opset", *_BUDGET)}),
         ),
         Format(
             "executorch",

@@ -1,7 +1,8 @@
 """The accuracy budget and sensitivity report of the int8 rows (``t2t export --max-drop PTS --val-data DIR``,
 ``--sensitivity``): what a row's ``export`` calls to quantize within the budget, and the manifest record.
 
-* ONNX Runtime rows (``onnx-int8-dynamic``, ``onnx-int8-static``) and ``tflite-int8``: :func:`file_int8` runs
+* ONNX Runtime rows (``onnx-int8-dynamic``, ``onnx-int8-static``), ``tflite-int8`` and ``tensorrt-int8`` (on the
+  QDQ ONNX its engine is parsed from, measured in ONNX Runtime): :func:`file_int8` runs
   :func:`compress.budget.fit_file_budget` with the row's quantizer and its skip list (ONNX Runtime's
   ``nodes_to_exclude``, ai-edge-quantizer's ``NO_QUANTIZE`` recipe entries);
 * PyTorch rows (``torch-int8``, ``torchscript-int8``, ``ptl-int8``): :func:`module_float_layers` runs
@@ -53,10 +54,11 @@ def file_int8(
     ctx: ExportContext,
     quantize: Callable[[Path, Path, list[str]], dict[str, Any]],
     runtime: Any = None,
+    report: Path | None = None,
 ) -> dict[str, Any]:
     """``quantize(src, dst, exclude)`` of the fp32 model file ``src`` into ``path`` within ``ctx.max_drop``, run
     by ``runtime`` (a :class:`compress.budget.FileRuntime`; ONNX Runtime by default); its fields and
-    ``accuracy_budget``."""
+    ``accuracy_budget``. The sensitivity report goes beside ``report`` (default ``path``: the artifact)."""
     from compress.budget import ONNX_RUNTIME, fit_file_budget
 
     images, labels = val_images(ctx)
@@ -64,7 +66,7 @@ def file_int8(
         src, path, quantize, runtime or ONNX_RUNTIME, images, labels, ctx.max_drop, ctx.scratch_dir(),
         rank=ctx.sensitivity,
     )  # fmt: skip
-    return {**info, "accuracy_budget": _record(fit, path, fmt, ctx)}
+    return {**info, "accuracy_budget": _record(fit, report or path, fmt, ctx)}
 
 
 def module_float_layers(model: Any, path: Path, fmt: Format, ctx: ExportContext) -> tuple[list[str], dict[str, Any]]:

@@ -633,8 +633,11 @@ def _retarget_to_fp16(node: Any, f32: int, f16: int, home: dict[str, int]) -> No
 # --------------------------------------------------------------------------- export
 
 
-def _source_onnx(model: Any, plan: dict[str, Any], ctx: ExportContext) -> Path:
-    """The ONNX the engine is parsed from, in the scratch folder (never next to the engine).
+def _source_onnx(
+    model: Any, plan: dict[str, Any], ctx: ExportContext, engine: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """The ONNX the engine is parsed from, in the scratch folder (never next to the engine), and manifest
+    fields of its making (int8 within an accuracy budget: ``accuracy_budget``).
 
     fp32 is the ``onnx`` format's export of TensorRT's deploy graph (:func:`deploy.onnx.fp32_onnx`: one
     file, no external data, a static batch when the batch range is one size, which a dynamic dimension
@@ -648,17 +651,25 @@ def _source_onnx(model: Any, plan: dict[str, Any], ctx: ExportContext) -> Path:
         raise ConfigError("tensorrt-int8 needs calibration images; pass --calib-data DIR")
     src = fp32_onnx(model, ctx, runtime="tensorrt")
     if plan["onnx"] == "fp32":
-        return src
+        return src, {}
     scratch = ctx.scratch_dir()
     if plan["onnx"] == "fp16":
         dst = scratch / "model-tensorrt-fp16.onnx"
         onnx.save(convert_onnx_fp16(onnx.load(str(src))), str(dst))
-        return dst
+        return dst, {}
     from compress.quantize import quantize_onnx_static
 
+    from . import budget
+
     dst = scratch / "model-tensorrt-int8.onnx"
-    quantize_onnx_static(src, dst, ctx.calib, for_tensorrt=True)
-    return dst
+    if not budget.asked(ctx):
+        quantize_onnx_static(src, dst, ctx.calib, for_tensorrt=True)
+        return dst, {}
+    quantize = lambda s, d, exclude: quantize_onnx_static(s, d, ctx.calib, for_tensorrt=True, exclude=exclude)  # noqa: E731
+    record = budget.file_int8(src, dst, get_format("tensorrt-int8"), ctx, quantize, report=engine)["accuracy_budget"]
+    record.pop("latency_ms", None)  # ONNX Runtime's CPU times of the QDQ model say nothing about the engine
+    record["measured_in"] = "ONNX Runtime (CPU) on the QDQ model the engine is parsed from"
+    return dst, {"accuracy_budget": record}
 
 
 def _gpu_name() -> str:
@@ -720,7 +731,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     path.parent.mkdir(parents=True, exist_ok=True)
     plan = build_plan(trt_major(trt.__version__), fmt.precision)
     shapes = profile_shapes(ctx.batch, ctx.img_size)
-    onnx_path = _source_onnx(model, plan, ctx)
+    onnx_path, made = _source_onnx(model, plan, ctx, engine=path)
     onnx_sha = sha256_file(onnx_path)
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -788,6 +799,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
         "source_onnx_sha256": onnx_sha,
         "deploy_graph": graph_record(model, ctx, runtime="tensorrt"),
         "timing_cache": cache_status,
+        **made,
     }
 
 

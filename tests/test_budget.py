@@ -135,7 +135,8 @@ def test_a_budget_needs_labelled_images_apart_from_calibration(sensitive, tmp_pa
 def test_every_file_and_module_int8_row_keeps_the_budget_and_ranks_its_layers(
     weight_sensitive, val, tmp_path, one_thread
 ):
-    rows = ("onnx-int8-static", "torch-int8", "ptl-int8") + (("tflite-int8",) if HAVE_LITERT else ())
+    # onnx-int8-static's search is the one below for TensorRT's QDQ model (the same quantizer and skip list)
+    rows = ("torch-int8", "ptl-int8") + (("tflite-int8",) if HAVE_LITERT else ())
     fitted = _export(weight_sensitive, tmp_path / "out", ",".join(rows), max_drop=2.0, val_data=val, sensitivity=True)
     report = validate(fitted.folder, val, progress=False)  # every artifact measured again, loaded back
     for row, after in zip(rows, report.results, strict=True):
@@ -173,3 +174,35 @@ def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(sensitive, va
     assert entry.details["quantizer"].startswith("nncf.quantize_with_accuracy_control")
     after = validate(fitted.folder, val, progress=False).results[0]
     assert after.drop <= 2.0
+
+
+def test_tensorrt_int8_fits_the_qdq_onnx_its_engine_is_parsed_from(weight_sensitive, val, tmp_path, one_thread):
+    # no GPU here, so no engine: what runs is the part before TensorRT, the fit of the QDQ ONNX that
+    # deploy.tensorrt.export parses (measured in ONNX Runtime on the CPU, as the record says)
+    import onnx
+
+    import deploy.tensorrt as trt
+    import t2tvit
+    from compress.quantize import int32_dequantize_inputs, load_images
+    from deploy.base import ExportContext
+    from deploy.validation import labelled_files, read_labelled
+    from t2tvit.data import eval_transform_for
+
+    model = t2tvit.create_model("t2t_vit_7", num_classes=10, img_size=IMG)
+    model.load_state_dict(torch.load(weight_sensitive, weights_only=False)["model"])
+    transform = eval_transform_for(model.eval(), (IMG, IMG))
+    images, labels = read_labelled(labelled_files(val, [str(i) for i in range(10)], 500)[1], transform, [])
+    calib = load_images(dataset_split("digits", "train"), transform, 8)[0]
+    ctx = ExportContext(img_size=(IMG, IMG), calib=calib, max_drop=2.0, val=(images, labels), sensitivity=True,
+                        scratch=tmp_path / "scratch")  # fmt: skip
+    engine = tmp_path / "out" / FORMATS["tensorrt-int8"].filename
+    engine.parent.mkdir()
+    src, made = trt._source_onnx(model, trt.build_plan(10, "int8"), ctx, engine=engine)
+    budget = made["accuracy_budget"]
+    assert budget["int8_drop"] > 20 and budget["met"] and budget["kept_float"] == ["head"], budget
+    assert "latency_ms" not in budget and budget["measured_in"].startswith("ONNX Runtime (CPU)")
+    assert (engine.parent / budget["sensitivity"]["table"]).is_file()  # beside the engine, not in the scratch
+    graph = onnx.load(str(src)).graph
+    quantized = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
+    head = next(n for n in graph.node if n.name == budget["kept_nodes"][0])
+    assert not set(head.input) & quantized and int32_dequantize_inputs(src) == []  # float, and parseable

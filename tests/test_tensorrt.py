@@ -745,7 +745,8 @@ def test_static_batch_one_gets_its_onnx_in_the_scratch_folder(digits, tmp_path) 
     assert profile_shapes(ctx.batch, ctx.img_size) == ((1, 3, IMG, IMG),) * 3
     reference = reference_logits(digits["model"], digits["parity"][:4])
     for precision in ("fp32", "fp16", "int8"):
-        src = trtmod._source_onnx(digits["model"], build_plan(11, precision), ctx)
+        src, made = trtmod._source_onnx(digits["model"], build_plan(11, precision), ctx)
+        assert made == {}  # no budget asked
         assert src.parent == scratch and not any(engine_dir.iterdir())
         model = onnx.load(str(src))
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
