@@ -25,7 +25,8 @@
 # 6. training throughput: benchmarks/bench_train.py --device cuda --official (ours vs the official code);
 # 7. DDP mechanics on one GPU: two torchrun processes sharing it over gloo (plus --sync-bn on a CNN);
 # 8. TensorRT: tests/test_tensorrt.py with nothing skipped, `t2t export` of torch, onnx and the three
-#    engines, the engine inspector's JSON, `t2t bench` on CUDA (torch eager and the engines).
+#    engines (and tensorrt-int8 with --max-drop 1), the engine inspector's JSON, `t2t bench` on CUDA (torch
+#    eager and the engines).
 #
 # A step whose prerequisite is missing fails and says which; every step runs even when an earlier one
 # failed. Exit status 1 if any step failed (2: no GPU), listing the failed steps.
@@ -251,9 +252,15 @@ if want 8; then
       --batch 1,8,32 --out "$runs/trt$ver/export" --json
     step "8 export batch 1 ($ver)" t2t export --checkpoint "$ckpt" --formats tensorrt,tensorrt-fp16,tensorrt-int8 \
       --batch 1,1,1 --out "$runs/trt$ver/export-b1" --json
-    if need "8 manifests ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/manifest.json"; then
+    # the accuracy budget: fitted on the QDQ ONNX in ONNX Runtime, then the engine's own parity check on the GPU
+    train_split=$(python -c "from t2tvit.data import dataset_split; print(dataset_split('digits', 'train'))")
+    step "8 export budget ($ver)" t2t export --checkpoint "$ckpt" --formats tensorrt-int8 --calib-data "$train_split" \
+      --val-data digits --max-drop 1 --sensitivity --out "$runs/trt$ver/export-budget" --json
+    if need "8 manifests ($ver)" "$runs/trt$ver/export/manifest.json" "$runs/trt$ver/export-b1/manifest.json" \
+        "$runs/trt$ver/export-budget/manifest.json"; then
       cp "$runs/trt$ver/export/manifest.json" "$out/export.json"
       cp "$runs/trt$ver/export-b1/manifest.json" "$out/export-b1.json"
+      cp "$runs/trt$ver/export-budget/manifest.json" "$out/export-budget.json"
     fi
     step "8 inspector JSON ($ver)" python - "$runs/trt$ver/export" "$out" <<'EOF'
 import sys
