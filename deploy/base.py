@@ -593,6 +593,7 @@ FORMATS: dict[str, Format] = {
             "ExecuTorch .pte, XNNPACK delegate, int8",
             ("executorch",),
             _ET_HINT,
+            settings=_BUDGET,
             **_ET,
         ),
         Format(

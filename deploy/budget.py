@@ -8,6 +8,7 @@
 * PyTorch rows (``torch-int8``, ``torchscript-int8``, ``ptl-int8``): :func:`module_float_layers` runs
   :func:`compress.budget.fit_module_budget` once per quantized engine and export run (the three rows share
   the eager dynamic quantization, so they share its fit), and the row quantizes with those modules float;
+* ``executorch-int8`` searches the same way over its PT2E reference model (``deploy/executorch.py``);
 * ``openvino-int8`` uses NNCF's own accuracy-aware quantization (``deploy/openvino.py``).
 
 Each returns ``details.accuracy_budget`` (:meth:`compress.budget.BudgetFit.record`); with ``ctx.sensitivity``
@@ -24,7 +25,7 @@ from t2tvit.errors import ConfigError
 
 from .base import ExportContext, Format
 
-__all__ = ["asked", "file_int8", "module_float_layers", "summary", "val_images"]
+__all__ = ["asked", "file_int8", "module_float_layers", "record", "summary", "val_images"]
 
 
 def asked(ctx: ExportContext) -> bool:
@@ -39,7 +40,9 @@ def val_images(ctx: ExportContext) -> tuple[Any, Any]:
     return ctx.val
 
 
-def _record(fit: Any, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+def record(fit: Any, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
+    """The manifest's ``accuracy_budget`` of ``fit``; with ``ctx.sensitivity`` the ranking's table and plot are
+    written beside ``path`` first."""
     if ctx.sensitivity:
         from compress.budget import write_sensitivity
 
@@ -66,7 +69,7 @@ def file_int8(
         src, path, quantize, runtime or ONNX_RUNTIME, images, labels, ctx.max_drop, ctx.scratch_dir(),
         rank=ctx.sensitivity,
     )  # fmt: skip
-    return {**info, "accuracy_budget": _record(fit, report or path, fmt, ctx)}
+    return {**info, "accuracy_budget": record(fit, report or path, fmt, ctx)}
 
 
 def module_float_layers(model: Any, path: Path, fmt: Format, ctx: ExportContext) -> tuple[list[str], dict[str, Any]]:
@@ -86,7 +89,7 @@ def module_float_layers(model: Any, path: Path, fmt: Format, ctx: ExportContext)
         with qengine(ctx.qengine):
             fit = fit_module_budget(model, quantize, images, labels, ctx.max_drop, rank=ctx.sensitivity)
         ctx.fits[key] = fit
-    return list(fit.kept_nodes), _record(fit, path, fmt, ctx)
+    return list(fit.kept_nodes), record(fit, path, fmt, ctx)
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -55,8 +55,42 @@ def _calibration_batches(calib: np.ndarray, bmin: int, bmax: int) -> list[np.nda
     return [c for c in chunks if len(c) >= bmin]
 
 
-def _quantize_int8(model: Any, example: Any, dynamic_shapes: Any, ctx: ExportContext) -> Any:
-    """PT2E static int8 for XNNPACK: capture, observe ``ctx.calib``, convert; returns a module."""
+def _int8(
+    module: Any, example: Any, dynamic_shapes: Any, ctx: ExportContext, path: Path, fmt: Format
+) -> tuple[Any, dict[str, Any]]:
+    """The int8 module to lower, and its manifest fields: every layer quantized, or within ``ctx.max_drop``
+    (:func:`compress.budget.fit_budget` over the ``nn.Linear`` modules, each trial the PT2E reference model
+    run in PyTorch on the validation images; the artifact is measured again by its parity check)."""
+    import torch
+    from torch import nn
+
+    from compress.budget import fit_budget
+    from t2tvit.data import in_batches
+
+    from . import budget
+
+    quantize = lambda keep: _quantize_int8(module, example, dynamic_shapes, ctx, float_layers=keep)  # noqa: E731
+    if not budget.asked(ctx):
+        return quantize(()), {}
+    images, labels = budget.val_images(ctx)
+    bmin, bmax = (ctx.batch[0], ctx.batch[2]) if dynamic_shapes is not None else (len(example),) * 2
+
+    def logits(net: Any) -> Any:
+        with torch.no_grad():
+            return in_batches(lambda x: net(torch.from_numpy(x)).numpy(), images, bmax, min_batch=bmin)
+
+    layers = [(name, name) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    fit = fit_budget(layers, lambda keep: logits(quantize(keep)), logits(module), labels, ctx.max_drop,
+                     rank=ctx.sensitivity)  # fmt: skip
+    record = budget.record(fit, path, fmt, ctx) | {
+        "measured_in": "the PT2E reference model in PyTorch, before lowering"
+    }
+    return quantize(fit.kept_nodes), {"accuracy_budget": record, "float_layers": list(fit.kept_nodes)}
+
+
+def _quantize_int8(model: Any, example: Any, dynamic_shapes: Any, ctx: ExportContext, float_layers: Any = ()) -> Any:
+    """PT2E static int8 for XNNPACK: capture, observe ``ctx.calib``, convert; returns a module. The modules
+    named in ``float_layers`` are left unannotated, so they stay float (XNNPACK runs them in fp32)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -73,6 +107,10 @@ def _quantize_int8(model: Any, example: Any, dynamic_shapes: Any, ctx: ExportCon
             "prepare them at the export image size"
         )
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for name in float_layers:  # set_module_name(name, None) asserts "not supported yet" in ExecuTorch 1.5, while
+        quantizer.module_name_config[name] = (
+            None  # its annotate skips a None entry and the global config skips the name
+        )
     captured = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes).module()
     prepared = prepare_pt2e(captured, quantizer)
     batches = _calibration_batches(np.asarray(ctx.calib, dtype=np.float32), ctx.batch[0], ctx.batch[2])
@@ -98,8 +136,9 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
 
     example, dynamic_shapes = _capture_args(ctx)
     module, record = checked_graph(model, "executorch", ctx)
+    fitted: dict[str, Any] = {}
     if fmt.precision == "int8":
-        module = _quantize_int8(module, example, dynamic_shapes, ctx)
+        module, fitted = _int8(module, example, dynamic_shapes, ctx, path, fmt)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
         # The edge IR validity check replays every op on fake tensors; for split_with_sizes_copy
@@ -128,7 +167,7 @@ def export(model: Any, path: Path | str, fmt: Format | str, ctx: ExportContext) 
     }
     if fmt.precision == "int8":
         extra["quantization"] = "pt2e XNNPACKQuantizer: symmetric int8, per-channel weights, calibrated activations"
-    return extra
+    return extra | fitted
 
 
 def _partitioner(precision: str) -> Any:

@@ -206,3 +206,16 @@ def test_tensorrt_int8_fits_the_qdq_onnx_its_engine_is_parsed_from(weight_sensit
     quantized = {i for n in graph.node if n.op_type == "DequantizeLinear" for i in n.output}
     head = next(n for n in graph.node if n.name == budget["kept_nodes"][0])
     assert not set(head.input) & quantized and int32_dequantize_inputs(src) == []  # float, and parseable
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(FORMATS["executorch-int8"].missing() is not None, reason="executorch is not installed")
+def test_executorch_int8_keeps_the_budget_with_unannotated_modules(weight_sensitive, val, tmp_path, one_thread):
+    fitted = _export(weight_sensitive, tmp_path / "out", "executorch-int8", max_drop=2.0, val_data=val)
+    entry = fitted.manifest.entry("executorch-int8")
+    assert entry.status == "ok", entry.reason
+    budget = entry.details["accuracy_budget"]
+    assert budget["int8_drop"] > 20 and budget["met"] and budget["kept_float"] == ["head"], budget
+    assert entry.details["float_layers"] == ["head"] and budget["measured_in"].startswith("the PT2E reference")
+    after = validate(fitted.folder, val, progress=False).results[0]  # the lowered .pte (XNNPACK) measured again
+    assert after.drop <= 2.0, after
