@@ -33,7 +33,7 @@ from benchmarks.bench_cpu_formats import cpu_flags, host_class
 ROWS = ("onnx-int8-dynamic", "onnx-int8-static", "torch-int8", "openvino-int8", "tflite-int8")
 FP32_OF = {
     "onnx-int8-dynamic": "onnx", "onnx-int8-static": "onnx", "torch-int8": "torch", "openvino-int8": "openvino",
-    "tflite-int8": "tflite",
+    "tflite-int8": "tflite", "executorch-int8": "executorch",
 }  # fmt: skip
 OUTLIERS = {"activation": 1000.0, "weight": 1 / 1000.0}  # --outlier KIND: the LayerNorm channel's scale
 
