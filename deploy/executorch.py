@@ -82,9 +82,7 @@ def _int8(
     layers = [(name, name) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     fit = fit_budget(layers, lambda keep: logits(quantize(keep)), logits(module), labels, ctx.max_drop,
                      rank=ctx.sensitivity)  # fmt: skip
-    record = budget.record(fit, path, fmt, ctx) | {
-        "measured_in": "the PT2E reference model in PyTorch, before lowering"
-    }
+    record = budget.record(fit, path, fmt, ctx) | {"measured_in": "the PT2E reference model (PyTorch), unlowered"}
     return quantize(fit.kept_nodes), {"accuracy_budget": record, "float_layers": list(fit.kept_nodes)}
 
 
@@ -107,10 +105,10 @@ def _quantize_int8(model: Any, example: Any, dynamic_shapes: Any, ctx: ExportCon
             "prepare them at the export image size"
         )
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    for name in float_layers:  # set_module_name(name, None) asserts "not supported yet" in ExecuTorch 1.5, while
-        quantizer.module_name_config[name] = (
-            None  # its annotate skips a None entry and the global config skips the name
-        )
+    # set_module_name(name, None) asserts "not supported yet" in ExecuTorch 1.5, while its annotate skips a
+    # None entry and keeps the name out of the global config: the module stays unannotated, float
+    for name in float_layers:
+        quantizer.module_name_config[name] = None
     captured = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes).module()
     prepared = prepare_pt2e(captured, quantizer)
     batches = _calibration_batches(np.asarray(ctx.calib, dtype=np.float32), ctx.batch[0], ctx.batch[2])

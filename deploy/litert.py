@@ -210,16 +210,19 @@ def _module_of(tensor: str, modules: list[str]) -> str:
 
 
 def _logits(path: Path, images: np.ndarray) -> np.ndarray:
-    from .base import get_format
-
-    return LiteRTPredictor(_interpreter(path), get_format("tflite-int8"), path)(images)
+    return _predictor(path)(images)
 
 
 def _call(path: Path, x: np.ndarray) -> Any:
+    predictor = _predictor(path)
+    return lambda: predictor(x)
+
+
+def _predictor(path: Path) -> LiteRTPredictor:
+    """Any ``.tflite`` of a budget search (fp32 source, all-int8, trial) in the interpreter, at its default threads."""
     from .base import get_format
 
-    predictor = LiteRTPredictor(_interpreter(path), get_format("tflite-int8"), path)
-    return lambda: predictor(x)
+    return LiteRTPredictor(_interpreter(path), get_format("tflite"), path)
 
 
 def _quantize(src: Path, dst: Path, mode: str, calib: np.ndarray | None, exclude: Sequence[str] = ()) -> dict[str, Any]:
