@@ -216,7 +216,8 @@ class FileRuntime:
     suffix: str
     layers: Callable[[Path, Path], list[tuple[str, str]]]  # (fp32 file, its all-int8 file) -> (id, module path)
     logits: Callable[[Path, np.ndarray], np.ndarray]  # the file's logits on the images
-    call: Callable[[Path, np.ndarray], Callable[[], Any]]  # one call of the file on these images, ready to time
+    # one call of the file on these images, ready to time (None: the fallback's latency is not recorded)
+    call: Callable[[Path, np.ndarray], Callable[[], Any]] | None
 
 
 ONNX_RUNTIME = FileRuntime(".onnx", lambda src, _int8: quantizable_layers(src), _onnx_logits, _onnx_call)
@@ -253,7 +254,7 @@ def fit_file_budget(
     if kept != fit.kept_nodes:  # the search's last trial was another one (a ranking after the fit)
         info = quantize(src, trial, fit.kept_nodes)
     shutil.copyfile(trial if fit.kept_nodes else int8, dst)
-    if fit.kept_nodes:  # what the fallback costs: fp32, all-int8 and this artifact, side by side
+    if fit.kept_nodes and runtime.call is not None:  # what the fallback costs: fp32, all-int8 and this artifact
         files = {"fp32": src, "int8": int8, "budget": dst}
         fit.latency_ms = latency_ms({k: runtime.call(f, images[:1]) for k, f in files.items()})
     return fit, info
@@ -270,9 +271,13 @@ def fit_module_budget(
     max_drop: float | None,
     *,
     rank: bool = False,
+    batch: tuple[int, int] = (1, 32),
+    timed: bool = True,
 ) -> BudgetFit:
     """:func:`fit_budget` over the ``nn.Linear`` modules of the fp32 ``model``; ``quantize(keep_float)``
-    returns its int8 copy with the named modules left float (run under the caller's quantized engine)."""
+    returns its int8 copy with the named modules left float (run under the caller's quantized engine).
+    ``batch``: the smallest and largest batch the models take (a captured graph's range); ``timed``: record
+    the fallback's latency (False where these PyTorch models are not what ships)."""
     import torch
     from torch import nn
 
@@ -284,10 +289,10 @@ def fit_module_budget(
         return forward
 
     layers = [(name, name) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    ref = in_batches(logits(model.eval()), images, 32)
-    run = lambda keep: in_batches(logits(quantize(keep)), images, 32)  # noqa: E731
+    ref = in_batches(logits(model.eval()), images, batch[1], min_batch=batch[0])
+    run = lambda keep: in_batches(logits(quantize(keep)), images, batch[1], min_batch=batch[0])  # noqa: E731
     fit = fit_budget(layers, run, ref, labels, max_drop, rank=rank)
-    if fit.kept_nodes:
+    if fit.kept_nodes and timed:
         x = images[:1]
         forwards = {"fp32": logits(model), "int8": logits(quantize([])), "budget": logits(quantize(fit.kept_nodes))}
         fit.latency_ms = latency_ms({k: functools.partial(f, x) for k, f in forwards.items()})

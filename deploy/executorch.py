@@ -59,13 +59,9 @@ def _int8(
     module: Any, example: Any, dynamic_shapes: Any, ctx: ExportContext, path: Path, fmt: Format
 ) -> tuple[Any, dict[str, Any]]:
     """The int8 module to lower, and its manifest fields: every layer quantized, or within ``ctx.max_drop``
-    (:func:`compress.budget.fit_budget` over the ``nn.Linear`` modules, each trial the PT2E reference model
-    run in PyTorch on the validation images; the artifact is measured again by its parity check)."""
-    import torch
-    from torch import nn
-
-    from compress.budget import fit_budget
-    from t2tvit.data import in_batches
+    (:func:`compress.budget.fit_module_budget`, each trial the PT2E reference model run in PyTorch on the
+    validation images; the artifact is measured again by its parity check)."""
+    from compress.budget import fit_module_budget
 
     from . import budget
 
@@ -73,15 +69,9 @@ def _int8(
     if not budget.asked(ctx):
         return quantize(()), {}
     images, labels = budget.val_images(ctx)
-    bmin, bmax = (ctx.batch[0], ctx.batch[2]) if dynamic_shapes is not None else (len(example),) * 2
-
-    def logits(net: Any) -> Any:
-        with torch.no_grad():
-            return in_batches(lambda x: net(torch.from_numpy(x)).numpy(), images, bmax, min_batch=bmin)
-
-    layers = [(name, name) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
-    fit = fit_budget(layers, lambda keep: logits(quantize(keep)), logits(module), labels, ctx.max_drop,
-                     rank=ctx.sensitivity)  # fmt: skip
+    batch = (ctx.batch[0], ctx.batch[2]) if dynamic_shapes is not None else (len(example),) * 2
+    fit = fit_module_budget(module, quantize, images, labels, ctx.max_drop, rank=ctx.sensitivity, batch=batch,
+                            timed=False)  # fmt: skip
     record = budget.record(fit, path, fmt, ctx) | {"measured_in": "the PT2E reference model (PyTorch), unlowered"}
     return quantize(fit.kept_nodes), {"accuracy_budget": record, "float_layers": list(fit.kept_nodes)}
 
