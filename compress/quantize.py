@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +330,44 @@ def _preprocessed(model_in: Path, pre: Path, record: dict[str, Any]) -> Path:
     return pre
 
 
+def _prepared(src: Path, work: Path, preprocess: bool, record: dict[str, Any]) -> Path:
+    """The model :func:`quantize_onnx_static` quantizes: ``src`` without its shape annotations and, with
+    ``preprocess``, through ``quant_pre_process``; made in ``work`` unless it is there already (the record of
+    how is kept beside it)."""
+    import json
+
+    work.mkdir(parents=True, exist_ok=True)
+    done = work / "prepared.json"
+    if done.is_file():
+        kept = json.loads(done.read_text())
+        if kept["src"] != str(src):
+            raise ValueError(f"the quantizer's cache {work} holds {kept['src']}, not {src}")
+        record.update(kept["record"])
+        return work / kept["model"]
+    model_in = _without_value_info(src, work / "clean.onnx")
+    before = dict(record)
+    if preprocess:
+        model_in = _preprocessed(model_in, work / "pre.onnx", record)
+    added = {k: v for k, v in record.items() if before.get(k) != v}
+    done.write_text(json.dumps({"src": str(src), "model": model_in.name, "record": added}))
+    return model_in
+
+
+def _calibration_batches(
+    model: Path, calib: np.ndarray, batch_size: int, record: dict[str, Any]
+) -> tuple[np.ndarray, int]:
+    """The images and batch size ``model`` is calibrated with: a static-batch model (``--batch N,N,N``)
+    takes batches of exactly N (the images cut to a multiple of N, ``record`` updated)."""
+    static = _static_batch(model)
+    if static is None:
+        return calib, batch_size
+    if len(calib) < static:
+        raise ConfigError(f"the model's batch is fixed at {static}: pass at least {static} calibration images")
+    calib = calib[: len(calib) // static * static]
+    record["calibration_images"] = len(calib)
+    return calib, static
+
+
 def quantize_onnx_static(
     src: str | Path,
     dst: str | Path,
@@ -341,6 +379,7 @@ def quantize_onnx_static(
     preprocess: bool = True,
     for_tensorrt: bool = False,
     exclude: Sequence[str] = (),
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Static int8 of an fp32 ONNX model in QDQ format, calibrated on real images.
 
@@ -357,6 +396,11 @@ def quantize_onnx_static(
     ``for_tensorrt`` adds :data:`TENSORRT_QDQ_OPTIONS` (biases stay float) and checks the written
     file has no INT32 ``DequantizeLinear`` input (:func:`int32_dequantize_inputs`), which TensorRT
     cannot parse.
+
+    ``cache``: a folder kept between calls on the same ``src``, images and options that differ only in
+    ``exclude`` (an accuracy-budget search's trials): the prepared model and the calibrated ranges (ONNX
+    Runtime's calibration cache) are made there once instead of once per call. The ranges do not depend on
+    ``exclude``: the calibrator records every ``op_types`` node.
     """
     import tempfile
 
@@ -367,15 +411,9 @@ def quantize_onnx_static(
     src, dst = Path(src), Path(dst)
     info: dict[str, Any] = {"quantization": _static_settings(len(calib), op_types, for_tensorrt)}
     with tempfile.TemporaryDirectory(prefix="t2t-quant-") as tmp, _quiet_ort_logging():
-        model_in = _without_value_info(src, Path(tmp) / "clean.onnx")
-        if preprocess:
-            model_in = _preprocessed(model_in, Path(tmp) / "pre.onnx", info["quantization"])
-        static = _static_batch(model_in)
-        if static is not None:  # a static-batch model (--batch N,N,N) takes calibration batches of exactly N
-            if len(calib) < static:
-                raise ConfigError(f"the model's batch is fixed at {static}: pass at least {static} calibration images")
-            batch_size, calib = static, calib[: len(calib) // static * static]
-            info["quantization"]["calibration_images"] = len(calib)
+        work = Path(tmp) if cache is None else Path(cache)
+        model_in = _prepared(src, work, preprocess, info["quantization"])
+        calib, batch_size = _calibration_batches(model_in, calib, batch_size, info["quantization"])
         nodes = (
             None if activation_products else [n for n in _weight_product_nodes(model_in, op_types) if n not in exclude]
         )
@@ -400,12 +438,22 @@ def quantize_onnx_static(
                 # not CalibMaxIntermediateOutputs: ORT 1.31 discards (never merges) the batches it flushes
                 **(TENSORRT_QDQ_OPTIONS if for_tensorrt else {}),
             },
+            calibration_cache_path=work / "calibration.json",
         )
     if exclude:
         info["quantization"]["float_nodes"] = list(exclude)
     if for_tensorrt:
         _check_tensorrt_bound(dst)
     return info
+
+
+def static_quantizer(calib: np.ndarray, folder: Path, **options: Any) -> Callable[[Path, Path, Sequence[str]], Any]:
+    """:func:`quantize_onnx_static` as an accuracy-budget search calls it, ``(src, dst, exclude)``, with
+    ``options``; its calls share one prepared model and one calibration, kept in a new folder under ``folder``."""
+    import tempfile
+
+    cache = Path(tempfile.mkdtemp(prefix="static-int8-", dir=folder))
+    return lambda src, dst, exclude: quantize_onnx_static(src, dst, calib, exclude=exclude, cache=cache, **options)
 
 
 def _check_tensorrt_bound(path: Path) -> None:

@@ -109,7 +109,7 @@ def graph_record(model: nn.Module, ctx: ExportContext, runtime: str = "onnx") ->
 
 
 def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dict[str, Any]:
-    from compress.quantize import quantize_onnx_dynamic, quantize_onnx_static
+    from compress.quantize import quantize_onnx_dynamic, static_quantizer
 
     mode = fmt.options.get("quantization")
     if mode is None:
@@ -119,7 +119,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
         if mode == "dynamic":
             quantize = lambda s, d, exclude: quantize_onnx_dynamic(s, d, exclude=exclude)  # noqa: E731
         elif mode == "static":
-            quantize = lambda s, d, exclude: quantize_onnx_static(s, d, ctx.calib, exclude=exclude)  # noqa: E731
+            quantize = static_quantizer(ctx.calib, ctx.scratch_dir())
         else:
             raise ConfigError(f"unknown ONNX quantization {mode!r} for format {fmt.name}")
         info = budget.file_int8(src, path, fmt, ctx, quantize) if budget.asked(ctx) else quantize(src, path, [])

@@ -658,7 +658,7 @@ def _source_onnx(
         dst = scratch / "model-tensorrt-fp16.onnx"
         onnx.save(convert_onnx_fp16(onnx.load(str(src))), str(dst))
         return dst, {}
-    from compress.quantize import quantize_onnx_static
+    from compress.quantize import quantize_onnx_static, static_quantizer
 
     from . import budget
 
@@ -668,7 +668,7 @@ def _source_onnx(
         return dst, {}
     from compress.budget import ONNX_RUNTIME
 
-    quantize = lambda s, d, exclude: quantize_onnx_static(s, d, ctx.calib, for_tensorrt=True, exclude=exclude)  # noqa: E731
+    quantize = static_quantizer(ctx.calib, scratch, for_tensorrt=True)
     untimed = dataclasses.replace(ONNX_RUNTIME, call=None)  # ONNX Runtime's CPU times say nothing about the engine
     fmt = get_format("tensorrt-int8")
     record = budget.file_int8(src, dst, fmt, ctx, quantize, untimed, report=engine)["accuracy_budget"]

@@ -735,6 +735,32 @@ def test_tensorrt_bound_qdq_model_has_no_int32_dequantize(digits, tmp_path) -> N
     assert record["passed"], record
 
 
+def test_a_searchs_trials_share_one_calibration_and_write_the_same_files(digits, tmp_path) -> None:
+    """``static_quantizer`` (the budget search's quantizer) prepares and calibrates once; each trial's file
+    is the one a fresh ``quantize_onnx_static`` call writes, and its cache refuses another model."""
+    import hashlib
+
+    from compress.budget import quantizable_layers
+    from compress.quantize import static_quantizer
+
+    head = [node for node, module in quantizable_layers(digits["onnx"]) if module == "head"]
+    assert len(head) == 1
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(onnx.load(str(path)).SerializeToString()).hexdigest()
+
+    quantize = static_quantizer(digits["calib"], tmp_path, for_tensorrt=True)
+    for i, exclude in enumerate(([], head, [])):
+        fresh = quantize_onnx_static(digits["onnx"], tmp_path / f"fresh{i}.onnx", digits["calib"], for_tensorrt=True,
+                                     exclude=exclude)  # fmt: skip
+        assert quantize(digits["onnx"], tmp_path / f"trial{i}.onnx", exclude) == fresh
+        assert digest(tmp_path / f"trial{i}.onnx") == digest(tmp_path / f"fresh{i}.onnx")
+    (cache,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (cache / "calibration.json").is_file()  # ONNX Runtime's ranges, reused by the later trials
+    with pytest.raises(ValueError, match="holds"):
+        quantize(tmp_path / "fresh0.onnx", tmp_path / "other.onnx", [])
+
+
 @pytest.mark.slow
 def test_static_batch_one_gets_its_onnx_in_the_scratch_folder(digits, tmp_path) -> None:
     """``--batch 1,1,1``: the `onnx` format's static export (a dynamic dimension with min 1 would be
