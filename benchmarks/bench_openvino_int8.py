@@ -50,8 +50,9 @@ def _export(model: Any, path: Path, options: dict[str, Any] | None, ctx: Any) ->
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = FORMATS["openvino"]
-    if options is not None:
-        fmt = dataclasses.replace(FORMATS["openvino-int8"], options={"int8": True, **options})
+    if options is not None:  # the row's own options (its deploy graph form) with the recipe's on top
+        row = FORMATS["openvino-int8"]
+        fmt = dataclasses.replace(row, options={**row.options, **options})
     export(model, path, fmt, ctx)
 
 
@@ -79,25 +80,10 @@ def build(net: Any, hw: tuple[int, int], calib: np.ndarray, folder: Path, thread
 def profile(predictor: Any, x: np.ndarray, runs: int = 10) -> dict[str, Any]:
     """``PERF_COUNT`` of the Predictor's compiled model (a copy with the profiler on): the share of the time run
     in int8, bf16 and f32 kernels (OpenVINO's ``exec_type`` suffix) and in the T2T module's nodes."""
-    config = {**predictor.config, "PERF_COUNT": True}
-    model = predictor.model.clone()
-    if predictor.dynamic:
-        model.reshape({0: list(x.shape)})
-    request = predictor.core.compile_model(model, "CPU", config).create_infer_request()
-    totals: dict[str, float] = {}
-    t2t = 0.0
-    for _ in range(runs):
-        request.infer({0: x})
-        for p in request.get_profiling_info():
-            us = p.real_time.total_seconds() * 1e6
-            kind = p.exec_type.upper()
-            key = "int8" if ("I8" in kind or "U8" in kind) else "bf16" if "BF16" in kind else (
-                "f32" if ("FP32" in kind or "F32" in kind) else "other")  # fmt: skip
-            totals[key] = totals.get(key, 0.0) + us
-            if "tokens_to_token" in p.node_name:
-                t2t += us
-    total = sum(totals.values()) or 1.0
-    return {**{k: v / total for k, v in sorted(totals.items())}, "t2t_module": t2t / total}
+    from benchmarks.ov_profile import profile as ov_profile
+
+    prof = ov_profile(predictor.core, predictor.model, predictor.config, x, runs)
+    return {**prof["precision"], "t2t_module": prof["t2t_module"]}
 
 
 def agreement(student: Path, work: Path, threads: int) -> dict[str, Any]:
