@@ -192,9 +192,9 @@ def predictor_overhead_us(work: Path, threads: int, calls: int = 500, rounds: in
     time: a 224-px input pooled into 1,000 logits, saved as an OpenVINO IR and an ONNX file and loaded as ``t2t
     bench`` loads artifacts; the bare calls are the leanest a user could write (OpenVINO: shared input, output
     read in place). Per runtime: p50 of the Predictor's per-call time minus the bare one's over ``calls`` ×
-    ``rounds`` calls, the runtimes interleaved in ``rounds``. In a fresh process the difference held within
-    about 1.5 µs from run to run on the Zen4 (OpenVINO 8.7-10.2 µs, ONNX Runtime 0.8-1.3), far below the ±5%
-    noise of a model's p50 on a shared machine, so the overhead against a model is this ÷ its bare p50."""
+    ``rounds`` calls, the runtimes interleaved in ``rounds``. Over six fresh processes on the Zen4 it ranged
+    6.5-10.2 µs (OpenVINO) and 0.8-1.3 µs (ONNX Runtime), far below the ±5% noise of a model's p50 on a shared
+    machine, so the overhead against a model is this ÷ its bare p50."""
     import openvino as ov
     import torch
 
