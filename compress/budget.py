@@ -75,7 +75,8 @@ class BudgetFit:
     quantizable: int = 0
     met: bool = True
     ranking: list[LayerSensitivity] = field(default_factory=list)  # empty when int8 met the budget as it was
-    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32 / int8 / budget, batch 1, interleaved
+    # fp32 / int8 / budget, batch 1, interleaved; None where not measured (the timing says nothing of what ships)
+    latency_ms: dict[str, float] | None = field(default_factory=dict)
     sensitivity: dict[str, str] = field(default_factory=dict)  # the table and plot files, when written
 
     @property
@@ -88,6 +89,8 @@ class BudgetFit:
         out["drop"] = self.drop
         out["int8_drop"] = self.fp32_top1 - self.int8_top1
         out["ranking"] = out["ranking"][:20]  # the most sensitive; the full table is the sensitivity report's
+        if self.latency_ms is None:
+            del out["latency_ms"]  # not measured, rather than an empty table
         return out
 
 
@@ -254,7 +257,9 @@ def fit_file_budget(
     if kept != fit.kept_nodes:  # the search's last trial was another one (a ranking after the fit)
         info = quantize(src, trial, fit.kept_nodes)
     shutil.copyfile(trial if fit.kept_nodes else int8, dst)
-    if fit.kept_nodes and runtime.call is not None:  # what the fallback costs: fp32, all-int8 and this artifact
+    if runtime.call is None:
+        fit.latency_ms = None
+    elif fit.kept_nodes:  # what the fallback costs: fp32, all-int8 and this artifact
         files = {"fp32": src, "int8": int8, "budget": dst}
         fit.latency_ms = latency_ms({k: runtime.call(f, images[:1]) for k, f in files.items()})
     return fit, info
@@ -292,7 +297,9 @@ def fit_module_budget(
     ref = in_batches(logits(model.eval()), images, batch[1], min_batch=batch[0])
     run = lambda keep: in_batches(logits(quantize(keep)), images, batch[1], min_batch=batch[0])  # noqa: E731
     fit = fit_budget(layers, run, ref, labels, max_drop, rank=rank)
-    if fit.kept_nodes and timed:
+    if not timed:
+        fit.latency_ms = None
+    elif fit.kept_nodes:
         x = images[:1]
         forwards = {"fp32": logits(model), "int8": logits(quantize([])), "budget": logits(quantize(fit.kept_nodes))}
         fit.latency_ms = latency_ms({k: functools.partial(f, x) for k, f in forwards.items()})
