@@ -1,12 +1,14 @@
 """``t2t bench``: latency, throughput, memory, size, MAC rate and accuracy of every exported artifact.
 
-Only argparse is imported at module level; torch, the runtimes and the profiler load when the
+Only argparse and t2t.flags are imported at module level; torch, the runtimes and the profiler load when the
 command runs, so ``t2t --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from t2t import flags
 
 __all__ = ["add_check_flags", "add_parser", "checks_from", "parse_batch_sizes"]
 
@@ -87,10 +89,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="B[,B...]",
         help="comma-separated batch sizes to time, e.g. 1,8 (default: 1)",
     )
-    p.add_argument(
+    flags.add(
+        p,
         "--threads",
-        type=int,
-        default=None,
         help="threads of every runtime (PyTorch intra-op, ONNX Runtime, OpenVINO, LiteRT, ExecuTorch; "
         "default: the CPU count, at most 4)",
     )
@@ -122,9 +123,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-images", type=int, default=500, help="at most this many --data images, a fixed sample (default: 500)"
     )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess per artifact (faster)")
-    p.add_argument(
+    flags.add(
+        p,
         "--no-verify",
-        action="store_true",
         help="time artifacts whose files no longer match the sha256 their manifest recorded (files you changed "
         "on purpose); by default such a row fails and the exit status is 1",
     )
@@ -142,16 +143,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="only these formats: comma-separated names or groups (all, cpu, gpu, builtin); default: every one",
     )
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where formats that can run on both run (default: cpu)"
-    )
+    flags.add(p, "--device", default="cpu", help="where formats that can run on both run (default: cpu)")
     p.add_argument(
         "--out",
         default=None,
         metavar="DIR",
         help="report folder (default: ARTIFACTS_DIR/bench, or ./bench with --files)",
     )
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    flags.add(p, "--json")
     from t2t.compare_cmd import add_flags
 
     add_flags(p)
@@ -189,9 +188,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from deploy.profiler import ProfileConfig, profile_folder
     from deploy.report import print_table, write_report
-    from t2t.flags import from_flags
 
-    config = from_flags(
+    config = flags.from_flags(
         ProfileConfig, args, batch_sizes=batch_sizes, memory=not args.no_memory, checks=checks_from(args),
         verify=not args.no_verify,
     )  # fmt: skip

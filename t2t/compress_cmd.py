@@ -22,6 +22,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from . import flags
 from .bench_cmd import add_check_flags, checks_from, parse_batch_sizes
 
 __all__ = ["STAGES", "add_parser"]
@@ -79,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--export-args", default="", help="more `t2t export` flags, quoted: '--qengine x86'")
     g = p.add_argument_group("report (t2t bench)")
     g.add_argument("--batch-sizes", default=None, help="batch sizes to time (default: 1,8)")
-    g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the profiler's)")
+    flags.add(g, "--threads", help="threads of every runtime (default: the profiler's)")
     g.add_argument(
         "--duration",
         type=float,

@@ -1,6 +1,6 @@
 """``t2t export``: every deployment format from one command, each artifact verified.
 
-Only argparse is imported at module level; torch, ONNX and the format modules load when the
+Only argparse and t2t.flags are imported at module level; torch, ONNX and the format modules load when the
 command runs, so ``t2t --help`` stays instant.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from t2t import flags
 
 __all__ = ["add_parser", "export_config"]
 
@@ -67,17 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="variant name (default: the one the checkpoint records, else t2tvit.DEFAULT_MODEL, the variants table's)",
     )
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="classes of the head (default: the checkpoint's; another count needs --new-head)",
-    )
-    p.add_argument(
-        "--new-head",
-        action="store_true",
-        help="with --num-classes other than the checkpoint's: replace its trained head by an untrained one",
-    )
+    flags.add(p, "--num-classes", "--new-head")
     p.add_argument(
         "--img-size",
         type=int,
@@ -153,7 +145,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=64, help="calibration images (default: 64)")
     p.add_argument("--parity-images", type=int, default=128, help="images for the parity checks (default: 128)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: artifacts/<model>)")
-    p.add_argument("--json", action="store_true", help="print the manifest instead of the table")
+    flags.add(p, "--json", help="print the manifest instead of the table")
     p.set_defaults(func=_cmd_export, outputs=("out",))
     return p
 
@@ -186,9 +178,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def export_config(args: argparse.Namespace) -> Any:
     """The :class:`deploy.settings.ExportConfig` of parsed ``t2t export`` flags."""
     from deploy.settings import ExportConfig
-    from t2t.flags import from_flags
 
-    return from_flags(ExportConfig, args)
+    return flags.from_flags(ExportConfig, args)
 
 
 def _print_table(manifest: Any, out: Any, formats: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""What the command modules share to turn parsed flags into the library's typed settings."""
+"""What the command modules share: the flags several commands take, declared once so that each means the
+same everywhere, and the step from parsed flags to the library's typed settings."""
 
 from __future__ import annotations
 
@@ -7,6 +8,86 @@ import dataclasses
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# flag -> (its names, argparse keywords). A command may change the default and the help that says it.
+_SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "--batch-size": (
+        ("-b", "--batch-size"),
+        {"type": int, "default": 32, "help": "images per forward pass (default: 32)"},
+    ),
+    "--device": (
+        ("--device",),
+        {
+            "choices": ("cpu", "cuda"),
+            "default": None,
+            "help": "where to run (default: cpu, or cuda for formats that need a GPU, e.g. TensorRT)",
+        },
+    ),
+    "--threads": (
+        ("--threads",),
+        {"type": int, "default": None, "help": "intra-op threads of the runtimes (default: each runtime's own)"},
+    ),
+    "--no-verify": (
+        ("--no-verify",),
+        {
+            "action": "store_true",
+            "help": "run an artifact whose files no longer match the sha256 its export manifest recorded (a file "
+            "you changed on purpose); by default it is refused",
+        },
+    ),
+    "--model": (
+        ("--model",),
+        {"default": None, "help": "variant name, for a checkpoint that does not record it (e.g. an official .pth.tar)"},
+    ),
+    "--img-size": (
+        ("--img-size",),
+        {
+            "type": int,
+            "default": None,
+            "help": "input size, for a checkpoint (default: the one it was trained at) or a file that records none; "
+            "an exported artifact has a fixed input size",
+        },
+    ),
+    "images": (
+        ("images",),
+        {"metavar": "IMAGE", "nargs": "+", "help": "image files, or folders (every image under them)"},
+    ),
+    "--num-classes": (
+        ("--num-classes",),
+        {
+            "type": int,
+            "default": None,
+            "help": "classes of the head (default: the checkpoint's, else 1000; another count than the "
+            "checkpoint's needs --new-head)",
+        },
+    ),
+    "--new-head": (
+        ("--new-head",),
+        {
+            "action": "store_true",
+            "help": "with --checkpoint and a --num-classes other than its own: an untrained head of that size "
+            "instead of the trained one",
+        },
+    ),
+    "--json": (("--json",), {"action": "store_true", "help": "print JSON instead of the table"}),
+}
+
+
+def add(p: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, **changes: Any) -> None:
+    """Add the shared ``flags`` to ``p``, each as :data:`_SHARED` declares it; ``changes`` (``default``,
+    ``help``) apply to every flag of the call, so a flag a command means differently gets a call of its own."""
+    for flag in flags:
+        names, declared = _SHARED[flag]
+        p.add_argument(*names, **(declared | changes))
+
+
+def opening(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`deploy.open_predictor` that the shared flags a command took give."""
+    given = {"device": "device", "threads": "threads", "model": "model", "img_size": "img_size"}
+    kwargs = {key: getattr(args, dest) for key, dest in given.items() if hasattr(args, dest)}
+    if hasattr(args, "no_verify"):
+        kwargs["verify"] = not args.no_verify
+    return kwargs
 
 
 def from_flags(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:

@@ -1,6 +1,6 @@
 """``t2t info``: parameters, MACs and tokens per stage of a variant, or the list of every variant.
 
-Only argparse is imported at module level; torch and timm load when the command runs.
+Only argparse and t2t.flags are imported at module level; torch and timm load when the command runs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import argparse
 import contextlib
 import json
 from typing import Any
+
+from t2t import flags
 
 __all__ = ["add_parser"]
 
@@ -26,17 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", default=None, help="variant name (default: t2tvit.DEFAULT_MODEL, the variants table's)")
     p.add_argument("--img-size", type=int, default=224, help="input height and width, a multiple of 16 (default: 224)")
-    p.add_argument(
-        "--num-classes", type=int, default=None, help="classes of the head (default: 1000, or the checkpoint's)"
-    )
     p.add_argument("--checkpoint", default=None, help="also load this checkpoint and report how it was mapped")
-    p.add_argument(
-        "--new-head",
-        action="store_true",
-        help="with --checkpoint and another --num-classes: describe it with an untrained head of that size",
-    )
+    flags.add(p, "--num-classes", "--new-head")
     p.add_argument("--list", action="store_true", help="list every registered variant instead")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    flags.add(p, "--json", help="print JSON instead of tables")
     p.set_defaults(func=_cmd_info)
 
 

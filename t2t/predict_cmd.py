@@ -1,7 +1,7 @@
 """``t2t predict``: the top classes of images, from any artifact or checkpoint, through its Predictor.
 
 The command parses, calls :func:`deploy.open` and :func:`deploy.predict_images` (which resolve the
-artifact and give images the model's own eval preprocessing), and prints. Only argparse is
+artifact and give images the model's own eval preprocessing), and prints. Only argparse and t2t.flags are
 imported at module level.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from t2t import flags
 
 __all__ = ["add_parser"]
 
@@ -51,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ARTIFACT",
         help="an artifact file, an export folder (holding manifest.json) or a training checkpoint",
     )
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders (every image under them)")
+    flags.add(p, "images")
     p.add_argument(
         "--format",
         default=None,
@@ -68,33 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "dataset); default: the names the manifest or checkpoint records, else indices",
     )
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default: 5)")
-    p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default=None,
-        help="where to run (default: cpu, or cuda for formats that need a GPU, e.g. TensorRT)",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="variant name, only for a checkpoint that does not record it (e.g. an official .pth.tar)",
-    )
-    p.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input size, for a checkpoint (default: the one it was trained at) or a file that records "
-        "none; an exported artifact has a fixed input size",
-    )
-    p.add_argument(
-        "--no-verify",
-        action="store_true",
-        help="run an export folder's artifact even if it no longer matches the sha256 its manifest recorded "
-        "(a file you changed on purpose); by default it is refused",
-    )
+    flags.add(p, "--batch-size", "--device", "--model", "--img-size", "--no-verify")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="print JSON (predictions and unreadable images)")
+    flags.add(out, "--json", help="print JSON (predictions and unreadable images)")
     out.add_argument("--plain", action="store_true", help="one plain line per image instead of a table")
     p.set_defaults(func=_cmd_predict)
 
@@ -107,14 +85,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch-size must be at least 1")
-    predictor = open_predictor(
-        args.artifact,
-        args.format,
-        device=args.device,
-        model=args.model,
-        img_size=args.img_size,
-        verify=not args.no_verify,
-    )
+    predictor = open_predictor(args.artifact, args.format, **flags.opening(args))
     art = predictor.artifact
     names = read_class_names(args.classes) if args.classes else art.classes
     if args.classes and art.num_classes and len(names) != art.num_classes:

@@ -1,11 +1,14 @@
 """``t2t validate``: top-1/top-5 and per-class accuracy of a checkpoint, an artifact file or an export folder on
 any labelled image folder, and each artifact's agreement with and drop from the fp32 model it was exported
-from. ``--min-top1`` / ``--max-drop`` set the exit status for CI. Only argparse is imported at module level.
+from. ``--min-top1`` / ``--max-drop`` set the exit status for CI. Only argparse and t2t.flags
+are imported at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from t2t import flags
 
 __all__ = ["add_parser"]
 
@@ -45,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAMES",
         help="comma-separated artifacts of an export folder (default: every one built ok)",
     )
-    p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    flags.add(p, "--batch-size")
     p.add_argument(
         "--max-images", type=int, default=None, help="a fixed random sample of this many images (default: all)"
     )
@@ -62,12 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not run the checkpoint the export recorded (top-1 only: no agreement, logit error or drop)",
     )
-    p.add_argument("--no-verify", action="store_true", help="run artifacts whose sha256 no longer matches")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="where to run (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the runtimes (default: theirs)")
+    flags.add(p, "--no-verify", "--device", "--threads")
     p.add_argument("--worst", type=int, default=5, help="how many worst classes to show (default: 5)")
     p.add_argument("--out", default=None, metavar="DIR", help="also write validate.json, .csv and .md here")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    flags.add(p, "--json")
     p.set_defaults(func=_cmd_validate, outputs=("out",))
 
 
@@ -83,13 +84,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         formats=args.formats,
         batch_size=args.batch_size,
         max_images=args.max_images,
-        device=args.device,
-        threads=args.threads,
         reference=not args.no_reference,
-        verify=not args.no_verify,
         min_top1=args.min_top1,
         max_drop=args.max_drop,
         progress=not args.json,
+        **flags.opening(args),
     )
     if args.out:
         written = report.write(args.out)

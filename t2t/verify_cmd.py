@@ -2,13 +2,15 @@
 
 Every built-ok artifact of the manifest: its files against the recorded sha256, loaded and run, and its
 parity check again on the images the export used against the source checkpoint. Exit status 0 when every
-one passes, 1 when one does not, 2 for a folder or option that cannot be checked. Only argparse is
+one passes, 1 when one does not, 2 for a folder or option that cannot be checked. Only argparse and t2t.flags are
 imported at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from t2t import flags
 
 __all__ = ["add_parser"]
 
@@ -36,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="images for the parity check (default: the folder the export recorded, the same sample)",
     )
     p.add_argument("--no-parity", action="store_true", help="check digests, loading and running only (fast)")
-    p.add_argument("--json", action="store_true", help="print the records as JSON")
+    flags.add(p, "--json", help="print the records as JSON")
     p.set_defaults(func=_cmd_verify)
 
 

@@ -1,12 +1,14 @@
 """``t2t visualize``: attention, rollout, T2T token maps and the teacher's Grad-CAM as PNGs.
 
-The command parses, calls :func:`deploy.visualize.visualize` and prints what it wrote. Only argparse
-is imported at module level.
+The command parses, calls :func:`deploy.visualize.visualize` and prints what it wrote. Only argparse and t2t.flags
+are imported at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from t2t import flags
 
 __all__ = ["add_parser"]
 
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MODEL",
         help="a T2T-ViT checkpoint (.pth), an eager torch / torch-int8 artifact, or an export folder",
     )
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders (every image under them)")
+    flags.add(p, "images")
     p.add_argument("--out", default="visualize", metavar="DIR", help="where the PNGs go (default: ./visualize)")
     p.add_argument("--format", default=None, metavar="NAME", help="which artifact of an export folder MODEL is")
     p.add_argument("--teacher", default=None, metavar="FILE", help="a CNN teacher checkpoint: its Grad-CAM")
@@ -60,8 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare-format", default=None, metavar="NAME", help="which artifact of the --compare folder")
     p.add_argument("--no-heads", action="store_true", help="only the head average, not every head")
     p.add_argument("--limit", type=int, default=16, help="draw at most this many images (default: 16)")
-    p.add_argument("--model", default=None, help="variant name, for a checkpoint that does not record it")
-    p.add_argument("--img-size", type=int, default=None, help="input size, for a checkpoint that does not record it")
+    flags.add(p, "--model", "--img-size")
     p.set_defaults(func=_cmd_visualize, outputs=("out",))
 
 
@@ -78,10 +79,9 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
         compare=args.compare,
         compare_format=args.compare_format,
         teacher=args.teacher,
-        model=args.model,
-        img_size=args.img_size,
         heads=not args.no_heads,
         limit=args.limit,
+        **flags.opening(args),
     )
     for err in result.errors:
         print(f"t2t visualize: cannot read {err['image']}: {err['error']}", file=sys.stderr)

@@ -114,3 +114,20 @@ def test_console_script_is_installed() -> None:
         pytest.skip("the t2t console script is not installed (run pip install -e .)")
     res = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.startswith("t2t ")
+
+
+def test_a_flag_several_commands_take_means_the_same_in_each() -> None:
+    from t2t import flags
+    from t2t.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "predict" in a.choices).choices
+    for command in ("predict", "validate", "visualize"):  # the flags that open an artifact: one declaration
+        helps = {a.option_strings[-1]: a.help for a in sub[command]._actions if a.option_strings}
+        for flag in set(helps) & {"--batch-size", "--device", "--model", "--img-size", "--no-verify"}:
+            assert helps[flag] == flags._SHARED[flag][1]["help"], (command, flag)
+    args = parser.parse_args(["predict", "model.onnx", "a.png", "--no-verify", "--img-size", "64"])
+    assert flags.opening(args) == {"device": None, "model": None, "img_size": 64, "verify": False}
+    args = parser.parse_args(["validate", "model.onnx", "digits", "--threads", "1", "--device", "cpu"])
+    assert flags.opening(args) == {"device": "cpu", "threads": 1, "verify": True}
+    assert parser.parse_args(["bench", "x"]).device == "cpu"  # a command may change a shared flag's default
