@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,44 +28,26 @@ __all__ = ["Variant", "collect", "load_labelled", "model_info"]
 
 
 @dataclass
-class Variant:
-    """One row in the making."""
+class Variant(Row):
+    """One row in the making: the :class:`Row` it will be, and what loading, timing and scoring it needs."""
 
-    name: str
-    format: str
-    precision: str
-    device: str
-    file: str | None = None
     path: Path | None = None
     fmt: Format | None = None
     batch_range: tuple[int, int] | None = None
-    status: str = "ok"
-    reason: str | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # joined to the row's reason
     manifest_agreement: float | None = None
     manifest_images: int | None = None  # how many images the export's parity check ran on
     sha256: str | None = None  # what the manifest recorded
-    integrity: str | None = None  # "verified", "not verified (--no-verify)", or the mismatch (a failed row)
     changed: bool = False  # the file no longer matches the manifest's sha256 (the row failed for that)
-    agreement_source: str | None = None  # "measured" (this run, on --data) or "export" (the manifest's parity)
     timed_only: bool = False  # its export's parity check failed: timed for latency only (--time-unverified)
     predictor: Any = None
-    load_s: float | None = None
-    first_ms: float | None = None
-    latency: dict[str, Any] = field(default_factory=dict)
-    peak_rss_mb: float | None = None
-    cuda_peak_mb: float | None = None
-    top1: float | None = None
-    top5: float | None = None
-    agreement: float | None = None
     preds: np.ndarray | None = None  # top-1 class per data image
     hw: tuple[int, int] | None = None  # its model's input size (set by the profile; a comparison may mix them)
-    model: str | None = None  # the model it belongs to, in a comparison of several models
 
     def fail(self, status: str, reason: str) -> None:
         self.status, self.reason, self.predictor = status, reason, None
 
-    def file_bytes(self) -> int | None:
+    def _size(self) -> int | None:
         if self.path is None or not (self.fmt.exists(self.path) if self.fmt is not None else self.path.is_file()):
             return None
         return self.fmt.size(self.path) if self.fmt is not None else self.path.stat().st_size
@@ -74,34 +56,23 @@ class Variant:
         return self.batch_range is None or self.batch_range[0] <= batch <= self.batch_range[1]
 
     def row(self, macs: int | None, peak: dict[str, Any], peak_cuda: dict[str, Any] | None) -> Row:
+        """The finished row: this variant's own fields, with its size, MAC rate and notes."""
         b1 = self.latency.get("1")
         gmacs = macs / (b1["p50_ms"] / 1e3) / 1e9 if (b1 and macs and b1["p50_ms"] > 0) else None
         table = peak_cuda if self.device == "cuda" and peak_cuda else peak
         ref = (table or {}).get(self.precision) or {}
         share = gmacs / ref["gmacs_per_s"] if gmacs is not None and ref.get("gmacs_per_s") else None
-        reason = "; ".join([*([self.reason] if self.reason else []), *self.notes]) or None
+        own = {f.name: getattr(self, f.name) for f in fields(Row)}
         return Row(
-            name=self.name,
-            format=self.format,
-            precision=self.precision,
-            device=self.device,
-            file=self.file,
-            file_bytes=self.file_bytes(),
-            status=self.status,
-            reason=reason,
-            load_s=self.load_s,
-            first_inference_ms=self.first_ms,
-            latency=self.latency,
-            peak_rss_mb=self.peak_rss_mb,
-            cuda_peak_mb=self.cuda_peak_mb,
-            gmacs_per_s=gmacs,
-            peak_share=share,
-            top1=self.top1,
-            top5=self.top5,
-            agreement=self.agreement,
-            agreement_source=self.agreement_source if self.agreement is not None else None,
-            integrity=self.integrity,
-            timed_only=self.timed_only or None,
+            **own
+            | {
+                "file_bytes": self._size(),
+                "reason": "; ".join([*([self.reason] if self.reason else []), *self.notes]) or None,
+                "gmacs_per_s": gmacs,
+                "peak_share": share,
+                "agreement_source": self.agreement_source if self.agreement is not None else None,
+                "timed_only": self.timed_only or None,
+            }
         )
 
 
@@ -177,7 +148,7 @@ def _from_file(spec: str | Path | tuple[Format, str | Path], device: str, unique
             v.fail("failed", str(e))
             return v
         note = info.get("note")
-    v = Variant(unique(fmt.name), fmt.name, fmt.precision, fmt.device_for(device), str(path), path, fmt)
+    v = Variant(unique(fmt.name), fmt.name, fmt.precision, fmt.device_for(device), str(path), path=path, fmt=fmt)
     if note:
         v.notes.append(note)
     return v
@@ -304,7 +275,7 @@ def load(v: Variant, hw: tuple[int, int], batch_sizes: Sequence[int], threads: i
             v.fail("failed", f"load failed: {first_line(e)}")
             return
         try:
-            v.first_ms = make_timer(v.predictor, inputs(usable[0], hw), v.device)()
+            v.first_inference_ms = make_timer(v.predictor, inputs(usable[0], hw), v.device)()
         except Exception as e:  # noqa: BLE001
             v.fail("failed", f"run failed (batch {usable[0]}): {first_line(e)}")
 
