@@ -163,8 +163,12 @@ def test_every_file_and_module_int8_row_keeps_the_budget_and_ranks_its_layers(
 
 
 def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(sensitive, val, tmp_path, monkeypatch) -> None:
+    # SmoothQuant off (see above), and the blocks but the first kept float from the start: NNCF compiles the
+    # model once per quantized group it ranks (0.7 s each here), so ranking every block took 45 of the test's 60 s
     row = FORMATS["openvino-int8"]
-    monkeypatch.setitem(FORMATS, row.name, dataclasses.replace(row, options={**row.options, "smooth_quant": -1}))
+    kept = tuple(f"blocks.{i}." for i in range(1, 7))
+    options = {**row.options, "smooth_quant": -1, "keep_float": kept}
+    monkeypatch.setitem(FORMATS, row.name, dataclasses.replace(row, options=options))
     fitted = _export(sensitive, tmp_path / "out", row.name, max_drop=2.0, val_data=val)
     entry = fitted.manifest.entry(row.name)
     assert entry.status == "ok", entry.reason
