@@ -83,8 +83,7 @@ def add(p: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, **cha
 
 def opening(args: argparse.Namespace) -> dict[str, Any]:
     """The keywords of :func:`deploy.open_predictor` that the shared flags a command took give."""
-    given = {"device": "device", "threads": "threads", "model": "model", "img_size": "img_size"}
-    kwargs = {key: getattr(args, dest) for key, dest in given.items() if hasattr(args, dest)}
+    kwargs = {key: getattr(args, key) for key in ("device", "threads", "model", "img_size") if hasattr(args, key)}
     if hasattr(args, "no_verify"):
         kwargs["verify"] = not args.no_verify
     return kwargs
