@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "load time, first inference, then warm-up and timed runs per batch size (at least --min-runs runs\n"
             "and --duration seconds per artifact), interleaved round-robin so machine drift hits every artifact\n"
             "alike. Reports latency mean/std/min/p50/p90/p95/p99 with a 95% distribution-free interval of the\n"
-            "median, throughput, peak memory (a fresh subprocess per artifact), file size, MAC rate against\n"
+            "median, throughput, peak memory (a process of its own per artifact), file size, MAC rate against\n"
             "this machine's measured peak GEMM rate, and with --data top-1/top-5 accuracy and top-1 agreement\n"
             "with the fp32 torch artifact. Artifacts that failed at export, cannot run here or fail to load\n"
             "are rows with their reason. Writes report.md, report.json, report.csv and plots to --out."

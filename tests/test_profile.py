@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def test_profile_has_a_row_for_every_artifact(export_dir, tmp_path) -> None:
         rounds=2,
         data=bundled_dataset_path() / "val",
         max_images=40,
-        memory=False,  # measured in test_t2t_bench_writes_the_report (each probe is a fresh Python)
+        memory=False,  # measured in test_t2t_bench_writes_the_report (each probe in a process of its own)
     )
     # the project's baseline, a row outside the format table (benchmarks/), measured like any artifact
     files = [corrupt, (REFERENCE, export_dir / "model-torch.pt")]
@@ -300,6 +301,39 @@ def test_files_without_a_manifest_and_user_errors(export_dir, tmp_path) -> None:
         load_labelled(tmp_path, None)
     with pytest.raises(ConfigError, match="--min-top1 needs labelled images"):
         profile_folder(export_dir, ProfileConfig(checks=Checks(min_top1=50)), progress=False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the memory probes fork only on Linux")
+def test_forked_memory_probes_measure_what_fresh_processes_measure(export_dir, tmp_path) -> None:
+    from deploy.profiler.memory import measure_all
+    from deploy.profiler.variants import collect
+    from t2tvit.progress import Progress
+
+    def measured(fork: bool, folder: Path = export_dir) -> list:
+        variants = collect(folder, mf.read(folder), [], "cpu", formats="torch,onnx-int8-dynamic", verify=False)
+        with Progress(1, "memory", enabled=False) as bar:
+            measure_all(variants, (IMG, IMG), [1], 1, bar, fork=fork)
+        return variants
+
+    forked, fresh = measured(True), measured(False)
+    for a, b in zip(forked, fresh, strict=True):  # the server's library pages are not counted as the artifact's
+        assert a.peak_rss_mb and b.peak_rss_mb and not _memory_notes(a), (a.name, a.notes)
+        assert abs(a.peak_rss_mb - b.peak_rss_mb) <= max(4.0, 0.15 * b.peak_rss_mb), (
+            a.name,
+            a.peak_rss_mb,
+            b.peak_rss_mb,
+        )
+    # an artifact that cannot load is its row's note; the others are measured all the same
+    broken = tmp_path / "broken"
+    shutil.copytree(export_dir, broken)
+    (broken / "model-torch.pt").write_bytes(b"not a model")
+    torch_row, onnx_row = measured(True, broken)
+    assert torch_row.peak_rss_mb is None and _memory_notes(torch_row)[0].startswith("memory probe failed:")
+    assert onnx_row.peak_rss_mb and not _memory_notes(onnx_row)
+
+
+def _memory_notes(v) -> list[str]:
+    return [n for n in v.notes if "memory" in n]
 
 
 def test_t2t_bench_writes_the_report(export_dir, tmp_path, capsys) -> None:

@@ -3,8 +3,8 @@ goes through export, verify, ``t2t bench`` and ``t2t predict`` with no other cha
 
 The toy runtime stores the traced model behind a 4-byte magic of its own, under its own suffix, and
 its module declares a ``describe`` hook so a lone ``.toy`` file is recognised by its contents. The
-memory probe of ``t2t bench`` runs in a fresh Python that never saw this test's table: it gets the
-row itself and the import path.
+memory probe of ``t2t bench`` runs in a process that never saw this test's table (forked from a
+server started fresh): it gets the row itself and the import path.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_a_toy_format_needs_one_module_and_one_row(toy, digits_checkpoint, tmp_p
     toy_row = rows["toy"]
     assert toy_row["status"] == "ok" and toy_row["latency"]["1"]["p50_ms"] > 0, toy_row
     assert toy_row["agreement"] == 1.0 and toy_row["top1"] == rows["torch"]["top1"]
-    assert toy_row["peak_rss_mb"] is not None, toy_row["reason"]  # measured in a fresh Python too
+    assert toy_row["peak_rss_mb"] is not None, toy_row["reason"]  # measured in a process that never saw the table too
 
     images = [str(p) for p in val_images(1)]
     assert main(["predict", str(out), *images, "--format", "toy", "--json"]) == 0

@@ -2,8 +2,8 @@
 
 * :mod:`~deploy.profiler.stats` -- percentiles and the distribution-free interval of the median;
 * :mod:`~deploy.profiler.timing` -- interleaved, rotated rounds and the per-call timer;
-* :mod:`~deploy.profiler.peak` -- the machine's peak GEMM rate per precision, in the same run;
-* :mod:`~deploy.profiler.memory` -- peak memory in a fresh subprocess per artifact;
+* :mod:`~deploy.profiler.peak` -- the machine's peak GEMM rate per precision, measured by the same process;
+* :mod:`~deploy.profiler.memory` -- peak memory in a process of its own per artifact;
 * :mod:`~deploy.profiler.variants` -- which artifacts, loaded through their format rows, accuracy;
 * :mod:`~deploy.profiler.checks` -- the user's limits that mark rows and set the exit status;
 * :mod:`~deploy.profiler.schema` -- the typed report and its one schema version;
@@ -17,7 +17,7 @@ the profiler; the profiler imports no benchmark script.
 
 from .checks import Checks
 from .compare import BASELINES, LITE_T2T, PUBLISHED_TOP1, compare_models, profile_folders
-from .peak import measure_peak
+from .peak import measure_peak, peak_rate
 from .run import ProfileConfig, device_name, profile_folder
 from .schema import SCHEMA, Report, Row
 from .stats import CI_LEVEL, latency_stats, median_ci, median_ci_ranks, percentile
@@ -41,6 +41,7 @@ __all__ = [
     "load_labelled",
     "make_timer",
     "measure_peak",
+    "peak_rate",
     "median_ci",
     "median_ci_ranks",
     "percentile",

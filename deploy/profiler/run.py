@@ -5,9 +5,9 @@ records load time and first-inference time; latency at each batch size after ``w
 runs (at least ``min_runs`` timed runs *and* ``duration`` seconds per variant per batch size,
 interleaved, :mod:`deploy.profiler.timing`) with mean, std, min, p50/p90/p95/p99 and a
 distribution-free interval of the median (:mod:`deploy.profiler.stats`), and throughput; peak
-memory in a fresh subprocess (:mod:`deploy.profiler.memory`); file size, MACs per image and the
-MAC rate at batch 1 against this machine's peak GEMM rate for the precision, measured in the same
-run (:mod:`deploy.profiler.peak`); top-1/top-5 on labelled images and top-1 agreement with the fp32
+memory in a process of its own per artifact (:mod:`deploy.profiler.memory`); file size, MACs per
+image and the MAC rate at batch 1 against this machine's peak GEMM rate for the precision, measured
+by the same process (:mod:`deploy.profiler.peak`); top-1/top-5 on labelled images and top-1 agreement with the fp32
 ``torch`` artifact; and the user's own checks (:mod:`deploy.profiler.checks`).
 
 ``ProfileConfig.data`` takes a folder of ``<class>/<image>`` files or a bundled dataset's name
@@ -37,7 +37,7 @@ from ..manifest import Manifest
 from . import variants as var
 from .checks import Checks
 from .memory import measure_all
-from .peak import measure_peak
+from .peak import peak_rate
 from .schema import Report, Row
 from .stats import CI_LEVEL, latency_stats
 from .timing import make_timer, run_interleaved
@@ -236,11 +236,11 @@ def measure_groups(
 
 def _peaks(runnable: Sequence[var.Variant], threads: int, bar: Progress) -> tuple[dict[str, Any], Any]:
     bar.step(f"measuring peak GEMM rate ({threads} threads)", 0)
-    peak = measure_peak(threads, "cpu")
+    peak = peak_rate(threads, "cpu")
     peak_cuda = None
     if any(v.device == "cuda" for v in runnable) and var._cuda_available():
         try:  # untested: no GPU on the test machines
-            peak_cuda = measure_peak(threads, "cuda")
+            peak_cuda = peak_rate(threads, "cuda")
         except Exception as e:  # noqa: BLE001 - the rows still get their latencies
             peak_cuda = {"error": first_line(e)}
     bar.step("peak GEMM rate measured")
