@@ -7,6 +7,12 @@ conversion runs here calls :func:`export_in_child` from its ``export`` and ends 
 ``sys.exit(run_child(_write))`` under ``if __name__ == "__main__"``; ``_write(model, path, fmt, ctx)``
 is the in-process conversion, run by the child on a model rebuilt from its registry name and weights.
 
+A child costs ~5 s of interpreter start and imports (torch, timm, the converter) before it converts
+anything. Inside :func:`converters` (the exporter wraps its loop over the rows in it), one child per
+module serves every conversion of that module in turn, so the three OpenVINO rows of an export start one
+process, not three; it ends with the block. A child whose conversion failed other than with a
+``ConfigError`` is not reused: the next conversion starts a fresh one.
+
 What crosses the process boundary is a ``torch.save`` file read back with ``weights_only=True``: the
 model's spec and state dict, the calibration and validation images, the row's fields and the export settings. The
 child's manifest fields come back as JSON. A :class:`~t2tvit.errors.ConfigError` in the child is
@@ -15,6 +21,7 @@ exit status 2 and is raised again in the parent with its one-line message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -23,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,10 @@ from t2tvit.errors import ConfigError
 
 from .base import ExportContext, Format
 
-__all__ = ["die_with", "export_in_child", "run_child"]
+__all__ = ["converters", "die_with", "export_in_child", "run_child"]
+
+_DONE_MARK = "T2T-CONVERSION-DONE "  # a serving child's answer to one job: the mark, then JSON on one line
+_SERVING: dict[str, _Server] | None = None  # module -> its serving child, inside converters()
 
 # The ExportContext fields a child's conversion may read (the rest are the parent's bookkeeping).
 _CTX_FIELDS = (
@@ -70,13 +80,90 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
             },
             job,
         )
-        argv = [sys.executable, "-m", module, str(job), str(path)]
-        run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with(os.getpid()))
-        if run.returncode != 0:
-            lines = [ln for ln in (run.stderr or run.stdout).strip().splitlines() if ln.strip()]
-            message = lines[-1] if lines else f"the converter process exited with status {run.returncode}"
-            raise (ConfigError if run.returncode == 2 else RuntimeError)(message)
+        if _SERVING is None:
+            argv = [sys.executable, "-m", module, str(job), str(path)]
+            run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with(os.getpid()))
+            code, message = run.returncode, _last_line(run.stderr or run.stdout, run.returncode)
+        else:
+            server = _SERVING.get(module)
+            if server is None or not server.alive():
+                server = _SERVING[module] = _Server(module)
+            code, message = server.convert(job, path)
+        if code != 0:
+            raise (ConfigError if code == 2 else RuntimeError)(message)
         return json.loads((Path(tmp) / "extra.json").read_text())
+
+
+def _last_line(text: str, code: int | None) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"the converter process exited with status {code}"
+
+
+@contextlib.contextmanager
+def converters() -> Iterator[None]:
+    """Inside this block, :func:`export_in_child` keeps one serving child per converter module and sends it
+    each conversion; the children end with the block (nested blocks share the outermost one's)."""
+    global _SERVING
+    if _SERVING is not None:
+        yield
+        return
+    _SERVING = {}
+    try:
+        yield
+    finally:
+        servers, _SERVING = _SERVING, None
+        for server in servers.values():
+            server.close()
+
+
+class _Server:
+    """A child ``python -m <module> --serve``: it reads ``job<TAB>out`` lines on stdin and answers each with
+    one :data:`_DONE_MARK` line on stdout (what a one-shot child says by its exit status and last line)."""
+
+    def __init__(self, module: str) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # the child's stderr: a converter may write a lot of it
+        argv = [sys.executable, "-m", module, "--serve"]
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            preexec_fn=die_with(os.getpid()),
+        )  # fmt: skip
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def convert(self, job: Path, out: Path) -> tuple[int, str]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(f"{job}\t{out}\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died: said below, from what it wrote on stderr
+        for line in self.proc.stdout:
+            _, mark, answer = line.partition(_DONE_MARK)
+            if mark:
+                done = json.loads(answer)
+                if done["code"] not in (0, 2):  # it ends after a failure (not reused): wait for it here
+                    self.close()
+                return int(done["code"]), str(done["message"])
+        code = self.proc.wait()  # it died before answering (a crash in the converter)
+        self.log.seek(0)
+        said = self.log.read().strip().splitlines()
+        return (code if code not in (0, 2) else 1), f"the converter process exited with status {code}" + (
+            f": {said[-1]}" if said else ""
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log.close()
 
 
 def die_with(parent: int) -> Callable[[], None] | None:
@@ -115,14 +202,36 @@ Writer = Callable[[Any, Path, Format, ExportContext], dict[str, Any]]
 
 
 def run_child(write: Writer, argv: list[str] | None = None) -> int:
-    """The child's side of :func:`export_in_child`: ``argv`` is ``[job, out]`` (default ``sys.argv[1:3]``)."""
+    """The child's side of :func:`export_in_child`: ``argv`` (default ``sys.argv[1:]``) is ``[job, out]``, or
+    ``["--serve"]`` for a serving child (:class:`_Server`) that converts each job it reads on stdin."""
+    args = argv if argv is not None else sys.argv[1:]
+    if argv is None and not sys.platform.startswith("linux"):
+        _watch_parent(os.getppid())
+    if args[:1] != ["--serve"]:
+        return _convert(write, *args[:2])[0]
+    for line in sys.stdin:
+        job_path, out = line.rstrip("\n").split("\t")
+        try:
+            code, message = _convert(write, job_path, out)
+        except Exception as e:  # noqa: BLE001 - said to the parent; this process is not reused after it
+            import traceback
+
+            traceback.print_exc()
+            code, message = 1, f"{type(e).__name__}: {e}".strip().splitlines()[-1]
+        sys.stdout.flush()
+        print("\n" + _DONE_MARK + json.dumps({"code": code, "message": message}), flush=True)
+        if code not in (0, 2):
+            return code
+    return 0
+
+
+def _convert(write: Writer, job_path: str, out: str) -> tuple[int, str]:
+    """One conversion: the job file's model and settings through ``write`` into ``out``; ``(0, "")``, or
+    ``(2, sentence)`` for a ``ConfigError`` (the sentence also on stderr)."""
     import torch
 
     import t2tvit
 
-    job_path, out = argv if argv is not None else sys.argv[1:3]
-    if argv is None and not sys.platform.startswith("linux"):
-        _watch_parent(os.getppid())
     job = torch.load(job_path, map_location="cpu", weights_only=True)
     spec = job["spec"]
     model = t2tvit.build_model(spec["model"], num_classes=spec["num_classes"], img_size=tuple(spec["img_size"]))
@@ -137,6 +246,6 @@ def run_child(write: Writer, argv: list[str] | None = None) -> int:
         extra = write(model.eval(), Path(out), fmt, ctx)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
-        return 2
+        return 2, str(e)
     (Path(job_path).parent / "extra.json").write_text(json.dumps(extra))
-    return 0
+    return 0, ""

@@ -70,6 +70,7 @@ from .base import (
     sha256_file,
     tool_versions,
 )
+from .child import converters
 from .manifest import ArtifactEntry, Manifest
 from .settings import ExportConfig
 
@@ -461,8 +462,8 @@ def export_all(
             ctx.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         entries: list[ArtifactEntry] = []
         try:
-            with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar:
-                for fmt in fmts:
+            with Progress(len(fmts), "export", enabled=progress, prefix="export") as bar, converters():
+                for fmt in fmts:  # the rows of one converter run in one child process (deploy.child)
                     bar.step(f"{fmt.name}: exporting", 0)
                     entries.append(_one(model, fmt, staging, ctx, parity_images, reference, ck, thresholds, bar))
                     bar.step(f"{fmt.name}: {entries[-1].status}")
