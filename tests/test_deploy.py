@@ -37,7 +37,7 @@ from tests.conftest import t2t_here as t2t
 # fixture (exporting them here too took 33 of this fixture's ~90 s).
 CPU_FORMATS = [n for n in FORMAT_GROUPS["builtin"] if FORMATS[n].runtime != "OpenVINO"]
 INT8 = [n for n in CPU_FORMATS if FORMATS[n].precision == "int8"]
-IMG = 64  # the digits' own size
+IMG = 32  # the size of the session's trained model (conftest.digits_checkpoint), trained once for all files
 N_PARITY, N_CALIB = 200, 64
 
 

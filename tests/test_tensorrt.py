@@ -615,18 +615,11 @@ def test_fp16_conversion_refuses_a_graph_without_name_scopes() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> dict:
-    """T2T-ViT-7 trained briefly on the bundled digits at the recipe's 32 px, its held-out validation
-    images for parity and a disjoint set for calibration, and its fp32 ONNX (the `onnx` format's)."""
-    from benchmarks.export_sizes import train_digits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_deploy.py: OpenMP spin-waits on a shared CPU
-    try:
-        model, acc = train_digits(steps=60, img_size=IMG)
-    finally:
-        torch.set_num_threads(before)
-    assert acc >= 0.6, f"the test model did not learn the digits (val accuracy {acc:.2f}, chance 0.10)"
+def digits(digits_checkpoint, tmp_path_factory) -> dict:
+    """The session's T2T-ViT-7 trained briefly on the bundled digits at the recipe's 32 px
+    (``conftest.digits_checkpoint``), its held-out validation images for parity and a disjoint set for
+    calibration, and its fp32 ONNX (the `onnx` format's)."""
+    model = digits_checkpoint(IMG)["model"]
     images, _ = load_images(bundled_dataset_path() / "val", eval_transform_for(model), N_PARITY + N_CALIB)
     onnx_path = tmp_path_factory.mktemp("digits") / "model-fp32.onnx"
     export_fp32(model, onnx_path, ExportContext(img_size=(IMG, IMG), batch=(1, 8, 32)))
