@@ -107,13 +107,14 @@ def converters() -> Iterator[None]:
     if _SERVING is not None:
         yield
         return
-    _SERVING = {}
+    _SERVING, ended = {}, False
     try:
         yield
+        ended = True
     finally:
         servers, _SERVING = _SERVING, None
-        for server in servers.values():
-            server.close()
+        for server in servers.values():  # an interrupted export does not wait for a conversion to finish
+            server.close(kill=not ended)
 
 
 class _Server:
@@ -121,10 +122,10 @@ class _Server:
     one :data:`_DONE_MARK` line on stdout (what a one-shot child says by its exit status and last line)."""
 
     def __init__(self, module: str) -> None:
-        self.log = tempfile.TemporaryFile("w+")  # the child's stderr: a converter may write a lot of it
+        self.log = tempfile.TemporaryFile("w+", errors="replace")  # its stderr: a converter may write a lot
         argv = [sys.executable, "-m", module, "--serve"]
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, errors="replace",
             preexec_fn=die_with(os.getpid()),
         )  # fmt: skip
 
@@ -152,7 +153,9 @@ class _Server:
             f": {said[-1]}" if said else ""
         )
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()

@@ -38,6 +38,7 @@ import numpy as np
 
 from t2tvit.progress import Progress
 
+from ..base import first_line
 from .variants import Variant
 
 __all__ = ["measure_all", "probe", "serve"]
@@ -168,7 +169,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
                     emit({"index": i, **_measure_here(specs[i])})
                     code = 0
                 except BaseException as e:  # noqa: BLE001 - reported as this artifact's note, the others go on
-                    emit({"index": i, "error": f"{type(e).__name__}: {e}"})
+                    emit({"index": i, "error": f"{type(e).__name__}: {first_line(e)}"[:300]})
                     code = 1
                 os._exit(code)
             running[pid] = (i, time.monotonic() + TIMEOUT_S)
@@ -275,18 +276,25 @@ def _measure(v: Variant, spec: dict[str, Any]) -> None:
 def _measure_forked(variants: Sequence[Variant], specs: list[dict[str, Any]], parallel: int, bar: Progress) -> None:
     """Every variant in a process forked from one :func:`serve` server, ``parallel`` at a time."""
     done: set[int] = set()
-    with tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+", errors="replace") as err:
         argv, env = _python("from deploy.profiler.memory import serve; serve()", str(parallel))
-        proc = subprocess.Popen(argv, env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        proc = subprocess.Popen(
+            argv, env=env, text=True, errors="replace", stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+        )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(specs))
-        proc.stdin.close()
-        for line in proc.stdout:
-            if (out := _marked(line)) is not None:
-                v = variants[out.pop("index")]
-                _record(v, out)
-                done.add(id(v))
-                bar.step(f"{v.name}: memory measured")
+        try:
+            proc.stdin.write(json.dumps(specs))
+            proc.stdin.close()
+            for line in proc.stdout:
+                if (out := _marked(line)) is not None:
+                    v = variants[out.pop("index")]
+                    _record(v, out)
+                    done.add(id(v))
+                    bar.step(f"{v.name}: memory measured")
+        except BaseException:  # interrupted: the server does not measure on for nobody
+            proc.kill()
+            proc.wait()
+            raise
         proc.wait()
         err.seek(0)
         why = _last_line(err.read(), proc.returncode)
