@@ -128,6 +128,21 @@ def export_digits(
     return export
 
 
+# The converted formats the session's shared export holds: those of them that can be built here.
+CONVERTED = ("torch", "onnx", "ptl", "openvino", "ncnn")
+
+
+@pytest.fixture(scope="session")
+def converted_export(export_digits: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """The 32 px digits checkpoint exported once per session to :data:`CONVERTED` (those that can be built
+    here), with 16 calibration and 32 parity images, for the tests that read an export or damage a copy of it
+    (they copy ``out`` first: it is shared)."""
+    from deploy.base import FORMATS
+
+    here = [n for n in CONVERTED if FORMATS[n].missing() is None]
+    return {**export_digits(",".join(here), 32, parity_images=32, calib_size=16), "formats": here}
+
+
 @pytest.fixture(scope="session")
 def digits_export(digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_factory) -> dict[str, Any]:
     """The 32 px digits checkpoint exported by ``t2t export`` to torch, onnx and ptl-int8."""

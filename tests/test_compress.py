@@ -72,11 +72,12 @@ def test_a_second_run_skips_finished_stages_and_other_settings_are_refused(demo:
     # --redo report with report-only settings changed: only the report is measured again; and the user's
     # checks on it: a ceiling no artifact can meet fails the run (exit 1), its rows marked
     student = (demo / "student" / "stage.json").read_text()
-    argv = ["compress", "--demo", "--redo", "report", "--duration", "0.2", "--no-memory", "--out", str(demo)]
+    argv = ["compress", "--demo", "--redo", "report", "--duration", "0.05", "--batch-sizes", "1", "--no-memory"]
+    argv += ["--out", str(demo)]
     assert main([*argv, "--max-latency-ms", "0.001", "--min-agreement", "0.9"]) == 1
     assert (demo / "student" / "stage.json").read_text() == student
     report = read_report(demo / "report")
-    assert report.settings["duration_s"] == 0.2
+    assert report.settings["duration_s"] == 0.05 and report.settings["batch_sizes"] == [1]
     assert report.checks["passed"] is False and report.checks["max_latency_ms"] == 0.001
     assert all(any("p50" in c for c in r.checks) for r in report.rows if r.status == "ok")
     assert "## Checks" in (demo / "report" / "report.md").read_text()

@@ -634,12 +634,11 @@ def test_an_evil_pickle_is_refused_without_advising_weights_only_false(loader, d
 # --------------------------------------------------------------------------- native load errors
 
 
-def test_openvino_and_ncnn_load_errors_are_one_sentence(export_digits, tmp_path) -> None:
+def test_openvino_and_ncnn_load_errors_are_one_sentence(converted_export, tmp_path) -> None:
     pytest.importorskip("openvino")
     pytest.importorskip("ncnn")
-    made = export_digits("openvino,ncnn")
     folder = tmp_path / "export"
-    shutil.copytree(made["out"], folder)
+    shutil.copytree(converted_export["out"], folder)
     xml = folder / "model-openvino.xml"
     xml.write_text(xml.read_text().replace("<layers>", '<layers><layer id="999" type="Bogus"/>', 1))
     param = folder / "model-ncnn.param"

@@ -36,16 +36,19 @@ from deploy import manifest as mf
 from deploy.base import FORMATS
 from deploy.export import export_checkpoint, export_lock, verify_artifacts, verify_folder
 from t2tvit.errors import ConfigError
+from tests.conftest import CONVERTED
 from tests.conftest import t2t_here as t2t
 
 IMG = 32
-FORMATS_HERE = [n for n in ("torch", "onnx", "ptl", "openvino", "ncnn") if FORMATS[n].missing() is None]
+FORMATS_HERE = [n for n in CONVERTED if FORMATS[n].missing() is None]
 
 
 @pytest.fixture(scope="module")
-def export(export_digits) -> dict[str, Any]:
-    """The digits model exported to every format the probes tamper with that can be built here."""
-    return export_digits(",".join(FORMATS_HERE), IMG, parity_images=32, calib_size=16)
+def export(converted_export) -> dict[str, Any]:
+    """The digits model exported to every format the probes tamper with that can be built here (the
+    session's shared export: a probe damages a copy)."""
+    assert converted_export["formats"] == FORMATS_HERE
+    return converted_export
 
 
 def child_t2t(*args: str, timeout: float = 300, **kw: Any) -> subprocess.CompletedProcess:
