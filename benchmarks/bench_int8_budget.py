@@ -20,15 +20,12 @@ activations, per-channel weights) cannot carry while it rides out the activation
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_cpu_formats import cpu_flags, host_class
+from benchmarks import record
 
 ROWS = ("onnx-int8-dynamic", "onnx-int8-static", "torch-int8", "openvino-int8", "tflite-int8")
 FP32_OF = {
@@ -173,18 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    res = run(args)
-    flags = cpu_flags()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    res |= {"host_class": host_class(flags), "cpu": cpu, "cpus": os.cpu_count(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2, default=str))
-    md = _markdown(res, res["host_class"], cpu)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    res = run(args) | record.host()
+    record.save(args.out, res, _markdown(res, res["host_class"], res["cpu"]))
     return 0
 
 

@@ -14,16 +14,13 @@ both (the median over rounds) and the wall time of each way per round.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_cpu_formats import cpu_flags, host_class
+from benchmarks import record
 
 DEMO_EXPORT = Path("runs/compress/t2t_vit_7_distilled/export")
 
@@ -80,17 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.folder)
     if not (folder / "manifest.json").is_file():
         p.error(f"{folder} is not an export folder (no manifest.json); run `t2t compress --demo` first")
-    res = run(folder, args.rounds, args.threads)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    res |= {"host_class": host_class(cpu_flags()), "cpu": cpu, "cpus": os.cpu_count(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    md = _markdown(res)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    res = run(folder, args.rounds, args.threads) | record.host()
+    record.save(args.out, res, _markdown(res))
     return 0
 
 
