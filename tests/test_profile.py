@@ -159,6 +159,21 @@ def test_peak_gemm_rates_say_which_op_and_shape() -> None:
     assert torch.get_num_threads() == 1  # restored
 
 
+def test_a_process_reuses_its_own_peak_rate_for_the_same_threads(monkeypatch) -> None:
+    from deploy.profiler import peak as peak_module
+
+    calls: list[tuple] = []  # the sweep itself is tested above: here, when it runs
+    monkeypatch.setattr(peak_module, "_MEASURED", {})
+    monkeypatch.setattr(peak_module, "measure_peak", lambda *a: calls.append(a) or {"fp32": {"gmacs_per_s": 1.0}})
+    first = peak_module.peak_rate(1)
+    first["fp32"]["gmacs_per_s"] = -1.0  # the caller's copy
+    assert peak_module.peak_rate(1) == {"fp32": {"gmacs_per_s": 1.0}} and calls == [(1, "cpu")]
+    peak_module.peak_rate(2)  # other threads: measured
+    monkeypatch.setattr(peak_module, "PEAK_REUSE_S", 0.0)
+    peak_module.peak_rate(1)  # too old: measured again
+    assert calls == [(1, "cpu"), (2, "cpu"), (1, "cpu")]
+
+
 def test_format_from_file_name() -> None:
     assert identify("x/model-onnx-int8-dynamic.onnx") == (identify("model-onnx-int8-dynamic.onnx")[0], {})
     assert identify("model-onnx-int8-dynamic.onnx")[0].name == "onnx-int8-dynamic"
