@@ -22,6 +22,7 @@ exit status 2 and is raised again in the parent with its one-line message.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -43,7 +44,8 @@ from .base import ExportContext, Format
 __all__ = ["converters", "die_with", "export_in_child", "run_child"]
 
 _DONE_MARK = "T2T-CONVERSION-DONE "  # a serving child's answer to one job: the mark, then JSON on one line
-_SERVING: dict[str, _Server] | None = None  # module -> its serving child, inside converters()
+# module -> its serving child, inside converters() (per thread: a thread starts outside any block)
+_SERVING: contextvars.ContextVar[dict[str, _Server] | None] = contextvars.ContextVar("t2t_converters", default=None)
 
 # The ExportContext fields a child's conversion may read (the rest are the parent's bookkeeping).
 _CTX_FIELDS = (
@@ -80,14 +82,15 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
             },
             job,
         )
-        if _SERVING is None:
+        serving = _SERVING.get()
+        if serving is None:
             argv = [sys.executable, "-m", module, str(job), str(path)]
             run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with(os.getpid()))
             code, message = run.returncode, _last_line(run.stderr or run.stdout, run.returncode)
         else:
-            server = _SERVING.get(module)
+            server = serving.get(module)
             if server is None or not server.alive():
-                server = _SERVING[module] = _Server(module)
+                server = serving[module] = _Server(module)
             code, message = server.convert(job, path)
         if code != 0:
             raise (ConfigError if code == 2 else RuntimeError)(message)
@@ -103,16 +106,16 @@ def _last_line(text: str, code: int | None) -> str:
 def converters() -> Iterator[None]:
     """Inside this block, :func:`export_in_child` keeps one serving child per converter module and sends it
     each conversion; the children end with the block (nested blocks share the outermost one's)."""
-    global _SERVING
-    if _SERVING is not None:
+    if _SERVING.get() is not None:
         yield
         return
-    _SERVING, ended = {}, False
+    servers: dict[str, _Server] = {}
+    token, ended = _SERVING.set(servers), False
     try:
         yield
         ended = True
     finally:
-        servers, _SERVING = _SERVING, None
+        _SERVING.reset(token)
         for server in servers.values():  # an interrupted export does not wait for a conversion to finish
             server.close(kill=not ended)
 
