@@ -11,11 +11,10 @@ On Linux the CPU rows' processes are forked from one server (:func:`serve`) that
 of all of them once: a fresh Python pays ~5 s of interpreter start and imports before it measures
 anything, which was most of the report stage's time. A forked process starts with the server's
 anonymous pages resident but not its file pages (library code: the kernel maps them again on first
-touch), so it touches the pages the server had resident before it takes its baseline, and its peak is
-the artifact's alone (``benchmarks/bench_memory_probe.py``: within 3 MB of a fresh Python on 16 of the
-demo's 17 artifacts, in a quarter of the time). CUDA
-rows (a CUDA context does not survive a fork) and other systems start a fresh Python per artifact
-(:func:`probe`).
+touch), so it touches the pages the server had resident (``/proc/self/pagemap``) before it takes its
+baseline, and its peak is the artifact's alone (``benchmarks/bench_memory_probe.py``: within 3 MB of a
+fresh Python on 16 of the demo's 17 artifacts, in a quarter of the time). CUDA rows (a CUDA context does
+not survive a fork) and other systems start a fresh Python per artifact (:func:`probe`).
 """
 
 from __future__ import annotations
