@@ -49,6 +49,7 @@ __all__ = [
     "Format",
     "Predictor",
     "first_line",
+    "last_line",
     "get_format",
     "require_artifact",
     "resolve_formats",
@@ -66,6 +67,13 @@ def tool_versions(packages: Iterable[str] = ("torch", "timm", "onnx", "onnxscrip
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def last_line(text: str | None, default: str) -> str:
+    """What a process said last (the error line of a traceback): the last non-empty line of ``text``, else
+    ``default``."""
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else default
 
 
 def first_line(e: BaseException) -> str:

@@ -39,7 +39,7 @@ import numpy as np
 
 from t2tvit.errors import ConfigError
 
-from .base import ExportContext, Format
+from .base import ExportContext, Format, last_line
 
 __all__ = ["converters", "die_with", "export_in_child", "run_child"]
 
@@ -86,7 +86,8 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
         if serving is None:
             argv = [sys.executable, "-m", module, str(job), str(path)]
             run = subprocess.run(argv, capture_output=True, text=True, preexec_fn=die_with(os.getpid()))
-            code, message = run.returncode, _last_line(run.stderr or run.stdout, run.returncode)
+            died = f"the converter process exited with status {run.returncode}"
+            code, message = run.returncode, last_line(run.stderr or run.stdout, died)
         else:
             server = serving.get(module)
             if server is None or not server.alive():
@@ -95,11 +96,6 @@ def export_in_child(module: str, model: Any, path: Path, fmt: Format, ctx: Expor
         if code != 0:
             raise (ConfigError if code == 2 else RuntimeError)(message)
         return json.loads((Path(tmp) / "extra.json").read_text())
-
-
-def _last_line(text: str, code: int | None) -> str:
-    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else f"the converter process exited with status {code}"
 
 
 @contextlib.contextmanager
@@ -151,9 +147,9 @@ class _Server:
                 return int(done["code"]), str(done["message"])
         code = self.proc.wait()  # it died before answering (a crash in the converter)
         self.log.seek(0)
-        said = self.log.read().strip().splitlines()
+        said = last_line(self.log.read(), "")
         return (code if code not in (0, 2) else 1), f"the converter process exited with status {code}" + (
-            f": {said[-1]}" if said else ""
+            f": {said}" if said else ""
         )
 
     def close(self, kill: bool = False) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from t2tvit.progress import Progress
 
-from ..base import first_line
+from ..base import first_line, last_line
 from .variants import Variant
 
 __all__ = ["measure_all", "probe", "serve"]
@@ -138,7 +138,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     """Entry point of the fork server: reads a JSON list of specs on stdin and the number of artifacts to
     measure at a time from ``argv``; imports every runtime once, then forks a process per spec (that many at a
     time) that measures it and writes ``{"index": i, ...}`` as one line. A process that dies or runs past
-    :data:`TIMEOUT_S` is reported as ``{"index": i, "error": why}``."""
+    :data:`TIMEOUT_S`, or cannot measure, is reported as ``{"index": i, "note": the row's note saying why}``."""
     import signal
 
     import timm  # noqa: F401
@@ -168,7 +168,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
                     emit({"index": i, **_measure_here(specs[i])})
                     code = 0
                 except BaseException as e:  # noqa: BLE001 - reported as this artifact's note, the others go on
-                    emit({"index": i, "error": f"{type(e).__name__}: {first_line(e)}"[:300]})
+                    emit({"index": i, "note": f"memory probe failed: {first_line(e)}"})
                     code = 1
                 os._exit(code)
             running[pid] = (i, time.monotonic() + TIMEOUT_S)
@@ -179,12 +179,13 @@ def serve(argv: Sequence[str] | None = None) -> None:
                     os.kill(p, signal.SIGKILL)
                     os.waitpid(p, 0)
                     del running[p]
-                    emit({"index": i, "error": f"memory probe timed out after {TIMEOUT_S} s"})
+                    emit({"index": i, "note": f"memory probe timed out after {TIMEOUT_S} s"})
             time.sleep(0.02)
             continue
         i, _ = running.pop(pid)
         if os.WIFSIGNALED(status):
-            emit({"index": i, "error": f"the measuring process was killed by signal {os.WTERMSIG(status)}"})
+            why = f"the measuring process was killed by signal {os.WTERMSIG(status)}"
+            emit({"index": i, "note": f"memory probe failed: {why}"})
 
 
 def _resident_file_pages() -> list[np.ndarray]:
@@ -244,17 +245,13 @@ def _marked(line: str) -> dict[str, Any] | None:
 
 
 def _record(v: Variant, out: dict[str, Any]) -> None:
-    if "error" in out:
-        v.notes.append(out["error"] if "memory probe" in out["error"] else f"memory probe failed: {out['error'][:300]}")
+    if "note" in out:  # it was not measured: why, as the row says it
+        v.notes.append(out["note"])
         return
     v.peak_rss_mb = out.get("peak_rss_mb")
     v.cuda_peak_mb = out.get("cuda_peak_mb")
     if not out.get("peak_mark_reset"):
         v.notes.append("peak RSS since process start (the peak mark could not be reset): includes the imports")
-
-
-def _last_line(text: str, code: int | None) -> str:
-    return (text.strip().splitlines() or [f"exit status {code}"])[-1][:300]
 
 
 def _measure(v: Variant, spec: dict[str, Any]) -> None:
@@ -267,7 +264,7 @@ def _measure(v: Variant, spec: dict[str, Any]) -> None:
         return
     out = next((r for ln in reversed(res.stdout.splitlines()) if (r := _marked(ln)) is not None), None)
     if res.returncode != 0 or out is None:
-        v.notes.append(f"memory probe failed: {_last_line(res.stderr, res.returncode)}")
+        v.notes.append(f"memory probe failed: {last_line(res.stderr, f'exit status {res.returncode}')[:300]}")
         return
     _record(v, out)
 
@@ -296,7 +293,7 @@ def _measure_forked(variants: Sequence[Variant], specs: list[dict[str, Any]], pa
             raise
         proc.wait()
         err.seek(0)
-        why = _last_line(err.read(), proc.returncode)
+        why = last_line(err.read(), f"exit status {proc.returncode}")[:300]
     for v in variants:
         if id(v) not in done:
             v.notes.append(f"memory probe failed: {why}")
