@@ -91,6 +91,9 @@ def write_about(path: Path, about: dict[str, Any]) -> None:
     if not about:
         return
     model = flatbuffer_utils.read_model(str(path))
+    for weights in model.buffers:  # bytes (a file with buffer offsets) pack byte by byte: seconds per MB
+        if weights.data is not None and not isinstance(weights.data, np.ndarray):
+            weights.data = np.frombuffer(weights.data, np.uint8)  # one vector copy
     model.metadata = [m for m in model.metadata or [] if _name(m.name) != mf.ABOUT_KEY]
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(json.dumps(about).encode(), np.uint8)

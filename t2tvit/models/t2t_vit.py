@@ -494,6 +494,8 @@ def official_param_count(model: nn.Module) -> int:
 
 
 def _init_weights(m: nn.Module) -> None:
+    if any(p.is_meta for p in m.parameters(recurse=False)):
+        return  # shapes only (``t2t info`` builds on the meta device): no values to set, no random numbers drawn
     if isinstance(m, nn.Linear):
         trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
