@@ -144,6 +144,58 @@ def converted_export(export_digits: Callable[..., dict[str, Any]]) -> dict[str, 
 
 
 @pytest.fixture(scope="session")
+def rows_export(
+    export_digits: Callable[..., dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., dict[str, Any]]:
+    """``rows_export(rows, **settings)``: a 32 px digits model's export holding ``torch`` and ``rows``, for the
+    runtime files that check what an export of their rows wrote. When the quick start's demo run is here and
+    current (:func:`finished_demo`; CI ran it minutes before) and built every one of them, its export cut down
+    to those rows (their files and manifest entries) is copied, and the conversions are not paid again (20-40 s
+    a file); otherwise the session's digits model is exported with ``settings`` (:func:`export_digits`).
+    Beside ``export_digits``'s keys, ``batch``: the (min, opt, max) batch range the export was made for."""
+    import dataclasses
+    import shutil
+
+    import t2tvit
+    from deploy import manifest as mf
+    from deploy.base import FORMATS, resolve_formats
+
+    def cut(rows: list[str]) -> dict[str, Any] | None:
+        if not finished_demo(QUICK_START_DEMO):
+            return None
+        src = QUICK_START_DEMO / "export"
+        manifest = mf.read(src)
+        kept = [a for a in manifest.artifacts if a.format in rows]
+        if manifest.img_size != (32, 32) or len(kept) != len(rows) or any(a.file is None for a in kept):
+            return None
+        out = tmp_path_factory.mktemp("demo-rows") / "export"
+        out.mkdir()
+        for a in kept:
+            for f in FORMATS[a.format].files(src / a.file):
+                if f.is_dir():
+                    shutil.copytree(f, out / f.name)
+                elif f.exists():
+                    shutil.copy2(f, out / f.name)
+        mf.write(out, dataclasses.replace(manifest, artifacts=kept))
+        model = t2tvit.create_model(manifest.model_name, checkpoint=out / FORMATS["torch"].filename, img_size=32)
+        checkpoint = mf.recorded_path(out, manifest.source_checkpoint, manifest.source_checkpoint_from_folder)
+        return {"out": out, "entries": {a.format: a.to_json() for a in kept}, "model": model.eval(),
+                "checkpoint": checkpoint, "batch": tuple(manifest.input["batch"].values())}  # fmt: skip
+
+    def export(rows: str, **settings: Any) -> dict[str, Any]:
+        names = [f.name for f in resolve_formats(["torch", *rows.split(",")])]
+        demo = cut(names)
+        if demo is not None:
+            return demo
+        from deploy.settings import ExportConfig
+
+        batch = settings.get("batch", ExportConfig.batch)
+        return {**export_digits(",".join(names), 32, **settings), "batch": tuple(batch)}
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def digits_export(digits_checkpoint: Callable[[int], dict[str, Any]], tmp_path_factory) -> dict[str, Any]:
     """The 32 px digits checkpoint exported by ``t2t export`` to torch, onnx and ptl-int8."""
     from t2t.cli import main

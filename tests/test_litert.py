@@ -25,7 +25,7 @@ from deploy.export import export_checkpoint, reference_logits, verify_artifacts
 from deploy.graph import GRAPH_TOLERANCE, deploy_graph, graph_check
 from t2tvit.errors import CheckpointError, ConfigError
 from t2tvit.models.layers import SoftSplit
-from tests.conftest import QUICK_START_DEMO, assert_a_lone_file_describes_itself, finished_demo
+from tests.conftest import assert_a_lone_file_describes_itself
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -69,20 +69,10 @@ TFLITE_ROWS = ("tflite", "tflite-fp16", "tflite-int8")
 
 
 @pytest.fixture(scope="module")
-def tfl_export(export_digits, tmp_path_factory) -> dict:
-    """The LiteRT rows of a trained 32 px model: a copy of the quick start's demo export when that run is here,
-    current and holds them (CI: it converted them minutes before; the litert-torch conversion alone is ~20 s),
-    else the session's digits model exported here."""
-    if finished_demo(QUICK_START_DEMO):
-        manifest = mf.read(QUICK_START_DEMO / "export")
-        entries = {a.format: a.to_json() for a in manifest.artifacts}
-        if manifest.img_size == (IMG, IMG) and all(entries.get(n, {}).get("status") == "ok" for n in TFLITE_ROWS):
-            out = tmp_path_factory.mktemp("demo") / "export"
-            shutil.copytree(QUICK_START_DEMO / "export", out)
-            torch_file = out / FORMATS["torch"].filename
-            model = t2tvit.create_model(manifest.model_name, checkpoint=torch_file, img_size=IMG).eval()
-            return {"out": out, "entries": entries, "model": model}
-    return export_digits("torch,tflite,tflite-fp16,tflite-int8", IMG, calib_size=32)
+def tfl_export(rows_export) -> dict:
+    """The LiteRT rows of a trained 32 px model (the litert-torch conversion alone is ~20 s): the demo's when
+    that run is here (see ``rows_export``)."""
+    return rows_export(",".join(TFLITE_ROWS), calib_size=32)
 
 
 @needs_litert

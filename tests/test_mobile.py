@@ -37,10 +37,10 @@ ON_MAC = platform.system() == "Darwin"
 
 
 @pytest.fixture(scope="module")
-def mobile(export_digits) -> dict:
+def mobile(rows_export) -> dict:
     if any(_MISSING.values()):
         pytest.skip(f"the mobile extra is not installed: {next(filter(None, _MISSING.values()))}")
-    return export_digits("torch,mobile", IMG, batch=(1, 1, 8), calib_size=32)
+    return rows_export("mobile", batch=(1, 1, 8), calib_size=32)
 
 
 def test_the_converter_rewrite_is_the_same_function() -> None:
