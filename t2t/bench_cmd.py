@@ -59,22 +59,21 @@ def checks_from(args: argparse.Namespace) -> object:
     return Checks(args.max_latency_ms, args.min_agreement, args.min_top1)
 
 
+SUMMARY = "profile every artifact of an export folder: latency, throughput, memory, MAC rate, accuracy"
+DESCRIPTION = (
+    "Profile every artifact listed in ARTIFACTS_DIR/manifest.json (and/or --files) in one process:\n"
+    "load time, first inference, then warm-up and timed runs per batch size (at least --min-runs runs\n"
+    "and --duration seconds per artifact), interleaved round-robin so machine drift hits every artifact\n"
+    "alike. Reports latency mean/std/min/p50/p90/p95/p99 with a 95% distribution-free interval of the\n"
+    "median, throughput, peak memory (a process of its own per artifact), file size, MAC rate against\n"
+    "this machine's measured peak GEMM rate, and with --data top-1/top-5 accuracy and top-1 agreement\n"
+    "with the fp32 torch artifact. Artifacts that failed at export, cannot run here or fail to load\n"
+    "are rows with their reason. Writes report.md, report.json, report.csv and plots to --out."
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="profile every artifact of an export folder: latency, throughput, memory, MAC rate, accuracy",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Profile every artifact listed in ARTIFACTS_DIR/manifest.json (and/or --files) in one process:\n"
-            "load time, first inference, then warm-up and timed runs per batch size (at least --min-runs runs\n"
-            "and --duration seconds per artifact), interleaved round-robin so machine drift hits every artifact\n"
-            "alike. Reports latency mean/std/min/p50/p90/p95/p99 with a 95% distribution-free interval of the\n"
-            "median, throughput, peak memory (a process of its own per artifact), file size, MAC rate against\n"
-            "this machine's measured peak GEMM rate, and with --data top-1/top-5 accuracy and top-1 agreement\n"
-            "with the fp32 torch artifact. Artifacts that failed at export, cannot run here or fail to load\n"
-            "are rows with their reason. Writes report.md, report.json, report.csv and plots to --out."
-        ),
-    )
+    p = flags.command(sub, "bench", SUMMARY, DESCRIPTION)
     p.add_argument(
         "artifacts",
         nargs="*",
@@ -138,10 +137,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="artifact files to profile besides (or instead of) the manifest's; the format comes from the name "
         "(model-<format><suffix>, as `t2t export` writes) or a FORMAT=PATH prefix",
     )
-    p.add_argument(
-        "--formats",
-        default=None,
-        help="only these formats: comma-separated names or groups (all, cpu, gpu, builtin); default: every one",
+    flags.add(
+        p, "--formats", help="only these: comma-separated names or groups (all, cpu, gpu, builtin); default: every one"
     )
     flags.add(p, "--device", default="cpu", help="where formats that can run on both run (default: cpu)")
     p.add_argument(

@@ -30,16 +30,17 @@ __all__ = ["STAGES", "add_parser"]
 STAGES = ("teacher", "student", "export", "verify", "report")  # deploy.pipeline.STAGES, for --help
 
 
+SUMMARY = "the whole pipeline: train a teacher, distil, export, verify, benchmark, report (resumable)"
+DESCRIPTION = (
+    __doc__.split("\n\nThe pipeline is")[0]
+    + "\n\nExample (the bundled digits, about 5 minutes on 2 CPU cores):\n  t2t compress --demo\n"
+    "With your data and teacher:\n  t2t compress DATA --teacher-model resnet50 --teacher-path resnet50.pth "
+    "--img-size 224 --epochs 100"
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compress",
-        help="the whole pipeline: train a teacher, distil, export, verify, benchmark, report (resumable)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\nThe pipeline is")[0]
-        + "\n\nExample (the bundled digits, about 5 minutes on 2 CPU cores):\n  t2t compress --demo\n"
-        "With your data and teacher:\n  t2t compress DATA --teacher-model resnet50 --teacher-path resnet50.pth "
-        "--img-size 224 --epochs 100",
-    )
+    p = flags.command(sub, "compress", SUMMARY, DESCRIPTION)
     p.add_argument("data", metavar="DATA", nargs="?", default=None, help="dataset folder (train/, val/) or 'digits'")
     p.add_argument("--demo", action="store_true", help="run on the bundled digits with small, quick settings")
     p.add_argument("--out", default=None, metavar="DIR", help="pipeline folder (default: runs/compress/<model>)")

@@ -46,22 +46,20 @@ class _HelpWithFormats(argparse.Action):
         parser.exit()
 
 
+SUMMARY = "export a model to every deployment format and verify each artifact"
+DESCRIPTION = (
+    "Write every requested artifact and a manifest.json into --out, then load each artifact back\n"
+    "through its own runtime and compare its logits with the fp32 PyTorch model on real images\n"
+    "(parity: max |Δlogit| for fp32, top-1 agreement >= 0.95 for int8; without --checkpoint the\n"
+    "weights are random (seed 0) and int8 is held to max |Δlogit| <= 0.1 x max(1, max |logit|)\n"
+    "instead, as the near-tied logits of an untrained model make agreement meaningless). A format\n"
+    "that cannot be built on this machine is listed as skipped with what to install; an artifact\n"
+    "that fails to build or fails parity is listed as failed, and the command exits with status 1."
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "export",
-        help="export a model to every deployment format and verify each artifact",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Write every requested artifact and a manifest.json into --out, then load each artifact back\n"
-            "through its own runtime and compare its logits with the fp32 PyTorch model on real images\n"
-            "(parity: max |Δlogit| for fp32, top-1 agreement >= 0.95 for int8; without --checkpoint the\n"
-            "weights are random (seed 0) and int8 is held to max |Δlogit| <= 0.1 x max(1, max |logit|)\n"
-            "instead, as the near-tied logits of an untrained model make agreement meaningless). A format\n"
-            "that cannot be built on this machine is listed as skipped with what to install; an artifact\n"
-            "that fails to build or fails parity is listed as failed, and the command exits with status 1."
-        ),
-        add_help=False,
-    )
+    p = flags.command(sub, "export", SUMMARY, DESCRIPTION, add_help=False)
     p.add_argument("-h", "--help", action=_HelpWithFormats, help="show this help and the format table, then exit")
     p.add_argument("--checkpoint", default=None, help="weights to export (our checkpoints, official .pth.tar, ...)")
     p.add_argument(
@@ -70,12 +68,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="variant name (default: the one the checkpoint records, else t2tvit.DEFAULT_MODEL, the variants table's)",
     )
     flags.add(p, "--num-classes", "--new-head")
-    p.add_argument(
-        "--img-size",
-        type=int,
-        default=None,
-        help="input height and width, a multiple of 16 (default: the checkpoint's, else 224)",
-    )
+    flags.add(p, "--img-size", help="input height and width, a multiple of 16 (default: the checkpoint's, else 224)")
     p.add_argument("--formats", default="cpu", help="comma-separated format names, or all, cpu, gpu (default: cpu)")
     p.add_argument(
         "--batch",

@@ -70,7 +70,47 @@ _SHARED: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
         },
     ),
     "--json": (("--json",), {"action": "store_true", "help": "print JSON instead of the table"}),
+    "MODEL": (
+        ("target",),
+        {
+            "metavar": "MODEL",
+            "help": "a training checkpoint (.pth), an artifact file or an export folder (holding manifest.json)",
+        },
+    ),
+    "--format": (
+        ("--format",),
+        {"default": None, "metavar": "NAME", "help": "which artifact of an export folder MODEL is"},
+    ),
+    "--formats": (
+        ("--formats",),
+        {
+            "default": None,
+            "metavar": "NAMES",
+            "help": "comma-separated artifacts of an export folder (default: every one built ok)",
+        },
+    ),
 }
+
+
+def command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    examples: str | None = None,
+    **options: Any,
+) -> argparse.ArgumentParser:
+    """Subcommand ``t2t name``: ``summary`` is its line in ``t2t --help``; ``description`` and ``examples``
+    (the epilog) are shown as written, line breaks kept, by ``t2t name --help``; ``options`` go to argparse
+    (``add_help=False`` for a command with a help action of its own)."""
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **options,
+    )
 
 
 def add(p: argparse.ArgumentParser | argparse._ArgumentGroup, *flags: str, **changes: Any) -> None:

@@ -17,6 +17,16 @@ __all__ = ["add_parser"]
 
 DEFAULT_FORMATS = "torch, onnx, torchscript, ptl, executorch, tensorrt"  # deploy.artifacts.DEFAULT_FORMATS
 
+SUMMARY = "top-5 classes of images from any exported artifact or checkpoint"
+DESCRIPTION = (
+    "Predict the top classes of images with any artifact `t2t export` wrote (.pt, TorchScript,\n"
+    ".ptl, .onnx, the int8 variants, .pte, .engine), a whole export folder, or a training\n"
+    "checkpoint (.pth). The images get exactly the model's eval preprocessing (resize, centre crop\n"
+    "with its crop_pct, normalise with its mean/std) at the artifact's input size, as in training,\n"
+    "and run in batches through the artifact's own runtime. Probabilities are the softmax of the\n"
+    "logits."
+)
+
 _EXAMPLES = """\
 examples:
   t2t predict artifacts/t2t_vit_7 cat.jpg dog.png          # the export folder's torch (else onnx) artifact
@@ -34,32 +44,13 @@ cannot be read is reported on stderr, the others are still predicted, and the ex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="top-5 classes of images from any exported artifact or checkpoint",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Predict the top classes of images with any artifact `t2t export` wrote (.pt, TorchScript,\n"
-            ".ptl, .onnx, the int8 variants, .pte, .engine), a whole export folder, or a training\n"
-            "checkpoint (.pth). The images get exactly the model's eval preprocessing (resize, centre crop\n"
-            "with its crop_pct, normalise with its mean/std) at the artifact's input size, as in training,\n"
-            "and run in batches through the artifact's own runtime. Probabilities are the softmax of the\n"
-            "logits."
-        ),
-        epilog=_EXAMPLES,
-    )
-    p.add_argument(
-        "artifact",
-        metavar="ARTIFACT",
-        help="an artifact file, an export folder (holding manifest.json) or a training checkpoint",
-    )
-    flags.add(p, "images")
-    p.add_argument(
+    p = flags.command(sub, "predict", SUMMARY, DESCRIPTION, _EXAMPLES)
+    flags.add(p, "MODEL", "images")
+    flags.add(
+        p,
         "--format",
-        default=None,
-        metavar="NAME",
-        help="which artifact of an export folder to run (default: the first built ok of "
-        f"{DEFAULT_FORMATS}); for a lone file, its format when the file name does not tell",
+        help=f"which artifact of an export folder to run (default: the first built ok of {DEFAULT_FORMATS}); "
+        "for a lone file, its format when the file name does not tell",
     )
     p.add_argument(
         "--classes",
@@ -85,7 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1 or args.batch_size < 1:
         raise ConfigError("--topk and --batch-size must be at least 1")
-    predictor = open_predictor(args.artifact, args.format, **flags.opening(args))
+    predictor = open_predictor(args.target, args.format, **flags.opening(args))
     art = predictor.artifact
     names = read_class_names(args.classes) if args.classes else art.classes
     if args.classes and art.num_classes and len(names) != art.num_classes:

@@ -12,6 +12,17 @@ from t2t import flags
 
 __all__ = ["add_parser"]
 
+SUMMARY = (
+    "accuracy of a checkpoint, an artifact or an export folder on a labelled folder (top-1, per class, drop from fp32)"
+)
+DESCRIPTION = (
+    "Run every image of a labelled folder through a checkpoint, one artifact file or the artifacts of an\n"
+    "export folder (with the model's own eval preprocessing) and report top-1, top-5, per-class accuracy\n"
+    "and the worst classes; for an exported artifact also its top-1 agreement with, largest logit error\n"
+    "against and top-1 drop from the checkpoint the export recorded. Unreadable images are skipped and\n"
+    "named."
+)
+
 _EXAMPLES = """\
 examples:
   t2t validate runs/compress/t2t_vit_7_distilled/student/best.pth digits
@@ -26,29 +37,10 @@ failed, 2 bad input.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "validate",
-        help="accuracy of a checkpoint, an artifact or an export folder on a labelled folder (top-1, per class, "
-        "drop from fp32)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Run every image of a labelled folder through a checkpoint, one artifact file or the artifacts of an\n"
-            "export folder (with the model's own eval preprocessing) and report top-1, top-5, per-class accuracy\n"
-            "and the worst classes; for an exported artifact also its top-1 agreement with, largest logit error\n"
-            "against and top-1 drop from the checkpoint the export recorded. Unreadable images are skipped and\n"
-            "named."
-        ),
-        epilog=_EXAMPLES,
-    )
-    p.add_argument("target", metavar="MODEL", help="a training checkpoint, an artifact file or an export folder")
+    p = flags.command(sub, "validate", SUMMARY, DESCRIPTION, _EXAMPLES)
+    flags.add(p, "MODEL")
     p.add_argument("data", metavar="DATA", help="labelled images: DIR/<class>/<image>, a dataset root, or digits")
-    p.add_argument(
-        "--formats",
-        default=None,
-        metavar="NAMES",
-        help="comma-separated artifacts of an export folder (default: every one built ok)",
-    )
-    flags.add(p, "--batch-size")
+    flags.add(p, "--formats", "--batch-size")
     p.add_argument(
         "--max-images", type=int, default=None, help="a fixed random sample of this many images (default: all)"
     )

@@ -12,6 +12,16 @@ from t2t import flags
 
 __all__ = ["add_parser"]
 
+SUMMARY = "PNGs of where a T2T-ViT looks: attention per block and head, rollout, T2T tokens, teacher Grad-CAM"
+DESCRIPTION = (
+    "Draw where a T2T-ViT looks for each image: every backbone block's class-token attention over\n"
+    "the patch grid (averaged over heads and per head; a distilled student's distillation token too),\n"
+    "attention rollout, and the T2T module's token maps after each soft split, over the image the\n"
+    "model saw (its own eval preprocessing). The maps come from the model's own forward with its\n"
+    "attention recorded. --teacher lays a CNN teacher's Grad-CAM beside the student; --compare puts\n"
+    "another artifact of the same model (e.g. int8) against it."
+)
+
 _EXAMPLES = """\
 examples:
   t2t visualize runs/compress/t2t_vit_7_distilled/student/best.pth digit.png --out vis/
@@ -29,28 +39,10 @@ matrix, so t2t-tokens.png shows its tokens.
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "visualize",
-        help="PNGs of where a T2T-ViT looks: attention per block and head, rollout, T2T tokens, teacher Grad-CAM",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=(
-            "Draw where a T2T-ViT looks for each image: every backbone block's class-token attention over\n"
-            "the patch grid (averaged over heads and per head; a distilled student's distillation token too),\n"
-            "attention rollout, and the T2T module's token maps after each soft split, over the image the\n"
-            "model saw (its own eval preprocessing). The maps come from the model's own forward with its\n"
-            "attention recorded. --teacher lays a CNN teacher's Grad-CAM beside the student; --compare puts\n"
-            "another artifact of the same model (e.g. int8) against it."
-        ),
-        epilog=_EXAMPLES,
-    )
-    p.add_argument(
-        "model_path",
-        metavar="MODEL",
-        help="a T2T-ViT checkpoint (.pth), an eager torch / torch-int8 artifact, or an export folder",
-    )
-    flags.add(p, "images")
+    p = flags.command(sub, "visualize", SUMMARY, DESCRIPTION, _EXAMPLES)
+    flags.add(p, "MODEL", help="a T2T-ViT checkpoint (.pth), an eager torch / torch-int8 artifact, or an export folder")
+    flags.add(p, "images", "--format")
     p.add_argument("--out", default="visualize", metavar="DIR", help="where the PNGs go (default: ./visualize)")
-    p.add_argument("--format", default=None, metavar="NAME", help="which artifact of an export folder MODEL is")
     p.add_argument("--teacher", default=None, metavar="FILE", help="a CNN teacher checkpoint: its Grad-CAM")
     p.add_argument(
         "--compare",
@@ -72,7 +64,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from deploy.visualize import visualize
 
     result = visualize(
-        args.model_path,
+        args.target,
         args.images,
         args.out,
         format=args.format,
