@@ -179,7 +179,9 @@ def labelled_files(
 
     folder = image_folder(data)
     if not folder.is_dir():
-        raise ConfigError(f"data folder {folder} does not exist; pass a folder of <class>/<image> files or 'digits'")
+        raise ConfigError(
+            f"data folder {folder} does not exist; pass a folder of <class>/<image> files, digits or digits-hard"
+        )
     subs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subs and set(subs) <= _SPLITS:  # a dataset root: its validation split
         folder = find_split(folder, "val")

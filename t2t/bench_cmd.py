@@ -116,7 +116,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR|digits",
         help="labelled images (DIR/<class>/<image>, classes in sorted order as in training) for top-1/top-5 "
-        "and agreement; 'digits' is the bundled digits validation split (default: no accuracy)",
+        "and agreement; 'digits' (or 'digits-hard': 224 px over clutter) is a bundled validation split "
+        "(default: no accuracy)",
     )
     p.add_argument(
         "--max-images", type=int, default=500, help="at most this many --data images, a fixed sample (default: 500)"
@@ -178,9 +179,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from deploy.base import resolve_formats
 
         resolve_formats(args.formats)  # unknown names fail before anything is measured
-    if args.data is not None and args.data != "digits" and not Path(args.data).is_dir():
+    from t2tvit.data import BUNDLED_DATASETS
+
+    if args.data is not None and args.data not in BUNDLED_DATASETS and not Path(args.data).is_dir():
         raise ConfigError(
-            f"--data folder {args.data} does not exist; pass a folder of <class>/<image> files or 'digits'"
+            f"--data folder {args.data} does not exist; pass a folder of <class>/<image> files, digits or digits-hard"
         )
 
     from deploy.profiler import ProfileConfig, profile_folder

@@ -29,7 +29,8 @@ examples:
   t2t validate runs/compress/t2t_vit_7_distilled/export digits --formats onnx,onnx-int8-dynamic
   t2t validate export/model-onnx-int8-dynamic.onnx /data/imagenet/val --max-drop 1 --out validate
 
-DATA is a folder of <class>/<image> files, a dataset root holding val/, or 'digits'. A class folder is the
+DATA is a folder of <class>/<image> files, a dataset root holding val/, or a bundled set: digits, or
+digits-hard (the same digits at 224 px over clutter, where int8 differences show). A class folder is the
 model's class of that name when the model records class names (a folder it does not know is refused);
 otherwise the sorted folders are classes 0, 1, ... Exit status: 0 checks passed (or none given), 1 a check
 failed, 2 bad input.

@@ -185,3 +185,23 @@ def test_default_train_transform_survives_20000_varied_samples(varied_folder: Pa
     # ~0.15% of samples draw a 0-bit posterize (PosterizeIncreasing at magnitude >= 10), which raised before.
     print(f"\n20,000 samples of the default train transform in {elapsed:.1f} s; 0-bit posterize: {zero_bits}")
     assert 10 <= zero_bits <= 60
+
+
+def test_the_harder_bundled_set_is_the_digits_split_at_224_px_over_clutter(digits: Path, tmp_path, monkeypatch):
+    from t2tvit.data import HARD_IMG_SIZE, bundled_dataset_path, dataset_split
+    from t2tvit.errors import ConfigError
+
+    hard = bundled_dataset_path(tmp_path, name="digits-hard")
+    assert bundled_dataset_path(tmp_path, name="digits-hard") == hard  # found again, not rewritten
+    for split in ("train", "val"):  # the same source digits in the same split: none of val trained on
+        mine = sorted(p.relative_to(hard / split).with_suffix("") for p in (hard / split).rglob("*.jpg"))
+        theirs = sorted(p.relative_to(digits / split).with_suffix("") for p in (digits / split).rglob("*.png"))
+        assert mine == theirs and len(mine) == {"train": 1438, "val": 359}[split]
+    image = Image.open(next((hard / "val" / "3").iterdir()))
+    assert image.mode == "RGB" and image.size == (HARD_IMG_SIZE, HARD_IMG_SIZE)
+    pixels = np.asarray(image, np.float32)
+    assert pixels[..., 0].std() > 20 and np.abs(pixels[..., 0] - pixels[..., 2]).mean() > 5  # clutter, colour
+    with pytest.raises(ConfigError, match="the bundled ones are digits, digits-hard"):
+        bundled_dataset_path(tmp_path, name="cifar")
+    monkeypatch.setenv("T2TVIT_DATA", str(tmp_path))
+    assert dataset_split("digits-hard", "val") == hard / "val"  # the name, wherever a dataset is asked for
