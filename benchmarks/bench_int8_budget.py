@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "default": (top1.get(("default", row)) or {}) | {"ms": ms.get(f"{row} (default)")},
             "budget": (top1.get(("budget", row)) or {}) | {"ms": ms.get(f"{row} (budget)")},
             "fp32_row": FP32_OF[row], "fp32_ms": fp32,
-            "kept_float": budget.get("kept_float"), "met": budget.get("met"),
-            "export_status": entry.status, "export_seconds": entry.export_seconds,
+            "kept_float": budget.get("kept_float"), "met": budget.get("met"), "fit_drop": budget.get("drop"),
+            "export_status": entry.status, "export_reason": entry.reason, "export_seconds": entry.export_seconds,
         })  # fmt: skip
     return {
         "checkpoint": args.checkpoint, "outlier": args.outlier,
@@ -123,6 +123,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "reference_top1": top1.get(("default", FP32_OF[rows[0]]), {}).get("top1"),
         "rows": out_rows, "ms": ms,
     }  # fmt: skip
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def _markdown(res: dict[str, Any], host: str, cpu: str) -> str:
@@ -136,19 +140,27 @@ def _markdown(res: dict[str, Any], host: str, cpu: str) -> str:
         + f"; budget fitted and measured on `{res['val_data']}` "
         f"({res['validation_images']} images), calibration on `{res['calib_data']}`; fp32 top-1 "
         f"{res['reference_top1']:.2f}%.", "",
-        "| row | default drop | budget drop | kept float | default ms | budget ms | fp32 ms (row) | budget / fp32 |",
-        "|---|---:|---:|---|---:|---:|---:|---:|",
+        "| row | default drop | budget drop | default agreement | budget agreement | kept float | default ms "
+        "| budget ms | fp32 ms (row) | budget / fp32 |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]  # fmt: skip
+    failed: list[str] = []
     for r in res["rows"]:
         d, b = r["default"], r["budget"]
         kept = ", ".join(r["kept_float"] or []) or "none"
         kept = kept if len(kept) < 60 else f"{len(r['kept_float'])} layers"
         ratio = f"{b['ms'] / r['fp32_ms']:.2f}" if b.get("ms") and r["fp32_ms"] else "-"
+        if "drop" not in b:  # the budget's file was not written: the export says why
+            failed.append(f"- `{r['row']}` with the budget: {r['export_status']}: {r['export_reason']}")
+            fit = f"{r['fit_drop']:+.2f} in the search" if r.get("fit_drop") is not None else "none"
+            b = b | {"drop": float("nan")}
+            kept = f"{kept} (file {r['export_status']}; {fit})"
         lines.append(
-            f"| {r['row']} | {d['drop']:+.2f} | {b['drop']:+.2f} | {kept} | {d.get('ms') or float('nan'):.2f} | "
+            f"| {r['row']} | {d['drop']:+.2f} | {b['drop']:+.2f} | {_pct(d.get('agreement'))} | "
+            f"{_pct(b.get('agreement'))} | {kept} | {d.get('ms') or float('nan'):.2f} | "
             f"{b.get('ms') or float('nan'):.2f} | {r['fp32_ms'] or float('nan'):.2f} ({r['fp32_row']}) | {ratio} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *([""] + failed if failed else [])]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

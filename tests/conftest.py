@@ -166,8 +166,12 @@ def rows_export(
         src = QUICK_START_DEMO / "export"
         manifest = mf.read(src)
         kept = [a for a in manifest.artifacts if a.format in rows]
+        checkpoint = mf.recorded_path(src, manifest.source_checkpoint, manifest.source_checkpoint_from_folder)
         if manifest.img_size != (32, 32) or len(kept) != len(rows) or any(a.file is None for a in kept):
             return None
+        if checkpoint is None:  # the student the demo exported: the parity checks' reference
+            return None
+        checkpoint = checkpoint.resolve()  # the copy's manifest names it absolutely: found from any folder
         out = tmp_path_factory.mktemp("demo-rows") / "export"
         out.mkdir()
         for a in kept:
@@ -176,9 +180,9 @@ def rows_export(
                     shutil.copytree(f, out / f.name)
                 elif f.exists():
                     shutil.copy2(f, out / f.name)
-        mf.write(out, dataclasses.replace(manifest, artifacts=kept))
+        mf.write(out, dataclasses.replace(manifest, artifacts=kept, source_checkpoint=str(checkpoint),
+                                          source_checkpoint_from_folder=None))  # fmt: skip
         model = t2tvit.create_model(manifest.model_name, checkpoint=out / FORMATS["torch"].filename, img_size=32)
-        checkpoint = mf.recorded_path(out, manifest.source_checkpoint, manifest.source_checkpoint_from_folder)
         return {"out": out, "entries": {a.format: a.to_json() for a in kept}, "model": model.eval(),
                 "checkpoint": checkpoint, "batch": tuple(manifest.input["batch"].values())}  # fmt: skip
 
