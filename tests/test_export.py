@@ -64,3 +64,25 @@ def test_onnx_export_with_dynamic_batch_matches_onnxruntime(model, tmp_path) -> 
             expected = model(x).numpy()
         assert logits.shape == (n, 1000)
         assert np.abs(logits - expected).max() <= 1e-4
+
+
+def test_the_same_graph_exported_again_is_copied_and_other_weights_or_settings_are_not(tmp_path, monkeypatch):
+    from deploy.base import ExportContext
+    from deploy.onnx import _export_key, export_fp32
+
+    torch.manual_seed(0)
+    net = timm.create_model("t2t_vit_7", num_classes=10, img_size=32).eval()
+    ctx = ExportContext(img_size=(32, 32), batch=(1, 1, 4))
+    calls = []
+    real = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = export_fp32(net, tmp_path / "a.onnx", ctx)
+    again = export_fp32(net, tmp_path / "b.onnx", ctx)  # another export run, the same graph and settings
+    assert len(calls) == 1 and (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert again["deploy_graph"]["images"] == first["deploy_graph"]["images"]  # proven again, not copied
+    key = _export_key(net, 2, ctx)
+    assert _export_key(net, 2, ExportContext(img_size=(32, 32), batch=(1, 1, 8))) != key  # another batch range
+    assert _export_key(net, 2, ExportContext(img_size=(32, 32), batch=(1, 1, 4), opset=17)) != key
+    with torch.no_grad():
+        net.head.weight[0, 0] += 1e-6  # one weight, one ulp-scale step
+    assert _export_key(net, 2, ctx) != key
