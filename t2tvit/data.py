@@ -105,7 +105,8 @@ def bundled_dataset_path(root: str | Path | None = None, name: str = "digits") -
       size (144-186 px), shifted off centre, in a random light colour and contrast over a smooth colour
       field with random strokes and blobs, plus sensor noise (:func:`_render_hard`). A model trained on
       ``digits`` keeps part of its accuracy there (the quick start's student: 95% -> 71%) with many
-      images near its decision boundary, where int8 rows' differences show, at the size photos have.
+      images near its decision boundary, where int8 rows' differences show; a model sees the images
+      resized to its own input, as it would any photo.
 
     The folders live in ``$T2TVIT_DATA`` or ``~/.cache/t2tvit`` unless ``root`` is given. Each is
     written to a temporary folder and renamed into place, so concurrent first uses (several DDP ranks,
