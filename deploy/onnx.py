@@ -40,12 +40,12 @@ __all__ = ["OnnxPredictor", "describe", "export", "export_fp32", "fp32_onnx", "g
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
-# The fp32 ONNX files this process exported, by what decides their bytes (:func:`_export_key`), the last few:
-# exporting the same graph again at the same settings (with and without --max-drop, a notebook's second run)
-# copies the file instead of paying torch.export and onnxscript's optimizer again (5.5 s at 32 px here). A
-# copy is checked like any other file: the row's parity check runs the artifact against the model.
+# The fp32 ONNX files this process exported last, by what decides their bytes (:func:`_export_key`), at most
+# _EXPORTED_BYTES of them: exporting the same graph again at the same settings (with and without --max-drop, a
+# notebook's second run) copies the file instead of paying torch.export and onnxscript's optimizer again (5.5 s
+# at 32 px here). A copy is checked like any other file: the row's parity check runs it against the model.
 _EXPORTED: OrderedDict[str, bytes] = OrderedDict()
-_EXPORTED_KEEP = 2
+_EXPORTED_BYTES = 128 * 2**20  # a few small models' files, one T2T-ViT-14's at 224 px; a larger file is not kept
 _EXPORTED_LOCK = threading.Lock()
 
 
@@ -98,7 +98,7 @@ def export_fp32(
         onnx.checker.check_model(str(path))
         with _EXPORTED_LOCK:
             _EXPORTED[key] = path.read_bytes()
-            while len(_EXPORTED) > _EXPORTED_KEEP:
+            while sum(map(len, _EXPORTED.values())) > _EXPORTED_BYTES:
                 _EXPORTED.popitem(last=False)
     return {
         "opset": opset_of(path),
