@@ -175,13 +175,9 @@ def labelled_files(
 ) -> tuple[Path, list[tuple[Path, int]], dict[str, int], str]:
     """``(folder, [(file, class index)], {class folder: index}, how labelled)`` of a labelled image folder (see
     the module docstring); ``max_images``: a fixed random sample of that many files, the profiler's."""
-    from t2tvit.data import find_split, image_folder, list_images
+    from t2tvit.data import existing_folder, find_split, list_images
 
-    folder = image_folder(data)
-    if not folder.is_dir():
-        raise ConfigError(
-            f"data folder {folder} does not exist; pass a folder of <class>/<image> files, digits or digits-hard"
-        )
+    folder = existing_folder(data)
     subs = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subs and set(subs) <= _SPLITS:  # a dataset root: its validation split
         folder = find_split(folder, "val")

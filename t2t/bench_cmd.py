@@ -179,12 +179,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from deploy.base import resolve_formats
 
         resolve_formats(args.formats)  # unknown names fail before anything is measured
-    from t2tvit.data import BUNDLED_DATASETS
+    if args.data is not None:
+        from t2tvit.data import existing_folder
 
-    if args.data is not None and args.data not in BUNDLED_DATASETS and not Path(args.data).is_dir():
-        raise ConfigError(
-            f"--data folder {args.data} does not exist; pass a folder of <class>/<image> files, digits or digits-hard"
-        )
+        existing_folder(args.data, "--data folder")
 
     from deploy.profiler import ProfileConfig, profile_folder
     from deploy.report import print_table, write_report

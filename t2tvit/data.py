@@ -48,6 +48,7 @@ __all__ = [
     "bundled_dataset_path",
     "dataset_path",
     "dataset_split",
+    "existing_folder",
     "image_folder",
     "in_batches",
     "collate_skip",
@@ -151,6 +152,15 @@ def image_folder(data: str | Path) -> Path:
     """A folder of images as given, or for a bundled dataset's name its validation split: what
     ``--data`` and ``--calib-data`` read labelled or calibration images from."""
     return dataset_split(data, "val") if _bundled_name(data) else Path(data)
+
+
+def existing_folder(data: str | Path, what: str = "data folder") -> Path:
+    """:func:`image_folder` of ``data`` when it is a folder, else a ConfigError saying what ``data`` may be."""
+    folder = image_folder(data)
+    if not folder.is_dir():
+        bundled = " or ".join(BUNDLED_DATASETS)
+        raise ConfigError(f"{what} {folder} does not exist; pass a folder of <class>/<image> files, {bundled}")
+    return folder
 
 
 def _digit_split() -> Iterator[tuple[str, int, int, np.ndarray]]:

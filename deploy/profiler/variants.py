@@ -336,11 +336,9 @@ def agreements(variants: Sequence[Variant], measured: bool, use_manifest: bool =
 
 def data_classes(folder: str | Path, num_classes: int | None = None) -> list[str]:
     """The class names of a labelled folder (sorted sub-folders), or a ConfigError saying what is wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConfigError(
-            f"data folder {folder} does not exist; pass a folder of <class>/<image> files, digits or digits-hard"
-        )
+    from t2tvit.data import existing_folder
+
+    folder = existing_folder(folder)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ConfigError(f"data folder {folder} has no class sub-folders; lay it out as {folder}/<class>/<image>")
