@@ -7,9 +7,9 @@ so the fp32 function is unchanged but the head's input carries an outlier channe
 activation scale crushes every other channel (digits top-1 falls by 50-80 points in ONNX Runtime and
 PyTorch int8). With the budget the export keeps the layer that causes it in float, names it, and meets the
 budget -- measured again by ``t2t validate`` on the same images. NNCF's default recipe (SmoothQuant) moves
-that outlier into the weights and rescues the model by itself, so the OpenVINO test turns SmoothQuant off to
-give NNCF's accuracy-aware quantization something to fix. The test of every other row uses the reverse, an
-outlier column in the head's weights, which LiteRT's dynamic range int8 cannot carry either.
+that outlier into the weights and rescues the model by itself. The tests of every other row, OpenVINO's
+included, use the reverse, an outlier column in the head's weights, which neither SmoothQuant (13 points lost)
+nor LiteRT's dynamic range int8 can carry.
 """
 
 from __future__ import annotations
@@ -162,20 +162,25 @@ def test_every_file_and_module_int8_row_keeps_the_budget_and_ranks_its_layers(
     assert not (tmp_path / "out" / torch_fit["sensitivity"]["table"]).exists()
 
 
-def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(sensitive, val, tmp_path, monkeypatch) -> None:
-    # SmoothQuant off (see above), and the blocks but the first kept float from the start: NNCF compiles the
-    # model once per quantized group it ranks (0.7 s each here), so ranking every block took 45 of the test's 60 s
+def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(weight_sensitive, val, tmp_path, monkeypatch):
+    # NNCF's recipe as the row has it (SmoothQuant on, which does not rescue an outlier column in the weights), and
+    # the blocks but the first kept float from the start: NNCF compiles the model once per quantized group it ranks
+    # (0.7 s each here), so ranking every block took 45 of the test's 60 s
     row = FORMATS["openvino-int8"]
     kept = tuple(f"blocks.{i}." for i in range(1, 7))
-    options = {**row.options, "smooth_quant": -1, "keep_float": kept}
-    monkeypatch.setitem(FORMATS, row.name, dataclasses.replace(row, options=options))
-    fitted = _export(sensitive, tmp_path / "out", row.name, max_drop=2.0, val_data=val)
+    monkeypatch.setitem(FORMATS, row.name, dataclasses.replace(row, options={**row.options, "keep_float": kept}))
+    fitted = _export(weight_sensitive, tmp_path / "out", row.name, max_drop=2.0, val_data=val)
     entry = fitted.manifest.entry(row.name)
     assert entry.status == "ok", entry.reason
     budget = entry.details["accuracy_budget"]
-    assert budget["int8_drop"] > 20 and budget["met"] and "head" in budget["kept_float"], budget
+    assert budget["int8_drop"] > 10 and budget["met"] and "head" in budget["kept_float"], budget
     assert entry.details["float_layers"] == budget["kept_float"]  # read back from the IR's FakeQuantize nodes
     assert entry.details["quantizer"].startswith("nncf.quantize_with_accuracy_control")
+    # NNCF reverts a layer's weights to what they were before SmoothQuant: the smoothed input it leaves behind fed
+    # the float head rescaled inputs (mean |dlogit| 0.81 against fp32, 0.08 without it; agreement 98.4% both), so
+    # the search runs without SmoothQuant (deploy.openvino._within_budget)
+    assert "nncf_smooth_quant" not in (fitted.folder / FORMATS[row.name].filename).read_text()
+    assert entry.parity["mean_abs_diff"] < 0.3, entry.parity
     after = validate(fitted.folder, val, progress=False).results[0]
     assert after.drop <= 2.0
 
