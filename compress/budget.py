@@ -278,11 +278,12 @@ def fit_module_budget(
     rank: bool = False,
     batch: tuple[int, int] = (1, 32),
     timed: bool = True,
+    layers: Sequence[str] | None = None,
 ) -> BudgetFit:
-    """:func:`fit_budget` over the ``nn.Linear`` modules of the fp32 ``model``; ``quantize(keep_float)``
-    returns its int8 copy with the named modules left float (run under the caller's quantized engine).
-    ``batch``: the smallest and largest batch the models take (a captured graph's range); ``timed``: record
-    the fallback's latency (False where these PyTorch models are not what ships)."""
+    """:func:`fit_budget` over the ``nn.Linear`` modules of the fp32 ``model`` (or the module paths ``layers``);
+    ``quantize(keep_float)`` returns its int8 copy with the named modules left float (run under the caller's
+    quantized engine). ``batch``: the smallest and largest batch the models take (a captured graph's range);
+    ``timed``: record the fallback's latency (False where these PyTorch models are not what ships)."""
     import torch
     from torch import nn
 
@@ -293,10 +294,11 @@ def fit_module_budget(
 
         return forward
 
-    layers = [(name, name) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if layers is None:
+        layers = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     ref = in_batches(logits(model.eval()), images, batch[1], min_batch=batch[0])
     run = lambda keep: in_batches(logits(quantize(keep)), images, batch[1], min_batch=batch[0])  # noqa: E731
-    fit = fit_budget(layers, run, ref, labels, max_drop, rank=rank)
+    fit = fit_budget([(name, name) for name in layers], run, ref, labels, max_drop, rank=rank)
     if not timed:
         fit.latency_ms = None
     elif fit.kept_nodes:

@@ -623,6 +623,7 @@ FORMATS: dict[str, Format] = {
             False,
             "Core ML .mlpackage, int8 weights (linear symmetric, per channel), fp16 compute; macOS/iOS only",
             options={"int8": True},
+            settings=_BUDGET,  # fitted in PyTorch on the package's int8 weights (deploy/coreml.py)
             **_COREML,
         ),
         Format("ncnn", "deploy.ncnn", "fp32", ".param", True, False, "ncnn .param + .bin (pnnx), fp32", **_NCNN),

@@ -9,6 +9,8 @@
   :func:`compress.budget.fit_module_budget` once per quantized engine and export run (the three rows share
   the eager dynamic quantization, so they share its fit), and the row quantizes with those modules float;
 * ``executorch-int8`` searches the same way over its PT2E reference model (``deploy/executorch.py``);
+* ``coreml-int8`` searches the same way over the converted module run in PyTorch with the package's own int8
+  weights (``deploy/coreml.py``: Core ML runs on macOS only);
 * ``openvino-int8`` uses NNCF's own accuracy-aware quantization (``deploy/openvino.py``).
 
 Each returns ``details.accuracy_budget`` (:meth:`compress.budget.BudgetFit.record`); with ``ctx.sensitivity``

@@ -5,7 +5,9 @@
   path fails on the traced batch size of the class-token concat, ``torch.export`` does not.
   ``compute_precision=FLOAT16``: weights and activations in fp16, input ``images`` and output ``logits`` float32.
 * ``coreml-int8``: ``coremltools.optimize.coreml.linear_quantize_weights`` (int8, linear symmetric, per output
-  channel) of the fp16 program; activations stay fp16.
+  channel) of the fp16 program; activations stay fp16. With ``--max-drop`` the weights to keep fp16 are fitted
+  (:func:`_within_budget`) on the converted module run in PyTorch with the package's own dequantized int8
+  weights, since no Core ML runtime runs here; the kept ones are ``op_name_configs`` entries of the quantizer.
 * An ``.mlpackage`` is a folder: the row's ``bundle`` makes the manifest's size and sha256 walk it.
 * **Batch**: fixed at 1 (the shape Xcode shows); :meth:`CoreMLPredictor.predict` loops over a batch.
 * **Running it needs macOS or iOS** (coremltools has no Core ML runtime on Linux), so off macOS the row's
@@ -24,7 +26,7 @@ import io
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,7 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     """Convert the converter-ready model to an ML program at batch 1 and save ``path`` (a folder)."""
     import torch
 
+    from . import budget
     from .graph import checked_graph
     from .torch_eager import model_spec
 
@@ -81,8 +84,11 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
             minimum_deployment_target=ct.target.iOS16,
         )
         if fmt.options.get("int8"):
-            cfg = ct.optimize.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
-            ml = ct.optimize.coreml.linear_quantize_weights(ml, ct.optimize.coreml.OptimizationConfig(cfg))
+            int8 = _quantize(ct, ml)
+            if budget.asked(ctx):
+                keep, extra["accuracy_budget"] = _within_budget(captured, int8, path, fmt, ctx)
+                int8 = _quantize(ct, ml, keep) if keep else int8
+            ml = int8
         meta = {"format": fmt.name, "model": spec.get("model"), "img_size": f"{h},{w}"}
         for key, value in {**meta, "num_classes": spec.get("num_classes")}.items():
             ml.user_defined_metadata[_KEY + key] = str(value)
@@ -101,6 +107,77 @@ def export(model: nn.Module, path: Path, fmt: Format, ctx: ExportContext) -> dic
     return extra
 
 
+# coremltools' default: weight tensors of at most this many elements stay fp16 in an int8 package
+WEIGHT_THRESHOLD = 2048
+
+
+def _quantize(ct: Any, ml: Any, keep: Sequence[str] = ()) -> Any:
+    """The int8-weight copy of the fp16 program ``ml`` (linear symmetric, per output channel), the weight
+    ``const`` ops named in ``keep`` left fp16."""
+    cfg = ct.optimize.coreml.OpLinearQuantizerConfig(
+        mode="linear_symmetric", dtype="int8", weight_threshold=WEIGHT_THRESHOLD
+    )
+    config = ct.optimize.coreml.OptimizationConfig(global_config=cfg, op_name_configs=dict.fromkeys(keep))
+    return ct.optimize.coreml.linear_quantize_weights(ml, config)
+
+
+def _int8_weights(ml: Any) -> dict[str, np.ndarray]:
+    """The weights of an int8 package as Core ML computes with them (dequantized from the program), by the name
+    of the fp16 ``const`` each replaced."""
+    out = {}
+    for op in ml._mil_program.functions["main"].operations:
+        if op.op_type == "constexpr_affine_dequantize":
+            out[op.name.removesuffix("_quantized")] = np.asarray(op.materialized_val_inference(), np.float32)
+    return out
+
+
+def _within_budget(
+    captured: nn.Module, int8: Any, path: Path, fmt: Format, ctx: ExportContext
+) -> tuple[list[str], dict[str, Any]]:
+    """The weight ``const`` ops to leave fp16 for ``ctx.max_drop`` and the row's ``accuracy_budget``. Core ML runs
+    on macOS only, so the search (:func:`compress.budget.fit_module_budget`) runs the converted module in PyTorch
+    with each quantized layer's weights replaced by the dequantized int8 weights of the package ``int8`` (what
+    Core ML computes with; activations fp32 here, fp16 there)."""
+    import copy
+
+    import torch
+
+    from compress.budget import fit_module_budget
+
+    from . import budget
+
+    def tensors(module: nn.Module) -> dict[str, Any]:
+        return dict(module.named_parameters()) | dict(module.named_buffers())
+
+    # torch.export names the placeholder of a parameter p_<path, dots as underscores>, of a buffer (T2T-ViT's
+    # sinusoid position table) b_<path>; coremltools adds _to_fp16
+    names = {f"{'p' if isinstance(t, nn.Parameter) else 'b'}_{n.replace('.', '_')}_to_fp16": n
+             for n, t in tensors(captured).items()}  # fmt: skip
+    layers: dict[str, tuple[str, str, np.ndarray]] = {}  # module path -> (tensor, const op, int8 weights)
+    for const, weights in _int8_weights(int8).items():
+        name = names.get(const)
+        if name is None or tuple(weights.shape) != tuple(tensors(captured)[name].shape):
+            raise RuntimeError(f"coreml-int8: the package's weight {const} {weights.shape} is no tensor of the model")
+        layers[name.rsplit(".", 1)[0]] = (name, const, weights)
+
+    def quantize(keep: Sequence[str]) -> nn.Module:
+        sim = copy.deepcopy(captured)
+        found = tensors(sim)
+        with torch.no_grad():
+            for layer, (name, _, weights) in layers.items():
+                if layer not in keep:
+                    found[name].copy_(torch.from_numpy(weights))
+        return sim
+
+    images, labels = budget.val_images(ctx)
+    fit = fit_module_budget(
+        captured, quantize, images, labels, ctx.max_drop, rank=ctx.sensitivity, timed=False, layers=list(layers)
+    )
+    record = budget.record(fit, path, fmt, ctx)
+    record["measured_in"] = "PyTorch with the package's int8 weights (fp32 activations; Core ML runs on macOS)"
+    return [layers[k][1] for k in fit.kept_nodes], record
+
+
 def _spec(path: Path) -> Any:
     with _quiet() as ct:
         try:
@@ -116,12 +193,14 @@ def _array(feature: Any) -> tuple[str, list[int]]:
     return FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType), [int(d) for d in arr.shape]
 
 
-def _weights(spec: Any) -> dict[str, int]:
+def _weights(spec: Any) -> tuple[dict[str, int], list[str]]:
     """How many weight tensors of each kind the program holds: ``const`` tensors with more than one element by
-    dtype, and ``constexpr_*`` dequantizations by their stored dtype."""
+    dtype, and ``constexpr_*`` dequantizations by their stored dtype; and the names of the float ``const``
+    tensors large enough for int8 (more than :data:`WEIGHT_THRESHOLD` elements)."""
     from coremltools.proto import MIL_pb2
 
     counts: collections.Counter[str] = collections.Counter()
+    large: list[str] = []
     for f in spec.mlProgram.functions.values():
         for op in f.block_specializations[f.opset].operations:
             for key in ("val", "quantized_data", "data"):
@@ -129,9 +208,12 @@ def _weights(spec: Any) -> dict[str, int]:
                 if a is None or a.type.WhichOneof("type") != "tensorType":
                     continue
                 t = a.type.tensorType
-                if t.rank > 0 and any(d.constant.size > 1 for d in t.dimensions):
+                sizes = [d.constant.size for d in t.dimensions]
+                if t.rank > 0 and any(n > 1 for n in sizes):
                     counts[f"{op.type}:{MIL_pb2.DataType.Name(t.dataType).lower()}"] += 1
-    return dict(counts)
+                    if op.type == "const" and int(np.prod(sizes)) > WEIGHT_THRESHOLD:
+                        large.append(op.outputs[0].name)
+    return dict(counts), large
 
 
 def structure(
@@ -146,8 +228,10 @@ def structure(
     found = {
         "input": {"name": spec.description.input[0].name, "dtype": in_dtype.lower(), "shape": in_shape},
         "output": {"name": spec.description.output[0].name, "dtype": out_dtype.lower(), "shape": out_shape},
-        "weights": _weights(spec),
     }
+    found["weights"], large = _weights(spec)
+    if fmt is not None and fmt.options.get("int8"):
+        found["float_weights"] = large  # the weights int8 would take that this package keeps fp16
     want_in = [1, 3, *img_size] if img_size else in_shape
     problems = []
     if found["input"]["name"] != INPUT_NAME or in_dtype != "FLOAT32" or in_shape != want_in:

@@ -4,15 +4,14 @@
 The common options apply to every format. The **format options** (:data:`FORMAT_OPTIONS`) belong to the
 rows that declare them in their :attr:`deploy.base.Format.settings`: ``qengine`` to the PyTorch int8 rows,
 ``jit`` to the TorchScript and ``.ptl`` rows, ``opset`` to the rows built from an ONNX file,
-``inference_precision`` to the OpenVINO rows, ``max_drop`` and ``sensitivity`` to the int8 rows that keep an
-accuracy budget (:mod:`deploy.budget`). A format option left ``None`` takes its default (the
+``inference_precision`` to the OpenVINO rows, ``max_drop`` to every int8 row and ``sensitivity`` to all but
+``openvino-int8`` (an accuracy budget, :mod:`deploy.budget`). A format option left ``None`` takes its default (the
 :class:`~deploy.base.ExportContext` field of the same name); one given when none of the chosen formats
 takes it is refused in one sentence (Ultralytics' ``validate_args`` idea), never silently ignored.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -92,15 +91,13 @@ class ExportConfig:
                 )
         if any("qengine" in f.settings for f in fmts):  # the engine they will use: the given one, else the default
             check_qengine(self.qengine or ExportContext.qengine)
-        self._check_budget(fmts)
+        self._check_budget()
         if self.jit is not None and self.jit not in ("trace", "script"):
             raise ConfigError(f"--jit must be 'trace' or 'script', not {self.jit!r}")
         return fmts  # an inference precision this CPU lacks: the OpenVINO module's pre-flight (check_context)
 
-    def _check_budget(self, fmts: list[Any]) -> None:
-        """--max-drop / --sensitivity need --val-data and the reverse; int8 rows they do not reach are named."""
-        from .base import FORMATS
-
+    def _check_budget(self) -> None:
+        """--max-drop / --sensitivity need --val-data and the reverse (every int8 row takes them)."""
         if self.max_drop is not None and (self.val_data is None or self.max_drop < 0):
             raise ConfigError(
                 "--max-drop takes points of top-1 (0 or more) measured on --val-data, a labelled folder of images "
@@ -110,13 +107,3 @@ class ExportConfig:
             raise ConfigError("--sensitivity ranks layers by int8 error on --val-data, a labelled folder; give it")
         if self.val_data is not None and self.max_drop is None and not self.sensitivity:
             raise ConfigError("--val-data is where --max-drop measures top-1; give --max-drop too, or drop it")
-        if self.max_drop is not None:
-            unbudgeted = [f.name for f in fmts if f.precision == "int8" and "max_drop" not in f.settings]
-            if unbudgeted:  # the chosen rows that take it get it; these are quantized as before, and said so
-                takers = ", ".join(f.name for f in FORMATS.values() if "max_drop" in f.settings)
-                warnings.warn(
-                    f"--max-drop applies to {takers} only; {', '.join(unbudgeted)} are quantized without "
-                    "an accuracy budget (check them with t2t validate --max-drop)",
-                    UserWarning,
-                    stacklevel=3,
-                )

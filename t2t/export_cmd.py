@@ -109,8 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="PTS",
-        help="accuracy budget of the int8 rows (onnx-int8-dynamic/-static, torch/torchscript/ptl-int8, openvino-int8, "
-        "tflite-int8, executorch-int8, tensorrt-int8): "
+        help="accuracy budget of every int8 row: "
         "at most this many points of top-1 lost against fp32 on --val-data; the most sensitive layers are kept in "
         "float until it holds (named in the manifest and the table, with the latency it costs)",
     )

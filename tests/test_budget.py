@@ -118,9 +118,8 @@ def test_a_budget_needs_labelled_images_apart_from_calibration(sensitive, tmp_pa
     with pytest.raises(ConfigError, match="is the folder the calibration images come from"):
         export_checkpoint(sensitive, formats="onnx-int8-dynamic", out=tmp_path / "c", max_drop=1.0,
                           val_data="digits", progress=False)  # fmt: skip
-    # an int8 row without a budget search is quantized as before, and the user is told which
-    with pytest.warns(UserWarning, match="coreml-int8 are quantized without an accuracy budget"):
-        ExportConfig(formats="onnx-int8-dynamic,coreml-int8", max_drop=1.0, val_data="digits").check()
+    # every int8 row keeps a budget: none is quantized past --max-drop without a search
+    assert all("max_drop" in f.settings for f in FORMATS.values() if f.precision == "int8")
     assert ExportConfig(formats="torch-int8", max_drop=0.0, val_data="digits").format_options() == {"max_drop": 0.0}
     with pytest.raises(ConfigError, match="--sensitivity ranks layers by int8 error on --val-data"):
         ExportConfig(formats="torch-int8", sensitivity=True).check()
@@ -183,6 +182,21 @@ def test_openvino_int8_keeps_the_budget_with_nncf_accuracy_control(weight_sensit
     assert entry.parity["mean_abs_diff"] < 0.3, entry.parity
     after = validate(fitted.folder, val, progress=False).results[0]
     assert after.drop <= 2.0
+
+
+@pytest.mark.skipif(FORMATS["coreml-int8"].missing() is not None, reason="coremltools is not installed")
+def test_coreml_int8_fits_the_packages_own_int8_weights(weight_sensitive, val, tmp_path, one_thread) -> None:
+    # Core ML runs only on macOS: the search runs the converted module in PyTorch with the package's dequantized
+    # int8 weights; what is checked here is the fit and the package it writes (its parity is a Mac's)
+    fitted = _export(weight_sensitive, tmp_path / "out", "coreml-int8", max_drop=2.0, val_data=val)
+    entry = fitted.manifest.entry("coreml-int8")
+    budget = entry.details["accuracy_budget"]
+    assert budget["int8_drop"] > 2.0 and budget["met"] and budget["kept_float"], budget
+    assert "macOS" in budget["measured_in"] and "latency_ms" not in budget
+    kept = {f"p_{layer.replace('.', '_')}_weight_to_fp16" for layer in budget["kept_float"]}
+    assert set(entry.details["structure"]["float_weights"]) == kept  # read back from the saved package
+    default = _export(weight_sensitive, tmp_path / "plain", "coreml-int8").manifest.entry("coreml-int8")
+    assert default.details["structure"]["float_weights"] == [] and "accuracy_budget" not in default.details
 
 
 def test_tensorrt_int8_fits_the_qdq_onnx_its_engine_is_parsed_from(weight_sensitive, val, tmp_path, one_thread):
