@@ -149,6 +149,7 @@ def test_coreml_is_built_checked_structurally_and_its_parity_is_skipped_never_pa
         with pytest.raises(ConfigError, match=r"cannot run here: .* runs only on macOS/iOS"):
             pred(np.zeros((1, 3, IMG, IMG), np.float32))
     assert e["coreml-int8"]["details"]["structure"]["weights"]["constexpr_affine_dequantize:int8"] >= 30
+    assert e["coreml-int8"]["details"]["structure"]["float_weights"] == []  # no --max-drop: every large one int8
     assert "constexpr_affine_dequantize:int8" not in e["coreml"]["details"]["structure"]["weights"]
     assert e["coreml-int8"]["bytes"] <= 0.6 * e["coreml"]["bytes"]
     # a changed weight changes the digest; a damaged program is refused in one sentence
