@@ -153,12 +153,12 @@ def _within_budget(
     # sinusoid position table) b_<path>; coremltools adds _to_fp16
     names = {f"{'p' if isinstance(t, nn.Parameter) else 'b'}_{n.replace('.', '_')}_to_fp16": n
              for n, t in tensors(captured).items()}  # fmt: skip
-    layers: dict[str, tuple[str, str, np.ndarray]] = {}  # module path -> (tensor, const op, int8 weights)
+    layers: dict[str, tuple[str, str, np.ndarray]] = {}  # layer -> (tensor, const op, int8 weights)
     for const, weights in _int8_weights(int8).items():
         name = names.get(const)
         if name is None or tuple(weights.shape) != tuple(tensors(captured)[name].shape):
             raise RuntimeError(f"coreml-int8: the package's weight {const} {weights.shape} is no tensor of the model")
-        layers[name.rsplit(".", 1)[0]] = (name, const, weights)
+        layers[name.removesuffix(".weight")] = (name, const, weights)  # a layer by its module path
 
     def quantize(keep: Sequence[str]) -> nn.Module:
         sim = copy.deepcopy(captured)
