@@ -151,12 +151,13 @@ def _within_budget(
 
     # torch.export names the placeholder of a parameter p_<path, dots as underscores>, of a buffer (T2T-ViT's
     # sinusoid position table) b_<path>; coremltools adds _to_fp16
+    own = tensors(captured)
     names = {f"{'p' if isinstance(t, nn.Parameter) else 'b'}_{n.replace('.', '_')}_to_fp16": n
-             for n, t in tensors(captured).items()}  # fmt: skip
+             for n, t in own.items()}  # fmt: skip
     layers: dict[str, tuple[str, str, np.ndarray]] = {}  # layer -> (tensor, const op, int8 weights)
     for const, weights in _int8_weights(int8).items():
         name = names.get(const)
-        if name is None or tuple(weights.shape) != tuple(tensors(captured)[name].shape):
+        if name is None or tuple(weights.shape) != tuple(own[name].shape):
             raise RuntimeError(f"coreml-int8: the package's weight {const} {weights.shape} is no tensor of the model")
         layers[name.removesuffix(".weight")] = (name, const, weights)  # a layer by its module path
 

@@ -112,7 +112,9 @@ def export_fp32(
 
 def _export_key(graph: nn.Module, n: int, ctx: ExportContext) -> str:
     """What decides the bytes :func:`export_fp32` writes for ``graph``: its module tree, every parameter and
-    buffer (values, dtypes, shapes), the example batch, batch range, opset and input size, and torch's version."""
+    buffer (values, dtypes, shapes), the example batch, batch range, opset and input size, and torch's version.
+    Not :func:`deploy.export.weights_digest`: a state dict leaves out non-persistent buffers, which the file holds
+    as constants."""
     import itertools
 
     import torch
